@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make test` and `make run`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test run lint typecheck pytest bench chaos edge-report docs clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU wheel first: an unpinned torch pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy engine console
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+run: $(STAMP)
+	$(BIN)/trainconsole demo
+
+bench: $(STAMP)
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+chaos: $(STAMP)
+	TRAINCONSOLE_CHAOS_KILLS=200 $(BIN)/pytest -q -m slow tests -k chaos
+
+edge-report: $(STAMP)
+	$(BIN)/python -m engine.catalog --report
+
+docs: $(STAMP)
+	$(BIN)/python -m engine.catalog --write-docs docs/edge-cases.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,59 @@
+"""Fixtures every test area shares: a workspace made by `trainconsole init`, and one cache of the
+built-in model per test session (it builds in seconds, but not hundreds of times)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cache folder (built-in model, token caches) shared by every workspace in a session."""
+    given = os.environ.get("TRAINCONSOLE_TEST_CACHE")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, shared_cache: Path) -> Iterator[Path]:
+    """A fresh folder holding the default config (paths.cache pointed at the shared cache)."""
+    from engine.config import default_config_text
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    text = default_config_text().replace('cache = ".cache"', f'cache = "{shared_cache}"')
+    (ws / "config.toml").write_text(text)
+    yield ws
+
+
+@pytest.fixture(scope="session")
+def tiny_model(shared_cache: Path) -> Path:
+    """The folder of the built-in tiny model (built once per session)."""
+    from engine.train.model import ensure_builtin
+
+    return ensure_builtin("builtin:tiny-chat", shared_cache)
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `trainconsole ARGS` as a real process, the way an operator would."""
+    full_env = dict(os.environ)
+    full_env.pop("TRAINCONSOLE_CONFIG", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args],
+        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        input=stdin,
+    )
