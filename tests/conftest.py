@@ -4,8 +4,6 @@ built-in model per test session (it builds in seconds, but not hundreds of times
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,17 +41,3 @@ def tiny_model(shared_cache: Path) -> Path:
     from engine.train.model import ensure_builtin
 
     return ensure_builtin("builtin:tiny-chat", shared_cache)
-
-
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run `trainconsole ARGS` as a real process, the way an operator would."""
-    full_env = dict(os.environ)
-    full_env.pop("TRAINCONSOLE_CONFIG", None)
-    if env:
-        full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "console.cli", *args],
-        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
-        input=stdin,
-    )

@@ -1,0 +1,24 @@
+"""Helpers for tests: run the real command line as an operator would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `trainconsole ARGS` as a real process, the way an operator would."""
+    full_env = dict(os.environ)
+    full_env.pop("TRAINCONSOLE_CONFIG", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "console.cli", *args],
+        cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
+        input=stdin,
+    )
