@@ -1,0 +1,280 @@
+"""``config.toml``: loaded with tomlkit, checked against ``engine.config_schema``, frozen.
+
+Every problem in a file is reported at once, one line each, naming the file, the line where it
+can be found and the key, and saying what is allowed. An empty file is valid: every key has a
+default. Relative paths in the file are relative to the file's folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from engine.config_check import Problem, validate_document
+from engine.config_schema import (
+    KEYS,
+    SECTIONS,
+    DataConfig,
+    GuardsConfig,
+    HardwareConfig,
+    LoraConfig,
+    ModelConfig,
+    PathsConfig,
+    QueueConfig,
+    TrainingConfig,
+    allowed_text,
+)
+from engine.errors import ConfigError, UsageError
+from engine.layout import Layout
+
+__all__ = [
+    "Config", "ConfigError", "ConfigProblems", "ConfigUnreadable", "DataConfig", "GuardsConfig",
+    "HardwareConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
+    "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
+    "set_value",
+]
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file this large is a mistake (wrong file given)
+
+
+class ConfigProblems(ConfigError):
+    """The file was read but is not a valid config; ``problems`` lists every finding."""
+
+    def __init__(self, file: str, problems: list[Problem]) -> None:
+        self.file = file
+        self.problems = problems
+        case = next((p.case for p in problems if p.case is not None), None)
+        super().__init__("\n".join(p.render(file) for p in problems), case=case)
+
+
+class ConfigUnreadable(ConfigError, UsageError):
+    """The path is not a readable file (a folder, no permission): a usage mistake, exit 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration. ``source`` is the file it came from (absolute after loading)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    guards: GuardsConfig = field(default_factory=GuardsConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    source: Path = Path("config.toml")
+
+    @property
+    def root(self) -> Path:
+        """The config file's folder: relative paths in the file are relative to it."""
+        return self.source.absolute().parent
+
+    def resolve(self, value: str) -> Path:
+        """A path as written in the file, made absolute (``~`` expanded, relative to ``root``)."""
+        return Path(os.path.normpath(self.root / Path(value).expanduser()))
+
+    def layout(self) -> Layout:
+        p = self.paths
+        return Layout(queue=self.resolve(p.queue), runs=self.resolve(p.runs),
+                      adapters=self.resolve(p.adapters), cache=self.resolve(p.cache))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The sections as plain data (for ``--json`` output and the console)."""
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _read(path: Path) -> bytes:
+    shown = str(path)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigProblems(shown, [Problem(
+            f"no config file here; create one with `trainconsole init {_init_dir(path)}` "
+            "(writes the commented default and the queue folders), or point --config or "
+            "$TRAINCONSOLE_CONFIG at an existing one", case=31)]) from None
+    except IsADirectoryError:
+        raise ConfigUnreadable(
+            f"{shown}: is a folder, not a config file (did you mean {path / 'config.toml'}?)") from None
+    except PermissionError:
+        raise ConfigUnreadable(f"{shown}: permission denied reading the config file") from None
+    except OSError as exc:
+        raise ConfigUnreadable(f"{shown}: cannot read the config file: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigProblems(shown, [Problem(
+            f"is larger than {MAX_CONFIG_BYTES // 1024} KiB; this is not a config file")])
+    return data
+
+
+def _init_dir(path: Path) -> str:
+    parent = str(path.parent)
+    return parent if parent != "." else "."
+
+
+def parse_config_text(data: bytes | str, *, file: str = "config.toml",
+                      root: Path | None = None) -> Config:
+    """Validate config text (``file`` names it in messages, ``root`` anchors relative paths)."""
+    source = (root or Path.cwd()) / (Path(file).name or "config.toml")
+    values, problems = validate_document(data, root=source.parent)
+    if problems:
+        raise ConfigProblems(file, problems)
+    sections = {name: SECTIONS[name](**values.get(name, {})) for name in SECTIONS}
+    return Config(source=source, **sections)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and freeze a config file. Raises ``ConfigError`` naming file, line and key."""
+    path = Path(path).expanduser()
+    data = _read(path)
+    cfg = parse_config_text(data, file=str(path), root=path.absolute().parent)
+    return Config(source=Path(os.path.normpath(path.absolute())),
+                  **{name: getattr(cfg, name) for name in SECTIONS})
+
+
+# ---------------------------------------------------------------- the shipped, commented default
+
+_HEADER = """\
+# trainconsole configuration.
+#
+# Every key is optional: a key left out (or an empty file) takes the default shown here.
+# Relative paths are relative to this file's folder; ~ is expanded.
+# Check a change with `trainconsole check-config`. The console edits values in place and keeps
+# your comments.
+"""
+
+
+def _toml_value(value: Any) -> str:
+    return str(tomlkit.item(value).as_string())
+
+
+def default_config_text() -> str:
+    """The commented default config; the shipped ``config.toml`` is exactly this text."""
+    out = _HEADER.splitlines()
+    for section, cls in SECTIONS.items():
+        out += ["", "", f"[{section}]", f"# {(cls.__doc__ or '').strip()}"]
+        for key in KEYS[section].values():
+            doc = textwrap.wrap(key.spec.doc, width=96)
+            if key.kind not in ("bool", "str") or key.spec.choices:
+                doc += textwrap.wrap(f"Allowed: {allowed_text(key)}.", width=96)
+            out += ["", *(f"# {line}" for line in doc), f"{key.name} = {_toml_value(key.default)}"]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------- legal but risky
+
+def check_warnings(cfg: Config) -> list[str]:
+    """Values that are allowed but likely to hurt (memo cases 34, 36, 37, 38), one line each."""
+    t = cfg.training
+    where = str(cfg.source)
+    notes: list[str] = []
+    if t.batch_size > 64:
+        notes.append(f"training.batch_size = {t.batch_size} is large and may run a GPU out of memory "
+                     "(case 36); the same effective batch with less memory: a smaller batch_size and "
+                     "a larger gradient_accumulation")
+    elif t.batch_size * t.max_length > 131072:
+        notes.append(f"training.batch_size * training.max_length = {t.batch_size * t.max_length} tokens "
+                     "per micro-batch may run a GPU out of memory (case 36); lower batch_size and raise "
+                     "gradient_accumulation")
+    if t.max_length > 8192:
+        notes.append(f"training.max_length = {t.max_length} needs a lot of GPU memory per example "
+                     "(case 34); most chat data fits in 2048-4096")
+    if t.learning_rate > 1e-3:
+        notes.append(f"training.learning_rate = {t.learning_rate:g} is high for LoRA and may diverge "
+                     "(case 38); 1e-4 to 3e-4 is usual")
+    elif t.learning_rate < 1e-5:
+        notes.append(f"training.learning_rate = {t.learning_rate:g} is very low; the adapter will "
+                     "barely change (case 37); 1e-4 to 3e-4 is usual")
+    if 0 < t.max_steps < t.save_steps:
+        notes.append(f"training.save_steps = {t.save_steps} is above training.max_steps = "
+                     f"{t.max_steps}: no checkpoint before the end, so an interrupted job restarts "
+                     "from zero")
+    if t.eval_fraction == 0:
+        notes.append("training.eval_fraction = 0: nothing is held out, so evaluation, the plateau "
+                      "and early-stopping guards cannot judge the run")
+    if cfg.model.trust_remote_code:
+        notes.append("model.trust_remote_code = true runs Python code shipped with the model; only "
+                     "for models whose author you trust")
+    return [f"{where}: {n}" for n in notes]
+
+
+# ---------------------------------------------------------------- editing one value
+
+def _key_for(dotted: str) -> tuple[str, str]:
+    section, _, name = dotted.partition(".")
+    if section not in KEYS or name not in KEYS[section]:
+        import difflib
+
+        every = [f"{s}.{k}" for s, keys in KEYS.items() for k in keys]
+        close = difflib.get_close_matches(dotted, every, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise UsageError(f"unknown config key {dotted!r}{hint}")
+    return section, name
+
+
+def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
+    """Set ``section.key`` to ``value`` in the file, keeping every comment and the layout.
+
+    The edited file is validated as a whole before it replaces the old one (temp file, fsync,
+    rename), so a bad value never reaches the disk. Returns the new config."""
+    path = Path(path).expanduser()
+    section, name = _key_for(dotted_key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigProblems(str(path), [Problem(f"{dotted_key} = {value}: must be a finite number",
+                                                 key=dotted_key)])
+    raw = _read(path)
+    bom = raw.startswith(b"\xef\xbb\xbf")
+    text = raw[3:].decode("utf-8") if bom else raw.decode("utf-8", errors="strict")
+    try:
+        doc = tomlkit.parse(text)
+    except Exception:  # noqa: BLE001 - the full check below gives the precise message
+        load_config(path)
+        raise
+    table = doc.get(section)
+    if table is None:
+        table = tomlkit.table()
+        doc[section] = table
+    if not isinstance(table, dict):
+        load_config(path)  # reports "must be a table"
+        raise ConfigProblems(str(path), [Problem(f"{section} must be a table", key=section)])
+    table[name] = list(value) if isinstance(value, tuple) else value
+    new_text = tomlkit.dumps(doc)
+    parse_config_text(new_text, file=str(path), root=path.absolute().parent)
+    _atomic_write(path, (b"\xef\xbb\xbf" if bom else b"") + new_text.encode("utf-8"))
+    return load_config(path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o644
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def dumps_problems(exc: ConfigProblems) -> str:
+    return json.dumps([p.to_json() for p in exc.problems])

@@ -1,0 +1,386 @@
+"""Checking a config document against the schema, collecting every problem rather than the first.
+
+Torch-free and side-effect free: it reads nothing but the text it is given (and, for a
+``base_model`` written as a path, whether that path exists)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+from engine.config_schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``line`` (1-based) and ``column`` where known, the dotted ``key`` where one applies."""
+
+    message: str
+    key: str | None = None
+    line: int | None = None
+    column: int | None = None
+    case: int | None = None
+
+    def render(self, file: str) -> str:
+        where = file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message, "key": self.key, "line": self.line, "column": self.column,
+                "case": self.case}
+
+
+# ---------------------------------------------------------------- text -> document
+
+def _decode(data: bytes | str) -> tuple[str | None, list[Problem]]:
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff"), []
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None, [Problem("is saved as UTF-16; save it as UTF-8", line=1, column=1, case=32)]
+    data = data.removeprefix(b"\xef\xbb\xbf")  # editors on Windows add it; harmless, so accepted
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, [Problem(f"is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+                              line=line, column=col, case=32)]
+
+
+_LOCATION = re.compile(r"\s+at line \d+ col \d+$")
+
+
+def _parse(text: str) -> tuple[Any, list[Problem]]:
+    try:
+        doc = tomlkit.parse(text)
+        return doc.unwrap(), []
+    except tomlkit.exceptions.ParseError as exc:
+        message = _LOCATION.sub("", str(exc))
+        return None, [Problem(f"invalid TOML: {message}", line=exc.line, column=exc.col, case=32)]
+    except tomlkit.exceptions.KeyAlreadyPresent as exc:
+        return None, [Problem(f"invalid TOML: {_dup_message(str(exc))}", line=_dup_line(text, str(exc)),
+                              case=32)]
+    except RecursionError:
+        return None, [Problem("invalid TOML: nested too deeply", case=32)]
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the file's problem, not a crash
+        return None, [Problem(f"invalid TOML: {exc}", case=32)]
+
+
+def _dup_message(text: str) -> str:
+    return text.rstrip(".") + " (a key may appear only once per table)"
+
+
+def _dup_line(text: str, message: str) -> int | None:
+    m = re.search(r'"([^"]*)"', message)
+    if not m:
+        return None
+    name = m.group(1)
+    seen: dict[tuple[str | None, str], int] = {}
+    header: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        h = _HEADER.match(line)
+        if h:
+            header = h.group(1).strip()
+            if (None, header) in seen and header == name:
+                return number
+            seen[(None, header)] = number
+            continue
+        k = _KEY.match(line)
+        if k and k.group(1).strip("\"' ") == name:
+            if (header, name) in seen:
+                return number
+            seen[(header, name)] = number
+    return None
+
+
+# ---------------------------------------------------------------- finding a key's line
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _line_of(lines: list[str], section: str, key: str | None = None) -> int | None:
+    header: str | None = None
+    for number, line in enumerate(lines, 1):
+        h = _HEADER.match(line)
+        if h:
+            header = h.group(1).strip().strip("\"'")
+            if key is None and header == section:
+                return number
+            continue
+        k = _KEY.match(line)
+        if not k:
+            continue
+        name = re.sub(r"\s*\.\s*", ".", k.group(1).strip()).replace('"', "").replace("'", "")
+        full = name if header is None else f"{header}.{name}"
+        if full == (section if key is None else f"{section}.{key}"):
+            return number
+        if key is None and full.startswith(section + "."):
+            return number
+    return None
+
+
+# ---------------------------------------------------------------- values
+
+def show(value: Any) -> str:
+    """A value as it would be written in TOML, shortened for a message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value.bit_length() < 200 else "(a very large integer)"
+    if isinstance(value, float):
+        return {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan" if value != value else repr(value))
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        return "(a table)"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(show(v) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number with a fraction" if math.isfinite(value) else "not a finite number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, _dt.date | _dt.time):
+        return "a date/time"
+    return type(value).__name__
+
+
+class _Bad(Exception):
+    def __init__(self, message: str, case: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.case = case
+
+
+def _quoted_hint(value: Any, kind: str) -> str:
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if kind == "bool" and low in ("true", "false"):
+            return f" (write {low} without quotes)"
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (write {value.strip()} without quotes)"
+    return ""
+
+
+def _number(key: Key, value: Any) -> int | float:
+    kind, s = key.kind, key.spec
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}{_quoted_hint(value, kind)}")
+    if kind == "int" and isinstance(value, float):
+        if math.isfinite(value) and value == int(value):
+            raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)} (write {int(value)})")
+        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _Bad(f"must be a finite number: {allowed_text(key)}")
+    too_low = s.lo is not None and (value <= s.lo if s.lo_open else value < s.lo)
+    too_high = s.hi is not None and value > s.hi
+    if too_low or too_high:
+        raise _Bad(f"is out of range: must be {allowed_text(key)}", s.case_low if too_low else s.case_high)
+    if kind == "float":
+        try:
+            return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
+        except OverflowError:
+            raise _Bad(f"is too large: must be {allowed_text(key)}") from None
+    return value
+
+
+def _string(key: Key, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}")
+    if "\x00" in value:
+        raise _Bad("must not contain a NUL character")
+    choices = key.spec.choices
+    if choices and value not in choices:
+        close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.5)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        raise _Bad(f"must be {allowed_text(key)}{hint}")
+    if key.spec.nonempty and not value.strip():
+        raise _Bad(f"must be {allowed_text(key)}, not empty")
+    return value
+
+
+def _check_value(key: Key, value: Any) -> Any:
+    kind = key.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _Bad(f"must be true or false, not {type_name(value)}{_quoted_hint(value, kind)}")
+        return value
+    if kind in ("int", "float"):
+        return _number(key, value)
+    if kind == "str":
+        return _string(key, value)
+    if kind == "list[str]":
+        if not isinstance(value, list):
+            raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}"
+                       + (f' (write ["{value}"])' if isinstance(value, str) else ""))
+        if key.spec.nonempty and not value:
+            raise _Bad(f"must be {allowed_text(key)}, not empty")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item or "\x00" in item:
+                raise _Bad(f"item {i} ({show(item)}) must be a non-empty string, not {type_name(item)}"
+                           if not isinstance(item, str) else f"item {i} must be a non-empty string")
+        return list(value)
+    # gpus: "all" or GPU indices
+    if isinstance(value, str):
+        if value != "all":
+            raise _Bad(f"must be {allowed_text(key)}")
+        return value
+    if not isinstance(value, list) or not value:
+        raise _Bad(f"must be {allowed_text(key)}, not "
+                   + ("an empty list (for no GPU set hardware.device = \"cpu\")" if value == []
+                      else type_name(value)))
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 4096:
+            raise _Bad(f"must be {allowed_text(key)}; {show(item)} is not a GPU index")
+    if len(set(value)) != len(value):
+        raise _Bad("lists a GPU twice")
+    return list(value)
+
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+
+
+def looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or value in (".", "..")
+
+
+def _base_model(value: str, root: Path) -> str:
+    if looks_like_path(value):
+        where = Path(os.path.normpath(root / Path(value).expanduser()))
+        if not where.exists():
+            raise _Bad(f"names no such folder ({where}); give an existing folder, a model id, or "
+                       f'"{BUILTIN_MODELS[0]}"', case=11)
+        if not where.is_dir():
+            raise _Bad(f"names a file ({where}); give the model's folder (the one holding config.json)",
+                       case=11)
+        return str(where)
+    if value.startswith("builtin:"):
+        if value not in BUILTIN_MODELS:
+            close = difflib.get_close_matches(value, BUILTIN_MODELS, n=1, cutoff=0.5)
+            hint = f'did you mean "{close[0]}"?' if close else "the built-in models: " + ", ".join(
+                f'"{m}"' for m in BUILTIN_MODELS)
+            raise _Bad(f"is not a built-in model; {hint}", case=39)
+        return value
+    if not _MODEL_ID.match(value):
+        raise _Bad('is neither "builtin:...", a folder (absolute, ./, ../ or ~) nor a model id such '
+                   'as "org/name"', case=39)
+    return value
+
+
+# ---------------------------------------------------------------- the document
+
+def _suggest(name: str, options: list[str]) -> str | None:
+    close = difflib.get_close_matches(name.lower().replace("-", "_"), options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _home_of(name: str) -> str | None:
+    homes = [s for s, keys in KEYS.items() if name in keys]
+    return homes[0] if homes else None
+
+
+def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
+    """Check config text; return the checked values per section (defaults omitted) and every problem."""
+    text, problems = _decode(data)
+    if text is None:
+        return {}, problems
+    doc, problems = _parse(text)
+    if problems:
+        return {}, problems
+    lines = text.splitlines()
+    out: dict[str, dict[str, Any]] = {}
+    sections = list(SECTIONS)
+
+    def add(message: str, section: str, key: str | None = None, case: int | None = None) -> None:
+        dotted = section if key is None else f"{section}.{key}"
+        problems.append(Problem(message, key=dotted, line=_line_of(lines, section, key), case=case))
+
+    if not isinstance(doc, dict):
+        return {}, [Problem("is not a TOML table", case=32)]
+    for section, table in doc.items():
+        if section not in SECTIONS:
+            home = _home_of(section)
+            if home and not isinstance(table, dict):
+                add(f"{section} is not inside a section; put it under [{home}]", section)
+            else:
+                close = _suggest(section, sections)
+                hint = f"did you mean [{close}]?" if close else "sections: " + ", ".join(sections)
+                add(f"unknown section [{section}]; {hint}", section)
+            continue
+        if isinstance(table, list) and table and all(isinstance(t, dict) for t in table):
+            add(f"[[{section}]] is an array of tables; write [{section}] once", section)
+            continue
+        if not isinstance(table, dict):
+            add(f"{section} = {show(table)}: {section} must be a section ([{section}] followed by its "
+                f"keys), not {type_name(table)}", section)
+            continue
+        known = KEYS[section]
+        values: dict[str, Any] = {}
+        for name, value in table.items():
+            key = known.get(name)
+            if key is None:
+                close = _suggest(name, list(known))
+                home = _home_of(name)
+                if close:
+                    hint = f"did you mean {close}?"
+                elif home:
+                    hint = f"it belongs in [{home}]"
+                else:
+                    hint = f"keys of [{section}]: " + ", ".join(known)
+                add(f"unknown key {section}.{name}; {hint}", section, name)
+                continue
+            try:
+                checked = _check_value(key, value)
+                if key.dotted == "model.base_model":
+                    checked = _base_model(checked, root)
+                values[name] = checked
+            except _Bad as bad:
+                add(f"{key.dotted} = {show(value)} {bad.message}", section, name, bad.case)
+        out[section] = values
+    _cross_checks(out, add)
+    return out, problems
+
+
+def _cross_checks(out: dict[str, dict[str, Any]], add: Any) -> None:
+    def get(section: str, name: str) -> Any:
+        return out.get(section, {}).get(name, KEYS[section][name].default)
+
+    if get("training", "epochs") == 0 and get("training", "max_steps") == 0:
+        where = "max_steps" if "max_steps" in out.get("training", {}) else "epochs"
+        add("training.epochs and training.max_steps are both 0, so nothing would be trained; set "
+            "epochs >= 1, or max_steps >= 1", "training", where)
+    if get("queue", "backoff_max_s") < get("queue", "backoff_s"):
+        add(f"queue.backoff_max_s = {show(get('queue', 'backoff_max_s'))} is below queue.backoff_s = "
+            f"{show(get('queue', 'backoff_s'))}; the longest retry delay must be at least the first",
+            "queue", "backoff_max_s")

@@ -1,0 +1,260 @@
+"""The config's one source of truth: every section, key, type, default, range and explanation.
+
+Validation (``engine.config``), the shipped commented ``config.toml`` and the console's settings
+editor are all derived from the dataclasses below, so a key cannot be documented in one place
+and forgotten in another."""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any, Final, TypeVar
+
+T = TypeVar("T")
+
+BUILTIN_MODELS: Final = ("builtin:tiny-chat",)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one key is documented and checked."""
+
+    doc: str
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # the lower bound itself is not allowed (e.g. max_grad_norm > 0)
+    choices: tuple[str, ...] = ()
+    nonempty: bool = False
+    note: str = ""  # extra words after the allowed range, e.g. "0 = use max_steps"
+    case_low: int | None = None  # the memo case a too-small value is
+    case_high: int | None = None  # the memo case a too-large value is
+
+
+def _f(default: T, doc: str, **kw: Any) -> T:
+    meta = {"spec": Spec(doc, **kw)}
+    if isinstance(default, list):
+        frozen = list(default)
+        return typing.cast(T, field(default_factory=lambda: list(frozen), metadata=meta))
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model is fine-tuned."""
+
+    base_model: str = _f(
+        "builtin:tiny-chat",
+        "The base model: builtin:tiny-chat (built locally, no download), a local folder "
+        "(absolute, ./, ../ or ~; relative to this file), or a model id already in the local cache. "
+        "A folder that does not exist is an error.",
+        nonempty=True)
+    revision: str = _f("", "Model revision (branch, tag or commit) for a model id; empty means the default.")
+    trust_remote_code: bool = _f(
+        False, "Run Python code shipped with the model. Leave false unless you trust the model's author.")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The LoRA adapter being trained."""
+
+    r: int = _f(8, "Adapter rank.", lo=1, hi=1024)
+    alpha: int = _f(16, "LoRA scaling numerator (the update is scaled by alpha / r).", lo=1, hi=4096)
+    dropout: float = _f(0.05, "Dropout on the adapter's input.", lo=0, hi=0.9)
+    target_modules: list[str] = _f(["q_proj", "v_proj"], "Names of the modules that get adapters.",
+                                   nonempty=True)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The optimiser and the schedule."""
+
+    learning_rate: float = _f(2e-4, "Peak learning rate.", lo=1e-6, hi=1e-2, case_low=37, case_high=38)
+    batch_size: int = _f(4, "Examples per device per step (the micro-batch).", lo=1, case_low=35,
+                         case_high=36)
+    gradient_accumulation: int = _f(
+        1, "Micro-batches per optimiser step; the effective batch is batch_size * gradient_accumulation.",
+        lo=1)
+    epochs: int = _f(1, "Passes over the data.", lo=0, hi=10000, note="0 = use max_steps")
+    max_steps: int = _f(0, "Optimiser steps to run.", lo=0, note="0 = from epochs; overrides epochs when set")
+    max_length: int = _f(1024, "Longest example in tokens; longer ones follow data.long_examples.",
+                         lo=128, hi=32768, case_low=33, case_high=34)
+    warmup_steps: float = _f(0.0, "Learning-rate warm-up.", lo=0,
+                             note="below 1 it is a share of all steps, from 1 on a number of steps")
+    lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.",
+                           choices=("linear", "cosine", "constant"))
+    weight_decay: float = _f(0.0, "AdamW weight decay.", lo=0, hi=1)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm.", lo=0, lo_open=True)
+    seed: int = _f(42, "Random seed (data order, adapter initialisation).", lo=0, hi=2**32 - 1)
+    save_steps: int = _f(50, "Steps between checkpoints.", lo=1)
+    eval_steps: int = _f(50, "Steps between evaluations on the held-out share.", lo=1)
+    logging_steps: int = _f(1, "Steps between logged metrics.", lo=1)
+    eval_fraction: float = _f(0.1, "Share of each file held out for evaluation.", lo=0, hi=0.5)
+    gradient_checkpointing: bool = _f(
+        False, "Trade compute for memory from the start (the OOM ladder also turns it on when needed).")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How training files are read and judged."""
+
+    max_line_bytes: int = _f(16777216, "Longest accepted line in a .jsonl file, in bytes.",
+                             lo=1024, hi=1073741824)
+    max_invalid_fraction: float = _f(
+        0.1, "A file with a larger share of bad records is rejected as a whole.", lo=0, hi=1)
+    long_examples: str = _f("truncate", "What happens to an example longer than training.max_length.",
+                            choices=("truncate", "drop"))
+    max_problems: int = _f(50, "Problems listed in a validation report.", lo=1, hi=100000)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The job queue and its retry policy."""
+
+    max_attempts: int = _f(3, "Attempts before a job that keeps failing is moved to failed/.", lo=1, hi=100)
+    backoff_s: float = _f(30.0, "First retry delay in seconds; it doubles each time, with jitter.", lo=0,
+                          hi=86400)
+    backoff_max_s: float = _f(3600.0, "Longest retry delay in seconds.", lo=0, hi=604800)
+    aging_s: float = _f(600.0, "Seconds of waiting that raise a job's effective priority by one level.",
+                        lo=1, hi=31536000)
+    poll_s: float = _f(1.0, "Seconds between looks at the inbox and the workers.", lo=0.1, hi=60)
+    stable_s: float = _f(1.0, "A new file must be unchanged this many seconds before it is taken.",
+                         lo=0, hi=3600)
+    dedupe: bool = _f(True, "The same content added twice makes one job.")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """Devices and the resource floors the engine keeps."""
+
+    device: str = _f("auto", "auto uses a GPU when one works, else the CPU.", choices=("auto", "cuda", "cpu"))
+    gpus: str | list[int] = _f("all", 'Which GPUs: "all" or a list of indices such as [0, 1].')
+    min_free_ram_mb: int = _f(1024, "New jobs wait while less host memory than this is free (MB).",
+                              lo=0, hi=2**40)
+    min_free_disk_mb: int = _f(1024, "New jobs wait while less disk than this is free (MB).", lo=0, hi=2**40)
+    max_swap_mb_s: float = _f(50.0, "Swap-in rate (MB/s) counted as thrashing.", lo=0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class GuardsConfig:
+    """The watchdogs around a running job."""
+
+    nan_retries: int = _f(2, "Learning-rate rollbacks after NaN/inf loss before the job is diverged.",
+                          lo=0, hi=100)
+    nan_lr_factor: float = _f(0.5, "Each rollback multiplies the learning rate by this.", lo=0, hi=1,
+                              lo_open=True)
+    plateau_window: int = _f(50, "Steps over which the loss must improve.", lo=1)
+    plateau_min_delta: float = _f(0.001, "Smallest relative improvement that counts.", lo=0, hi=1)
+    early_stop_patience: int = _f(3, "Evaluations without improvement before stopping early.", lo=1)
+    think_tag_max_share: float = _f(0.95, "Largest share of <think> text in generations before alerting.",
+                                    lo=0, hi=1)
+    min_accuracy: float = _f(0.01, "Lowest evaluation accuracy before alerting.", lo=0, hi=1)
+    eval_samples: int = _f(8, "Generations sampled per evaluation.", lo=0, hi=10000)
+    hang_floor_s: float = _f(120.0, "A step is never called hung before this many seconds.", lo=1)
+    hang_multiple: float = _f(20.0, "A step is hung after this many times the recent step time.", lo=1)
+    first_step_grace_s: float = _f(900.0, "Seconds allowed for loading and the first step.", lo=1)
+    alert_command: list[str] = _f([], "Program and arguments run for each alert, JSON on stdin, no shell; "
+                                      "[] = none.")
+    alert_min_severity: str = _f("critical", "Least severe alert that runs alert_command.",
+                                 choices=("info", "warning", "critical"))
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where the engine keeps its files (relative to this file's folder; ~ is expanded)."""
+
+    queue: str = _f("queue", "Inbox, job copies, done/ and failed/, the job database.", nonempty=True)
+    runs: str = _f("runs", "One folder per job: events, checkpoints, reports.", nonempty=True)
+    adapters: str = _f("adapters", "Finished adapters.", nonempty=True)
+    cache: str = _f(".cache", "Built-in model and token caches.", nonempty=True)
+
+
+SECTIONS: Final[dict[str, type]] = {
+    "model": ModelConfig,
+    "lora": LoraConfig,
+    "training": TrainingConfig,
+    "data": DataConfig,
+    "queue": QueueConfig,
+    "hardware": HardwareConfig,
+    "guards": GuardsConfig,
+    "paths": PathsConfig,
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of the schema, flattened for validation and documentation."""
+
+    section: str
+    name: str
+    kind: str  # int, float, bool, str, list[str], gpus
+    default: Any
+    spec: Spec
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}"
+
+
+_KINDS: Final[dict[Any, str]] = {
+    int: "int", float: "float", bool: "bool", str: "str", list[str]: "list[str]",
+    str | list[int]: "gpus",
+}
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    assert f.default_factory is not MISSING
+    return f.default_factory()
+
+
+def _keys() -> dict[str, dict[str, Key]]:
+    out: dict[str, dict[str, Key]] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        out[section] = {
+            f.name: Key(section, f.name, _KINDS[hints[f.name]], _default(f), f.metadata["spec"])
+            for f in fields(cls)
+        }
+    return out
+
+
+KEYS: Final = _keys()
+
+
+def _num(x: float) -> str:
+    if isinstance(x, int) or x == int(x) and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:g}"
+
+
+def allowed_text(key: Key) -> str:
+    """What a value of this key may be, in words (used in error messages and the shipped file)."""
+    s = key.spec
+    if key.kind == "bool":
+        base = "true or false"
+    elif key.kind == "gpus":
+        base = '"all" or a list of GPU indices (integers >= 0)'
+    elif key.kind == "list[str]":
+        base = "a non-empty list of strings" if s.nonempty else "a list of strings"
+    elif s.choices:
+        base = "one of " + ", ".join(f'"{c}"' for c in s.choices)
+    elif key.kind == "str":
+        base = "a non-empty string" if s.nonempty else "a string"
+    else:
+        noun = "an integer" if key.kind == "int" else "a number"
+        if s.lo is not None and s.hi is not None and not s.lo_open:
+            base = f"{noun} from {_num(s.lo)} to {_num(s.hi)}"
+        elif s.lo is not None and s.hi is not None:
+            base = f"{noun} > {_num(s.lo)} and <= {_num(s.hi)}"
+        elif s.lo is not None:
+            base = f"{noun} {'>' if s.lo_open else '>='} {_num(s.lo)}"
+        else:
+            base = noun
+    return f"{base} ({s.note})" if s.note else base
+
+
+def is_finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and (
+        isinstance(value, int) or math.isfinite(value))
