@@ -1,0 +1,352 @@
+"""Resource sampling for the daemon's guards and the console's gauges: GPUs through NVML, RAM
+(cgroup-aware), swap activity and free disk.
+
+NVML is initialised once per process and every query is wrapped, so a failing query costs one
+field (None), never the sample; a field a device does not support is probed once and remembered,
+so an old card does not pay for the same failing call every second. A machine without NVML or
+without GPUs is a state ("no_nvml", "no_gpu"), never an exception: the console must start on a
+laptop, and the daemon must train on CPU (case 26).
+
+RAM is the smaller of what the host and the process's memory cgroup allow: inside a container
+the host's free memory is a lie, and the kernel's OOM killer acts on the cgroup's limit (case 24).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+MB: Final = 1024 * 1024
+GPU_STATES: Final = ("ok", "no_nvml", "no_gpu", "error")
+# cgroup v1 reports "no limit" as a page-rounded huge number; anything above this is unlimited.
+_UNLIMITED: Final = 1 << 60
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    index: int
+    name: str | None
+    util_pct: float | None
+    mem_used_mb: float | None
+    mem_total_mb: float | None
+    temp_c: float | None
+    power_w: float | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    ram_total_mb: float
+    ram_used_mb: float
+    ram_available_mb: float
+    swap_used_mb: float
+    swap_in_mb_s: float
+    disk_free_mb: dict[str, float] = field(default_factory=dict)
+    gpus: list[GpuSample] = field(default_factory=list)
+    gpu_state: str = "no_nvml"
+    mono: float = 0.0  # time.monotonic() when taken
+
+    def event_fields(self) -> dict[str, Any]:
+        """The fields of a ``resource`` event (engine/events.py)."""
+        return {
+            "ram_used_mb": round(self.ram_used_mb, 1),
+            "ram_total_mb": round(self.ram_total_mb, 1),
+            "ram_available_mb": round(self.ram_available_mb, 1),
+            "swap_used_mb": round(self.swap_used_mb, 1),
+            "swap_in_mb_s": round(self.swap_in_mb_s, 2),
+            "disk_free_mb": {k: round(v, 1) for k, v in self.disk_free_mb.items()},
+            "gpu_state": self.gpu_state,
+            "gpus": [vars(g).copy() for g in self.gpus],
+        }
+
+
+# --- NVML ---------------------------------------------------------------------------------------
+
+class _Nvml:
+    """One NVML session per process, shared by every Sysmon in it."""
+
+    def __init__(self) -> None:
+        self.state = "no_nvml"
+        self.detail = ""
+        self.module: Any = None
+        self.handles: list[tuple[int, Any]] = []
+        self.names: dict[int, str | None] = {}
+        self.unsupported: set[tuple[int, str]] = set()
+        self._start()
+
+    def _start(self) -> None:
+        try:
+            import pynvml
+        except ImportError as exc:  # the package is a dependency, but a broken install is a state too
+            self.detail = f"pynvml not importable: {exc}"
+            return
+        self.module = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as exc:
+            # No library or no driver is a CPU machine; anything else is a broken GPU stack.
+            absent = (
+                pynvml.NVMLError_LibraryNotFound,
+                pynvml.NVMLError_DriverNotLoaded,
+                pynvml.NVMLError_FunctionNotFound,
+            )
+            self.state = "no_nvml" if isinstance(exc, absent) else "error"
+            self.detail = f"NVML init failed: {exc}"
+            return
+        except OSError as exc:
+            self.detail = f"NVML init failed: {exc}"
+            return
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+            for index in range(count):
+                self.handles.append((index, pynvml.nvmlDeviceGetHandleByIndex(index)))
+        except pynvml.NVMLError as exc:
+            self.state = "error"
+            self.detail = f"NVML device enumeration failed: {exc}"
+            return
+        self.state = "ok" if self.handles else "no_gpu"
+
+    def query(self, index: int, field_name: str, func: str, *args: Any) -> Any:
+        """One NVML call: NotSupported is remembered per device and field; other errors cost
+        this field this time only (a transient error must not blank a gauge for good)."""
+        if (index, field_name) in self.unsupported:
+            return None
+        nv = self.module
+        try:
+            return getattr(nv, func)(*args)
+        except nv.NVMLError as exc:
+            if isinstance(exc, nv.NVMLError_NotSupported):
+                self.unsupported.add((index, field_name))
+            return None
+        except Exception:  # noqa: BLE001 - a malformed reply from a driver is one missing field
+            return None
+
+    def sample(self, wanted: Sequence[int] | None) -> tuple[str, list[GpuSample]]:
+        if self.state != "ok":
+            return self.state, []
+        nv = self.module
+        out: list[GpuSample] = []
+        for index, handle in self.handles:
+            if wanted is not None and index not in wanted:
+                continue
+            if index not in self.names:
+                raw = self.query(index, "name", "nvmlDeviceGetName", handle)
+                self.names[index] = raw.decode() if isinstance(raw, bytes) else raw
+            util = self.query(index, "util", "nvmlDeviceGetUtilizationRates", handle)
+            mem = self.query(index, "mem", "nvmlDeviceGetMemoryInfo", handle)
+            temp = self.query(index, "temp", "nvmlDeviceGetTemperature", handle, nv.NVML_TEMPERATURE_GPU)
+            power = self.query(index, "power", "nvmlDeviceGetPowerUsage", handle)
+            out.append(GpuSample(
+                index=index,
+                name=self.names[index],
+                util_pct=_num(getattr(util, "gpu", None)),
+                mem_used_mb=_scaled(getattr(mem, "used", None), MB),
+                mem_total_mb=_scaled(getattr(mem, "total", None), MB),
+                temp_c=_num(temp),
+                power_w=_scaled(power, 1000),  # NVML reports milliwatts
+            ))
+        return "ok", out
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _scaled(value: Any, divisor: float) -> float | None:
+    number = _num(value)
+    return None if number is None else number / divisor
+
+
+_nvml: _Nvml | None = None
+_nvml_lock = threading.Lock()
+
+
+def _nvml_session() -> _Nvml:
+    global _nvml
+    with _nvml_lock:
+        if _nvml is None:
+            _nvml = _Nvml()
+        return _nvml
+
+
+def reset_nvml() -> None:
+    """Forget the process's NVML session (tests fake NVML and need a fresh probe)."""
+    global _nvml
+    with _nvml_lock:
+        _nvml = None
+
+
+# --- RAM and cgroups ----------------------------------------------------------------------------
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, ValueError):
+        return None
+    if text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _stat_value(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _own_cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup path for v2 (``0::``) and for v1's memory controller."""
+    v2 = v1 = None
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            v2 = parts[2]
+        elif "memory" in parts[1].split(","):
+            v1 = parts[2]
+    return v2, v1
+
+
+def cgroup_memory(root: Path = Path("/sys/fs/cgroup"),
+                  proc_cgroup: Path = Path("/proc/self/cgroup")) -> tuple[int, int] | None:
+    """(limit, used) in bytes of the memory cgroup this process lives in, or None when unlimited
+    or unreadable. Used excludes inactive page cache, which the kernel reclaims before it kills."""
+    v2_path, v1_path = _own_cgroup_paths(proc_cgroup)
+    candidates: list[tuple[Path, str, str, str]] = []
+    # Inside a container the namespace root is our own cgroup, and /proc shows a host path that
+    # does not exist here; so our own path first, then the root.
+    for rel in (v2_path, "/"):
+        if rel is not None:
+            candidates.append((root / rel.lstrip("/"), "memory.max", "memory.current", "inactive_file"))
+    for rel in (v1_path, "/"):
+        if rel is not None:
+            base = root / "memory" / rel.lstrip("/")
+            candidates.append((base, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+    for base, limit_name, usage_name, inactive_key in candidates:
+        if not (base / usage_name).exists():
+            continue
+        limit = _read_int(base / limit_name)
+        usage = _read_int(base / usage_name)
+        if limit is None or usage is None or limit >= _UNLIMITED:
+            return None
+        inactive = _stat_value(base / "memory.stat", inactive_key)
+        return limit, max(0, usage - inactive)
+    return None
+
+
+# --- the sampler --------------------------------------------------------------------------------
+
+class Sysmon:
+    """Takes resource samples. Cheap to create; NVML is shared per process."""
+
+    def __init__(self, gpus: Sequence[int] | None = None, *,
+                 cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 proc_cgroup: Path = Path("/proc/self/cgroup")) -> None:
+        self.gpu_indices = list(gpus) if gpus is not None else None
+        self.cgroup_root = cgroup_root
+        self.proc_cgroup = proc_cgroup
+        self._nvml = _nvml_session()
+        self._last_sin: tuple[float, int] | None = None
+
+    @property
+    def gpu_detail(self) -> str:
+        """Why there is no GPU data, for doctor and the console's panel."""
+        return self._nvml.detail
+
+    def ram(self) -> tuple[float, float, float]:
+        """(total, used, available) in MB: the tighter of host and cgroup."""
+        vm = psutil.virtual_memory()
+        total, available = float(vm.total), float(vm.available)
+        cg = cgroup_memory(self.cgroup_root, self.proc_cgroup)
+        if cg is not None:
+            limit, used = cg
+            total = min(total, float(limit))
+            available = min(available, float(max(0, limit - used)))
+        available = min(available, total)
+        return total / MB, (total - available) / MB, available / MB
+
+    def swap(self) -> tuple[float, float]:
+        """(used MB, swap-in MB/s since the previous call; 0 on the first)."""
+        try:
+            sw = psutil.swap_memory()
+        except (OSError, RuntimeError):
+            return 0.0, 0.0
+        now = time.monotonic()
+        rate = 0.0
+        if self._last_sin is not None:
+            then, before = self._last_sin
+            dt = now - then
+            if dt > 0 and sw.sin >= before:
+                rate = (sw.sin - before) / MB / dt
+        self._last_sin = (now, int(sw.sin))
+        return float(sw.used) / MB, rate
+
+    @staticmethod
+    def disk_free(paths: Iterable[Path | str]) -> dict[str, float]:
+        """Free MB for each path, measured at its nearest existing ancestor (a queue folder not
+        made yet lives on its parent's filesystem). A path that cannot be read is left out."""
+        out: dict[str, float] = {}
+        for given in paths:
+            probe = Path(given)
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            try:
+                out[str(given)] = shutil.disk_usage(probe).free / MB
+            except OSError:
+                continue
+        return out
+
+    def sample(self, paths: Iterable[Path | str] = ()) -> Sample:
+        total, used, available = self.ram()
+        swap_used, swap_in = self.swap()
+        state, gpus = self._nvml.sample(self.gpu_indices)
+        return Sample(
+            ram_total_mb=total,
+            ram_used_mb=used,
+            ram_available_mb=available,
+            swap_used_mb=swap_used,
+            swap_in_mb_s=swap_in,
+            disk_free_mb=self.disk_free(paths),
+            gpus=gpus,
+            gpu_state=state,
+            mono=time.monotonic(),
+        )
+
+
+def _main() -> int:
+    """``python -m engine.sysmon``: one sample, for a quick look at what the engine sees."""
+    import json
+
+    mon = Sysmon()
+    time.sleep(0.2)
+    sample = mon.sample([os.getcwd()])
+    print(json.dumps(sample.event_fields(), indent=2))
+    if mon.gpu_detail:
+        print(mon.gpu_detail)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
