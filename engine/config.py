@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ def _read(path: Path) -> bytes:
             data = fh.read(MAX_CONFIG_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigProblems(shown, [Problem(
-            f"no config file here; create one with `trainconsole init {_init_dir(path)}` "
+            f"no such config file; create one with `trainconsole init {_init_dir(path)}` "
             "(writes the commented default and the queue folders), or point --config or "
             "$TRAINCONSOLE_CONFIG at an existing one", case=31)]) from None
     except IsADirectoryError:
@@ -243,8 +244,14 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
     if not isinstance(table, dict):
         load_config(path)  # reports "must be a table"
         raise ConfigProblems(str(path), [Problem(f"{section} must be a table", key=section)])
-    table[name] = list(value) if isinstance(value, tuple) else value
+    try:
+        table[name] = list(value) if isinstance(value, tuple) else value
+    except Exception:  # noqa: BLE001 - tomlkit cannot represent the value (e.g. an object)
+        raise ConfigProblems(str(path), [Problem(
+            f"{dotted_key} = {value!r}: cannot be written to TOML", key=dotted_key)]) from None
     new_text = tomlkit.dumps(doc)
+    if text.count("\r\n") * 2 > text.count("\n"):  # keep a Windows file's line endings throughout
+        new_text = re.sub(r"(?<!\r)\n", "\r\n", new_text)
     parse_config_text(new_text, file=str(path), root=path.absolute().parent)
     _atomic_write(path, (b"\xef\xbb\xbf" if bom else b"") + new_text.encode("utf-8"))
     return load_config(path)

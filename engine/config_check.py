@@ -69,8 +69,15 @@ def _parse(text: str) -> tuple[Any, list[Problem]]:
         doc = tomlkit.parse(text)
         return doc.unwrap(), []
     except tomlkit.exceptions.ParseError as exc:
-        message = _LOCATION.sub("", str(exc))
-        return None, [Problem(f"invalid TOML: {message}", line=exc.line, column=exc.col, case=32)]
+        message = _LOCATION.sub("", str(exc)).rstrip(".")
+        if "'\\x00'" in message:  # tomlkit's way of saying the text ended inside a value
+            lines = text.splitlines() or [""]
+            return None, [Problem("invalid TOML: the file ends inside a value (an unclosed [, { or quote?)",
+                                  line=len(lines), column=len(lines[-1]) + 1, case=32)]
+        if "already exists" in message:
+            message += " (a key or a section may appear only once)"
+        # tomlkit counts columns from 0; editors and compilers count from 1.
+        return None, [Problem(f"invalid TOML: {message}", line=exc.line, column=exc.col + 1, case=32)]
     except tomlkit.exceptions.KeyAlreadyPresent as exc:
         return None, [Problem(f"invalid TOML: {_dup_message(str(exc))}", line=_dup_line(text, str(exc)),
                               case=32)]
@@ -114,24 +121,30 @@ _KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
 
 
 def _line_of(lines: list[str], section: str, key: str | None = None) -> int | None:
+    """The first line that defines ``section`` (or ``section.key``): a header, a dotted key or a key."""
+    target = section if key is None else f"{section}.{key}"
+
+    def hit(name: str) -> bool:
+        return name == target or name.startswith(target + ".")
+
     header: str | None = None
     for number, line in enumerate(lines, 1):
         h = _HEADER.match(line)
         if h:
-            header = h.group(1).strip().strip("\"'")
-            if key is None and header == section:
+            header = _dotted(h.group(1))
+            if hit(header):
                 return number
             continue
         k = _KEY.match(line)
-        if not k:
-            continue
-        name = re.sub(r"\s*\.\s*", ".", k.group(1).strip()).replace('"', "").replace("'", "")
-        full = name if header is None else f"{header}.{name}"
-        if full == (section if key is None else f"{section}.{key}"):
-            return number
-        if key is None and full.startswith(section + "."):
-            return number
+        if k:
+            name = _dotted(k.group(1))
+            if hit(name if header is None else f"{header}.{name}"):
+                return number
     return None
+
+
+def _dotted(raw: str) -> str:
+    return re.sub(r"\s*\.\s*", ".", raw.strip()).replace('"', "").replace("'", "")
 
 
 # ---------------------------------------------------------------- values
