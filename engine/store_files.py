@@ -1,0 +1,212 @@
+"""The store's file side: the engine's copy of each job, a small sidecar beside it holding what a
+rebuild of the database needs (case 58), and the readable report of a failed job (case 60).
+
+Names on disk are the job id plus a sanitised form of the original name (ASCII, no spaces), so no
+shell, terminal or tool ever meets a hostile name from the inbox; the original name is kept
+exactly, as bytes in hex, in the sidecar and as a blob in the database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SIDECAR_SCHEMA = 1
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_PREFIX = re.compile(r"^(j\d{4,})(?:--|\.json$|\.report\.txt$)")
+
+
+def tmp_prefix() -> str:
+    """Temporary files carry the writer's pid, so a sweep removes only those of dead writers."""
+    return f"store-{os.getpid()}-"
+
+
+def sanitise(name: str, limit: int = 80) -> str:
+    stem = name[:-6] if name.lower().endswith(".jsonl") else name
+    safe = _UNSAFE.sub("_", stem).strip("._-") or "data"
+    return safe[:limit]
+
+
+def data_filename(job_id: str, name: str) -> str:
+    return f"{job_id}--{sanitise(name)}.jsonl"
+
+
+def sidecar_name(job_id: str) -> str:
+    return f"{job_id}.json"
+
+
+def report_name(filename: str) -> str:
+    stem = filename[:-6] if filename.endswith(".jsonl") else filename
+    return f"{stem}.report.txt"
+
+
+def job_id_of(filename: str) -> str | None:
+    match = _ID_PREFIX.match(filename)
+    return match.group(1) if match else None
+
+
+def name_to_hex(name: str) -> str:
+    return os.fsencode(name).hex()
+
+
+def name_from_hex(text: str) -> str:
+    return os.fsdecode(bytes.fromhex(text))
+
+
+def display(name: str) -> str:
+    """A name safe to print and to put in JSON: invalid bytes and control characters escaped."""
+    raw = os.fsencode(name).decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in raw)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable: without it a power cut can undo the directory entry."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write via a temporary file on the same filesystem, fsync, rename: readers see old or new."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{tmp_prefix()}{path.name}.{time.monotonic_ns()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_sidecar(folder: Path, tmp_dir: Path, meta: dict[str, Any]) -> None:
+    body = {"schema": SIDECAR_SCHEMA, **meta}
+    atomic_write(folder / sidecar_name(str(meta["id"])), orjson.dumps(body, option=orjson.OPT_INDENT_2),
+                 tmp_dir)
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    """A sidecar is a convenience: a missing or garbled one yields None, never an exception."""
+    try:
+        obj = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def move(src: Path, dst: Path) -> bool:
+    """Rename if present; False when the source is gone (already moved by an earlier, killed try)."""
+    try:
+        os.replace(src, dst)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def copy_into(src: Path, dst: Path, tmp_dir: Path) -> tuple[str, int]:
+    """Copy to a temporary file, fsync, rename into place; returns the sha256 and size copied, so
+    the hash is of exactly what the engine will train on even if the source changes meanwhile."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{tmp_prefix()}{dst.name}.{time.monotonic_ns()}.part"
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            while chunk := fin.read(1 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(dst.parent)
+    return digest.hexdigest(), size
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def sweep_tmp(tmp_dir: Path) -> list[Path]:
+    """Remove the store's temporary files whose writer is dead; others' files are left alone."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith("store-"):
+            continue
+        pid_text = entry.name.split("-", 2)[1]
+        if pid_text.isdigit() and _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def report_text(job_id: str, name: str, attempts: int, max_attempts: int,
+                history: list[dict[str, Any]], final: str, traceback: str | None) -> str:
+    lines = [
+        f"job:       {job_id}",
+        f"file:      {display(name)}",
+        f"outcome:   {final}",
+        f"attempts:  {attempts} of {max_attempts}",
+        f"written:   {time.strftime('%Y-%m-%d %H:%M:%S %z')}",
+        "",
+        "attempts, oldest first:",
+    ]
+    if not history:
+        lines.append("  (none recorded)")
+    for item in history:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(item.get("t", 0))))
+        lines.append(f"  {item.get('attempt', '?')}. {when}  {item.get('class', '?')}: {item.get('message', '')}")
+    if traceback:
+        lines += ["", "last traceback:", traceback.rstrip()]
+    lines += ["", f"To run it again: trainconsole retry {job_id}", ""]
+    return "\n".join(lines)

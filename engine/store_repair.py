@@ -1,0 +1,83 @@
+"""What ``Store.open`` finishes after a kill: files half-taken into ``jobs/`` (intents), moves
+between folders that committed in the database but never happened on disk, and temporary files
+of dead writers. Every step is idempotent, so a kill during repair is repaired by the next open."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import store_files as sf
+from engine.store_schema import COLUMNS, folder_for
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+
+def repair(store: Store) -> None:
+    layout = store.layout
+    for folder in (layout.jobs, layout.done, layout.failed, layout.tmp):
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
+    _finish_intents(store)
+    _reconcile_folders(store)
+    sf.sweep_tmp(layout.tmp)
+
+
+def _finish_intents(store: Store) -> None:
+    conn = store._conn
+    rows = conn.execute("SELECT seq, id, src, name, filename, sha256, size, priority, mode, owner_pid, "
+                        "created_at FROM intents").fetchall()
+    for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created in rows:
+        if owner != os.getpid() and sf._alive(int(owner)):
+            continue  # still being written by a live process
+        src = Path(os.fsdecode(bytes(src_b)))
+        dest = store.layout.jobs / filename
+        try:
+            if dest.exists():
+                sha, size = sf.hash_file(dest)
+                if mode == "move" and src.exists() and sf.hash_file(src)[0] == sha:
+                    os.unlink(src)  # a cross-filesystem copy finished, the unlink did not
+            elif mode == "move" and src.is_file() and sf.hash_file(src)[0] == sha:
+                store._take_by_move(src, dest)
+            else:
+                # A copy that never landed (its `add` was killed and reported nothing), or a source
+                # that is gone or replaced: nothing was taken, so nothing is recorded.
+                with store._write():
+                    conn.execute("DELETE FROM intents WHERE seq=?", (seq,))
+                continue
+        except OSError:
+            continue  # left for the next open
+        row: dict[str, Any] = dict(zip(COLUMNS, (
+            seq, job_id, bytes(name_b), filename, sha, size, priority, "queued", 0, None, None, None,
+            "{}", "[]", created, created, None, None, None, None, None, None), strict=True))
+        store._commit_intent(row)
+
+
+def _reconcile_folders(store: Store) -> None:
+    layout = store.layout
+    where: dict[str, Path] = {}
+    for folder in (layout.jobs, layout.done, layout.failed):
+        try:
+            for entry in os.scandir(folder):
+                if entry.name.endswith(".jsonl"):
+                    where[entry.name] = folder
+        except OSError:
+            continue
+    rows = store._conn.execute("SELECT id, filename, status, attempts, history, name FROM jobs").fetchall()
+    for job_id, filename, status, attempts, history, name_b in rows:
+        expected = folder_for(layout, status)
+        actual = where.get(filename)
+        if actual is not None and actual != expected:
+            store._move_files(job_id, filename, actual, expected)
+        if status == "failed" and not (layout.failed / sf.report_name(filename)).exists():
+            import orjson
+
+            text = sf.report_text(job_id, os.fsdecode(bytes(name_b)), attempts,
+                                  store.policy.max_attempts, orjson.loads(history),
+                                  "failed (report rewritten after an interruption)", None)
+            with contextlib.suppress(OSError):
+                sf.atomic_write(layout.failed / sf.report_name(filename), text.encode("utf-8", "replace"),
+                                layout.tmp)

@@ -1,0 +1,321 @@
+"""The job database's schema, how it is opened, and how it is rebuilt from the queue folders when it
+is corrupt (case 58). Only ``engine.store`` uses this module.
+
+Opening: WAL (readers never block the writer), ``synchronous=FULL`` (a commit survives power loss),
+a busy timeout (the daemon and any number of consoles share the file), and the schema version in
+``PRAGMA user_version``. A file that is not a database, fails ``PRAGMA quick_check``, is truncated,
+or is a directory is renamed to ``state.db.corrupt-<timestamp>`` (kept for a post-mortem, never
+deleted) and a new database is built from ``jobs/`` (queued), ``done/`` and ``failed/``, reading
+each job's sidecar for what the folder alone cannot say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from engine import store_files as sf
+from engine.errors import ConfigError
+from engine.layout import Layout
+
+SCHEMA_VERSION = 1
+_HEADER = b"SQLite format 3\x00"
+_RUN_ID = re.compile(r"^j(\d{4,})$")
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL,
+    name BLOB NOT NULL,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    priority TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    error_class TEXT,
+    error TEXT,
+    overrides TEXT NOT NULL DEFAULT '{}',
+    history TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    pid INTEGER,
+    pid_start REAL,
+    step INTEGER,
+    max_steps INTEGER
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    job_id TEXT,
+    arg TEXT,
+    created_at REAL NOT NULL
+);
+-- A file being taken into jobs/: written before the file moves, deleted in the transaction that
+-- inserts the job, so a kill at any point is finished or undone at the next open, never doubled.
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    src BLOB NOT NULL,
+    name BLOB NOT NULL,
+    filename TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    priority TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+"""
+
+COLUMNS = ("seq", "id", "name", "filename", "sha256", "size", "priority", "status", "attempts",
+           "next_attempt_at", "error_class", "error", "overrides", "history", "created_at",
+           "queued_at", "started_at", "finished_at", "pid", "pid_start", "step", "max_steps")
+
+FOLDER_STATUS = (("jobs", "queued"), ("done", "done"), ("failed", "failed"))
+
+
+def folder_for(layout: Layout, status: str) -> Path:
+    if status == "done":
+        return layout.done
+    if status in ("failed", "cancelled"):
+        return layout.failed
+    return layout.jobs
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(os.fspath(path), timeout=30.0, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _corruption(path: Path) -> str | None:
+    """Why the file cannot be used as our database, or None if it can (or does not exist yet)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror})"
+    if not os.path.isfile(path) or os.path.islink(path):
+        return "is not a regular file"
+    if st.st_size == 0:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if head != _HEADER:
+        return "is not an SQLite database"
+    try:
+        conn = connect(path)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"is unreadable ({exc})"
+    if rows != [("ok",)]:
+        return "failed its integrity check (" + "; ".join(str(r[0]) for r in rows[:3]) + ")"
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"{path}: job database schema {version} is newer than this trainconsole understands "
+            f"({SCHEMA_VERSION}); upgrade trainconsole, or move the file away to rebuild it"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _rebuild_lock(layout: Layout) -> Iterator[None]:
+    """Serialises move-aside and rebuild between processes that noticed the damage together."""
+    fd = os.open(layout.queue / ".state.db.rebuild-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path | None]:
+    """Open (creating or rebuilding as needed). Returns the connection, and when the old database
+    was set aside, the reason and where it went."""
+    layout.queue.mkdir(parents=True, exist_ok=True)
+    path = layout.state_db
+    problem = _corruption(path)
+    aside: Path | None = None
+    if problem is not None:
+        with _rebuild_lock(layout):
+            problem = _corruption(path)  # another process may have rebuilt it meanwhile
+            if problem is not None:
+                aside = _move_aside(path)
+                conn = _create(path)
+                rebuild_from_folders(conn, layout)
+                return conn, problem, aside
+    try:
+        return _create(path), None, None
+    except sqlite3.DatabaseError as exc:
+        # Damage quick_check missed but schema setup hit: same treatment.
+        with _rebuild_lock(layout):
+            aside = _move_aside(path)
+            conn = _create(path)
+            rebuild_from_folders(conn, layout)
+            return conn, f"is unreadable ({exc})", aside
+
+
+def _move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, target)
+    for suffix in ("-wal", "-shm", "-journal"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            with contextlib.suppress(OSError):
+                os.replace(extra, target.with_name(target.name + suffix))
+    sf.fsync_dir(path.parent)
+    return target
+
+
+def _create(path: Path) -> sqlite3.Connection:
+    conn = connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in DDL.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('next_seq', '1')")
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('paused', '0')")
+            conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        conn.close()
+        raise
+    return conn
+
+
+def _highest_seq_in_runs(layout: Layout) -> int:
+    best = 0
+    try:
+        for entry in os.scandir(layout.runs):
+            match = _RUN_ID.match(entry.name)
+            if match:
+                best = max(best, int(match.group(1)))
+    except OSError:
+        pass
+    return best
+
+
+def _find_sidecar(layout: Layout, job_id: str, first: Path) -> dict[str, Any] | None:
+    for folder in (first, layout.jobs, layout.done, layout.failed):
+        meta = sf.read_sidecar(folder / sf.sidecar_name(job_id))
+        if meta is not None and meta.get("id") == job_id:
+            return meta
+    return None
+
+
+def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
+    """Insert one job per data file found in jobs/, done/ and failed/; returns how many. Ids come
+    from the file names, so they survive; the next id is past every id seen (runs/ included), so
+    none is reused."""
+    import orjson
+
+    now = time.time()
+    rows: list[tuple[Any, ...]] = []
+    strays: list[tuple[Path, str]] = []
+    highest = _highest_seq_in_runs(layout)
+    for folder_name, default_status in FOLDER_STATUS:
+        folder = getattr(layout, folder_name)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            fname = entry.name
+            if fname.startswith(".") or fname.endswith((".json", ".report.txt")):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            job_id = sf.job_id_of(fname)
+            if job_id is None:
+                if folder_name == "jobs":
+                    strays.append((Path(entry.path), fname))
+                continue
+            seq = int(job_id[1:])
+            highest = max(highest, seq)
+            meta = _find_sidecar(layout, job_id, folder) or {}
+            status = default_status
+            side_status = meta.get("status")
+            if folder_name == "jobs" and side_status == "held":
+                status = "held"
+            if folder_name == "failed" and side_status == "cancelled":
+                status = "cancelled"
+            try:
+                name = sf.name_from_hex(str(meta["name_hex"]))
+            except (KeyError, ValueError):
+                name = fname.split("--", 1)[-1]
+            sha, size = meta.get("sha256"), meta.get("size")
+            if not isinstance(sha, str) or not isinstance(size, int):
+                try:
+                    sha, size = sf.hash_file(Path(entry.path))
+                except OSError:
+                    continue
+            priority = meta.get("priority") if meta.get("priority") in ("high", "normal", "low") else "normal"
+            created = float(meta.get("created_at") or now)
+            rows.append((
+                seq, job_id, os.fsencode(name), fname, sha, size, priority, status,
+                int(meta.get("attempts") or 0), None, meta.get("error_class"), meta.get("error"),
+                orjson.dumps(meta.get("overrides") or {}).decode(),
+                orjson.dumps(meta.get("history") or []).decode(),
+                created, float(meta.get("queued_at") or created),
+                None, now if status in ("done", "failed", "cancelled") else None, None, None, None, None,
+            ))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        marks = ",".join("?" * len(COLUMNS))
+        conn.executemany(f"INSERT OR IGNORE INTO jobs({','.join(COLUMNS)}) VALUES ({marks})", rows)
+        next_seq = highest + 1
+        for path, fname in strays:  # a file put straight into jobs/ by hand: adopt it
+            job_id = f"j{next_seq:04d}"
+            new_name = sf.data_filename(job_id, fname)
+            try:
+                sha, size = sf.hash_file(path)
+                os.replace(path, layout.jobs / new_name)
+            except OSError:
+                continue
+            conn.execute(
+                f"INSERT INTO jobs({','.join(COLUMNS)}) VALUES ({marks})",
+                (next_seq, job_id, os.fsencode(fname), new_name, sha, size, "normal", "queued", 0, None,
+                 None, None, "{}", "[]", now, now, None, None, None, None, None, None),
+            )
+            next_seq += 1
+        conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(next_seq),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(rows) + len(strays)
