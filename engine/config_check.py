@@ -74,6 +74,8 @@ def _parse(text: str) -> tuple[Any, list[Problem]]:
             lines = text.splitlines() or [""]
             return None, [Problem("invalid TOML: the file ends inside a value (an unclosed [, { or quote?)",
                                   line=len(lines), column=len(lines[-1]) + 1, case=32)]
+        if "\\u000a" in message:
+            message = "a string is not closed on the line where it starts (a missing quote?)"
         if "already exists" in message:
             message += " (a key or a section may appear only once)"
         # tomlkit counts columns from 0; editors and compilers count from 1.
@@ -349,7 +351,8 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
             else:
                 close = _suggest(section, sections)
                 hint = f"did you mean [{close}]?" if close else "sections: " + ", ".join(sections)
-                add(f"unknown section [{section}]; {hint}", section)
+                what = f"section [{section}]" if isinstance(table, dict) else f"key {section} outside any section"
+                add(f"unknown {what}; {hint}", section)
             continue
         if isinstance(table, list) and table and all(isinstance(t, dict) for t in table):
             add(f"[[{section}]] is an array of tables; write [{section}] once", section)

@@ -1,0 +1,189 @@
+"""`trainconsole check-config` and `trainconsole init` as an operator runs them: real files, real
+processes, exit codes and one clear line per problem on stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from engine.config import default_config_text
+from tests.helpers import run_cli
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
+
+
+def _no_traceback(proc: object) -> None:
+    assert "Traceback" not in getattr(proc, "stderr", "") + getattr(proc, "stdout", "")
+
+
+@pytest.mark.edge(31)
+def test_missing_config_says_how_to_create_one(tmp_path: Path) -> None:
+    proc = run_cli("check-config", str(tmp_path / "config.toml"))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert f"trainconsole init {tmp_path}" in proc.stderr
+    # the default lookup (./config.toml) in an empty folder says the same
+    proc = run_cli("check-config", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "config.toml" in proc.stderr and "trainconsole init" in proc.stderr
+
+
+@pytest.mark.edge(32)
+def test_invalid_toml_names_line_and_column() -> None:
+    proc = run_cli("check-config", str(FIXTURES / "invalid_toml.toml"))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert f"{FIXTURES / 'invalid_toml.toml'}:5:23: invalid TOML" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.edge(35)
+def test_batch_size_zero_is_rejected() -> None:
+    proc = run_cli("check-config", str(FIXTURES / "batch_size_zero.toml"))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert "batch_size_zero.toml:4: training.batch_size = 0 is out of range" in proc.stderr
+
+
+@pytest.mark.edge(37)
+def test_learning_rate_zero_is_rejected() -> None:
+    proc = run_cli("check-config", str(FIXTURES / "learning_rate_zero.toml"), "--json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["valid"] is False
+    assert [(p["key"], p["line"], p["case"]) for p in report["problems"]] == [
+        ("training.learning_rate", 4, 37)]
+
+
+@pytest.mark.edge(33, 34)
+def test_max_length_out_of_range_is_rejected() -> None:
+    for name in ("max_length_too_small.toml", "max_length_too_large.toml"):
+        proc = run_cli("check-config", str(FIXTURES / name))
+        assert proc.returncode == 1
+        assert "training.max_length" in proc.stderr and "128 to 32768" in proc.stderr
+
+
+@pytest.mark.edge(36)
+def test_large_batch_size_is_a_warning_not_an_error() -> None:
+    proc = run_cli("check-config", str(FIXTURES / "risky_batch_size.toml"))
+    _no_traceback(proc)
+    assert proc.returncode == 0
+    assert "warning:" in proc.stdout and "training.batch_size = 256" in proc.stdout
+    assert "case 36" in proc.stdout
+
+
+@pytest.mark.edge(38)
+def test_high_learning_rate_is_a_warning_not_an_error() -> None:
+    proc = run_cli("check-config", "--json", str(FIXTURES / "risky_learning_rate.toml"))
+    assert proc.returncode == 0
+    report = json.loads(proc.stdout)
+    assert report["valid"] is True and report["problems"] == []
+    assert len(report["warnings"]) == 1 and "case 38" in report["warnings"][0]
+
+
+def test_every_problem_of_a_file_is_listed() -> None:
+    proc = run_cli("check-config", str(FIXTURES / "wrong_types.toml"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 7  # six problems and a count
+    assert lines[-1].endswith("invalid (6 problems)")
+
+
+def test_shipped_config_is_valid_through_the_config_option() -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = run_cli("--config", str(root / "config.toml"), "check-config")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(": valid")
+    proc = run_cli("check-config", env={"TRAINCONSOLE_CONFIG": str(FIXTURES / "batch_size_zero.toml")},
+                   cwd=root)
+    assert proc.returncode == 1 and "batch_size" in proc.stderr
+
+
+def test_a_folder_is_a_usage_error(tmp_path: Path) -> None:
+    proc = run_cli("check-config", str(tmp_path))
+    _no_traceback(proc)
+    assert proc.returncode == 2
+    assert "is a folder" in proc.stderr and "config.toml" in proc.stderr
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root reads files whatever their mode")
+def test_an_unreadable_file_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    path.chmod(0)
+    proc = run_cli("check-config", str(path))
+    _no_traceback(proc)
+    assert proc.returncode == 2 and "permission denied" in proc.stderr
+
+
+def test_init_writes_config_and_folders_then_refuses_to_overwrite(tmp_path: Path) -> None:
+    ws = tmp_path / "new" / "ws"
+    proc = run_cli("init", str(ws))
+    assert proc.returncode == 0, proc.stderr
+    assert (ws / "config.toml").read_text() == default_config_text()
+    for sub in ("queue/incoming/high", "queue/incoming/low", "queue/jobs", "queue/done",
+                "queue/failed", "runs", "adapters"):
+        assert (ws / sub).is_dir(), sub
+    (ws / "config.toml").write_text("# mine\n[training]\nepochs = 3\n")
+    proc = run_cli("init", str(ws))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert "already exists" in proc.stderr and "not overwriting" in proc.stderr
+    assert (ws / "config.toml").read_text() == "# mine\n[training]\nepochs = 3\n"
+    assert not [p for p in ws.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_init_defaults_to_the_current_folder(tmp_path: Path) -> None:
+    proc = run_cli("init", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "config.toml").is_file() and (tmp_path / "queue" / "incoming").is_dir()
+    assert run_cli("check-config", cwd=tmp_path).returncode == 0
+
+
+def test_init_into_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    proc = run_cli("init", str(target))
+    _no_traceback(proc)
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+
+
+def test_new_user_mistakes_never_show_a_traceback(tmp_path: Path) -> None:
+    """A handful of files a new user produces, checked in one process each."""
+    for name in ("not_utf8.toml", "utf16.toml", "duplicate_key.toml", "array_of_tables.toml",
+                 "bom_crlf.toml", "empty.toml"):
+        copy = tmp_path / name
+        shutil.copy(FIXTURES / name, copy)
+        proc = run_cli("check-config", str(copy))
+        _no_traceback(proc)
+        assert proc.returncode in (0, 1), (name, proc.stderr)
+        if proc.returncode == 1:
+            assert all(line.startswith(str(copy)) for line in proc.stderr.strip().splitlines())
+
+
+def test_permission_denied_is_a_usage_error_in_process(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root (as in CI containers) reads any file, so the denial is faked where the OS would raise
+    it: opening the file raises the same PermissionError a real denial gives."""
+    import argparse
+
+    from console.commands import config_cmds
+    from console.common import run_guarded
+
+    path = tmp_path / "config.toml"
+    path.write_text("")
+    real_open = Path.open
+
+    def denied(self: Path, *args: object, **kwargs: object) -> object:
+        if self == path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "open", denied)
+    args = argparse.Namespace(command="check-config", path=str(path), config=None, json=False)
+    assert run_guarded(config_cmds.run, args) == 2
