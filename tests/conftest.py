@@ -41,3 +41,18 @@ def tiny_model(shared_cache: Path) -> Path:
     from engine.train.model import ensure_builtin
 
     return ensure_builtin("builtin:tiny-chat", shared_cache)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A mistyped case number (edge(81), edge("3"), edge(True)) would count toward the wrong case,
+    or none, in `make edge-report`: refuse to run until it is fixed."""
+    from engine.catalog import check_edge_args
+
+    bad = []
+    for item in items:
+        for mark in item.iter_markers("edge"):
+            why = check_edge_args(mark.args, dict(mark.kwargs))
+            if why:
+                bad.append(f"{item.nodeid}: {why}")
+    if bad:
+        raise pytest.UsageError("malformed edge marks:\n  " + "\n  ".join(bad))

@@ -1,0 +1,115 @@
+"""Which memo cases have a test: reads the test files' syntax trees for ``pytest.mark.edge(N)``
+(decorators, ``pytestmark`` at module or class level, ``pytest.param(..., marks=...)``), without
+importing or running a single test, so ``make edge-report`` is instant and works on a broken tree."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.catalog import CASES, check_edge_args
+
+# Fixture modules are deliberately faulty code for the static-analysis tests, not tests.
+SKIP_DIRS = frozenset({"fixtures", "__pycache__"})
+
+
+@dataclass
+class Coverage:
+    tests: dict[int, list[str]] = field(default_factory=dict)  # case -> ["path::test", ...]
+    problems: list[str] = field(default_factory=list)  # malformed marks, unreadable files
+
+    def covered(self) -> list[int]:
+        return sorted(n for n in self.tests if n in CASES)
+
+    def missing(self) -> list[int]:
+        return [n for n in CASES if n not in self.tests]
+
+
+def _edge_calls(node: ast.AST) -> Iterator[ast.Call]:
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr == "edge":
+            owner = sub.func.value
+            if (isinstance(owner, ast.Attribute) and owner.attr == "mark") or (
+                isinstance(owner, ast.Name) and owner.id == "mark"
+            ):
+                yield sub
+
+
+def _numbers(nodes: list[ast.AST], where: str, problems: list[str]) -> list[int]:
+    found: list[int] = []
+    for node in nodes:
+        for call in _edge_calls(node):
+            try:
+                args = [ast.literal_eval(a) for a in call.args]
+            except ValueError:
+                problems.append(f"{where}:{call.lineno}: edge() arguments must be literal ints")
+                continue
+            kwargs: dict[str, object] = {k.arg or "**": k.value for k in call.keywords}
+            why = check_edge_args(args, kwargs)
+            if why:
+                problems.append(f"{where}:{call.lineno}: {why}")
+                continue
+            found += args
+    return found
+
+
+def _pytestmark(body: list[ast.stmt]) -> list[ast.AST]:
+    values: list[ast.AST] = []
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "pytestmark" for t in stmt.targets
+        ):
+            values.append(stmt.value)
+    return values
+
+
+def _scan_body(body: list[ast.stmt], prefix: str, inherited: list[int], where: str,
+               cov: Coverage) -> None:
+    for stmt in body:
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name.startswith("test"):
+            numbers = inherited + _numbers(list(stmt.decorator_list), where, cov.problems)
+            for n in dict.fromkeys(numbers):
+                cov.tests.setdefault(n, []).append(f"{prefix}{stmt.name}")
+        elif isinstance(stmt, ast.ClassDef) and stmt.name.startswith("Test"):
+            marks = list(stmt.decorator_list) + _pytestmark(stmt.body)
+            numbers = inherited + _numbers(marks, where, cov.problems)
+            _scan_body(stmt.body, f"{prefix}{stmt.name}::", numbers, where, cov)
+
+
+def scan_tests(root: Path) -> Coverage:
+    cov = Coverage()
+    base = root.parent
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(base)
+        if SKIP_DIRS.intersection(path.relative_to(root).parts[:-1]):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes(), filename=str(rel))
+        except (SyntaxError, ValueError, OSError) as exc:
+            cov.problems.append(f"{rel}: cannot read: {exc}")
+            continue
+        module_marks = _numbers(_pytestmark(tree.body), str(rel), cov.problems)
+        _scan_body(tree.body, f"{rel}::", module_marks, str(rel), cov)
+    for tests in cov.tests.values():
+        tests.sort()
+    return cov
+
+
+def format_report(cov: Coverage) -> str:
+    covered, missing = cov.covered(), cov.missing()
+    lines = [f"edge cases with a marked test: {len(covered)}/{len(CASES)}", ""]
+    for n in covered:
+        tests = cov.tests[n]
+        lines.append(f"{n:>3}  {CASES[n].title}")
+        lines += [f"       {t}" for t in tests]
+    lines.append("")
+    if missing:
+        lines.append(f"without a marked test ({len(missing)}):")
+        lines += [f"{n:>3}  {CASES[n].title}" for n in missing]
+    else:
+        lines.append("every case has a marked test")
+    if cov.problems:
+        lines += ["", "malformed marks:"] + [f"  {p}" for p in cov.problems]
+    return "\n".join(lines)
