@@ -1,0 +1,215 @@
+"""One engine per queue folder (case 48): an flock on ``engine.lock`` held for the daemon's life,
+plus ``engine.pid`` saying who holds it.
+
+The lock is the truth; the PID file is for people and consoles. A PID file is only believed when
+its pid is alive *and* that process started when the file says (psutil's create_time), so a stale
+file whose pid the kernel has since given to another process never blocks a start nor makes a
+console think an engine runs. Never a soft (marker-file) lock: a marker survives SIGKILL and
+would block every later start.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+import orjson
+import psutil
+
+from engine.errors import TrainconsoleError
+from engine.layout import Layout
+
+# create_time is derived from boot time and clock ticks: equal for the same process, but allow
+# for float formatting through JSON.
+_START_TOLERANCE_S = 0.05
+
+
+class AlreadyRunning(TrainconsoleError):
+    """A second daemon for the same queue folder (case 48)."""
+
+    def __init__(self, message: str, info: PidInfo | None) -> None:
+        super().__init__(message, case=48)
+        self.info = info
+
+
+@dataclass(frozen=True)
+class PidInfo:
+    pid: int
+    start_time: float  # psutil create_time of the daemon
+    started_at: str  # ISO time, for people
+
+    def describe(self) -> str:
+        return f"pid {self.pid}, since {self.started_at}"
+
+
+def process_start_time(pid: int) -> float | None:
+    """The process's create_time, or None when no such process (or a zombie)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(proc.create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+def same_process(pid: int | None, start_time: float | None) -> bool:
+    """True when ``pid`` is alive and is the very process that started at ``start_time``."""
+    if not pid or start_time is None:
+        return False
+    actual = process_start_time(pid)
+    return actual is not None and abs(actual - start_time) <= _START_TOLERANCE_S
+
+
+def read_pidfile(layout: Layout) -> PidInfo | None:
+    """What the PID file says, or None when it is missing or unreadable (never raises)."""
+    try:
+        raw: Any = orjson.loads(layout.pidfile.read_bytes())
+        return PidInfo(int(raw["pid"]), float(raw["start_time"]), str(raw.get("started_at", "")))
+    except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+        return None
+
+
+def engine_running(layout: Layout) -> PidInfo | None:
+    """The running engine for this queue folder, or None (a stale PID file counts as none)."""
+    info = read_pidfile(layout)
+    if info is None or not same_process(info.pid, info.start_time):
+        return None
+    return info
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class EngineLock:
+    """Held for the daemon's life. ``acquire`` raises ``AlreadyRunning`` at once, never waits."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._lock = filelock.FileLock(
+            layout.lockfile, timeout=0, thread_local=False, fallback_to_soft=False,
+            preserve_lock_file=True,
+        )
+        self.info: PidInfo | None = None
+
+    def acquire(self) -> PidInfo:
+        self.layout.queue.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            # The holder may still be writing its PID file: give it a moment to say who it is.
+            holder = None
+            for _ in range(20):
+                holder = engine_running(self.layout)
+                if holder is not None:
+                    break
+                time.sleep(0.05)
+            who = holder.describe() if holder else "pid unknown"
+            raise AlreadyRunning(
+                f"an engine is already running for {self.layout.queue} ({who})", holder) from None
+        me = psutil.Process()
+        self.info = PidInfo(
+            pid=me.pid,
+            start_time=float(me.create_time()),
+            started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
+        _write_atomic(self.layout.pidfile, orjson.dumps(
+            {"pid": self.info.pid, "start_time": self.info.start_time, "started_at": self.info.started_at}))
+        return self.info
+
+    def release(self) -> None:
+        if self.info is not None:
+            current = read_pidfile(self.layout)
+            if current is not None and current.pid == self.info.pid:
+                try:
+                    self.layout.pidfile.unlink()
+                except OSError:
+                    pass
+            self.info = None
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+    def __enter__(self) -> EngineLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def detached_log(layout: Layout) -> Path:
+    return layout.queue / "engine.log"
+
+
+def start_detached(config_path: Path, *, wait_s: float = 10.0) -> int:
+    """Start ``trainconsole daemon`` in its own session, so closing the terminal or losing SSH never
+    stops training. Returns the daemon's pid once its PID file appears.
+
+    A short-lived intermediate process launches the daemon and exits, so the daemon is re-parented
+    and never becomes a zombie of a long-lived console (case 49). Its output goes to
+    ``queue/engine.log``; it inherits no file descriptors.
+    """
+    from engine.config import load_config
+
+    cfg = load_config(config_path)
+    layout: Layout = cfg.layout()
+    layout.queue.mkdir(parents=True, exist_ok=True)
+    running = engine_running(layout)
+    if running is not None:
+        return running.pid
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.lock", "--spawn", str(Path(config_path).resolve()),
+         str(detached_log(layout))],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
+    )
+    if out.returncode != 0:
+        raise TrainconsoleError(f"could not start the engine: {out.stderr.strip() or out.stdout.strip()}")
+    pid = int(out.stdout.strip().splitlines()[-1])
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        info = engine_running(layout)
+        if info is not None:
+            return info.pid
+        if process_start_time(pid) is None:
+            break
+        time.sleep(0.05)
+    info = engine_running(layout)
+    if info is not None:
+        return info.pid
+    tail = ""
+    try:
+        tail = detached_log(layout).read_text(errors="replace")[-2000:].strip()
+    except OSError:
+        pass
+    raise TrainconsoleError(f"the engine did not start; see {detached_log(layout)}: {tail[-400:]}")
+
+
+def _spawn(config_path: str, log_path: str) -> int:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "console.cli", "--config", config_path, "daemon"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True, cwd=str(Path(config_path).parent),
+        )
+    print(proc.pid)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--spawn":
+        sys.exit(_spawn(sys.argv[2], sys.argv[3]))
+    print("usage: python -m engine.lock --spawn CONFIG LOG", file=sys.stderr)
+    sys.exit(2)

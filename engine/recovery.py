@@ -1,0 +1,174 @@
+"""Start-up recovery after the daemon was killed, the power went or the machine rebooted (41-43).
+
+Before anything trains: workers orphaned by a killed daemon are ended (found both by the pid and
+start time the store recorded, and by their command line naming a spec under our runs folder, in
+case the daemon died between spawning and recording); jobs left ``running`` are requeued without
+charging an attempt (the worker resumes from the newest good checkpoint); temporary and
+checkpoint-staging files of dead writers are swept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine.launcher import WORKER_MODULE
+from engine.layout import Layout
+from engine.lock import same_process
+
+_PID_IN_NAME = re.compile(r"(?:^|[-.])(\d{2,})(?:[-.]|$)")
+STALE_TMP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Orphan:
+    pid: int
+    job_id: str | None
+    how: str
+
+
+def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
+    found: dict[int, Orphan] = {}
+    for job in jobs:
+        if job.status == "running" and job.pid and same_process(job.pid, job.pid_start):
+            found[job.pid] = Orphan(job.pid, job.id, "recorded in the store")
+    runs = str(layout.runs)
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+        except psutil.Error:
+            continue
+        if proc.pid == me or WORKER_MODULE not in cmd:
+            continue
+        spec = cmd[-1] if cmd else ""
+        if spec.startswith(runs + os.sep) and proc.pid not in found:
+            # torchrun's ranks are found through their parent's group; one entry per group.
+            try:
+                pgid = os.getpgid(proc.pid)
+            except ProcessLookupError:
+                continue
+            if pgid not in found:
+                found[pgid] = Orphan(pgid, Path(spec).parent.name, "found by its command line")
+    return list(found.values())
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
+    """SIGTERM each group (a healthy orphan then checkpoints at its next step), SIGKILL on expiry.
+    Orphans are not our children, so we poll instead of waiting on them."""
+    for orphan in orphans:
+        try:
+            os.killpg(orphan.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_group_alive(o.pid) for o in orphans):
+        time.sleep(0.1)
+    for orphan in orphans:
+        if _group_alive(orphan.pid):
+            try:
+                os.killpg(orphan.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and any(_group_alive(o.pid) for o in orphans):
+        time.sleep(0.05)
+
+
+def _writer_dead(name: str) -> bool:
+    for match in _PID_IN_NAME.finditer(name):
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    return False
+
+
+def _remove(path: Path) -> bool:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+def sweep(layout: Layout, *, stale_s: float = STALE_TMP_S) -> list[Path]:
+    """Remove leftovers: entries in ``queue/.tmp`` whose writer is dead (or older than an hour),
+    checkpoint staging folders, and stale heartbeats. Returns what was removed."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(layout.tmp.iterdir())
+    except OSError:
+        entries = []
+    for entry in entries:
+        try:
+            age = now - entry.lstat().st_mtime
+        except OSError:
+            continue
+        if (_writer_dead(entry.name) or age > stale_s) and _remove(entry):
+            removed.append(entry)
+    try:
+        run_dirs = [d for d in layout.runs.iterdir() if d.is_dir()]
+    except OSError:
+        run_dirs = []
+    for run_dir in run_dirs:
+        removed += _sweep_run(run_dir)
+    return removed
+
+
+def _sweep_run(run_dir: Path) -> list[Path]:
+    removed: list[Path] = []
+    try:
+        from engine import checkpoints
+
+        sweeper = getattr(checkpoints, "sweep_staging", None)
+    except ImportError:
+        sweeper = None
+    if sweeper is not None:
+        try:
+            removed += list(sweeper(run_dir) or [])
+        except OSError:
+            pass
+    else:
+        ckpts = run_dir / "checkpoints"
+        try:
+            for entry in ckpts.iterdir():
+                if entry.name.startswith(".") or entry.name.endswith(".tmp"):
+                    if _remove(entry):
+                        removed.append(entry)
+        except OSError:
+            pass
+    beat = run_dir / "heartbeat.json"
+    if beat.exists() and _remove(beat):
+        removed.append(beat)
+    return removed
