@@ -1,0 +1,129 @@
+"""Only engine/train/ may import torch, peft, accelerate or transformers. Everything else (the
+console, the daemon, every command line) stays light, so `trainconsole status` answers at once and
+the daemon stays small. Each check runs in a fresh interpreter: in this one, some other test may
+already have imported torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from console.cli import COMMANDS
+from tests.helpers import ROOT
+
+HEAVY = ("torch", "peft", "accelerate", "transformers")
+
+# Lists every module of `console` and of `engine` outside `engine.train` (new modules are covered
+# without touching this test), imports them all, and prints what heavy packages came along.
+# `engine.train` is skipped before it is imported: even its __init__ belongs to the torch side.
+PROBE = r"""
+import importlib, json, pkgutil, sys, traceback
+
+HEAVY = %(heavy)r
+SKIP = ("engine.train",)
+
+def walk(package):
+    names = [package]
+    module = importlib.import_module(package)
+    for info in pkgutil.iter_modules(module.__path__, package + "."):
+        if info.name in SKIP:
+            continue
+        names += walk(info.name) if info.ispkg else [info.name]
+    return names
+
+only = sys.argv[1:]
+names = only or walk("engine") + walk("console")
+failed = {}
+for name in names:
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        failed[name] = traceback.format_exc(limit=3)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
+print(json.dumps({"modules": names, "failed": failed, "heavy": heavy}))
+""" % {"heavy": HEAVY}
+
+
+def _probe(*modules: str) -> dict[str, object]:
+    run = subprocess.run([sys.executable, "-c", PROBE, *modules], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result: dict[str, object] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _top_level(heavy: object) -> list[str]:
+    assert isinstance(heavy, list)
+    return sorted({str(m).split(".")[0] for m in heavy})
+
+
+def test_light_modules_never_import_torch_peft_accelerate_or_transformers() -> None:
+    result = _probe()
+    modules = result["modules"]
+    assert isinstance(modules, list)
+    # The walk really found the tree (and skipped the torch side).
+    assert {"engine.catalog", "engine.events", "console.cli"} <= set(modules)
+    assert not any(str(m).startswith("engine.train") for m in modules)
+    assert not result["failed"], f"modules that do not even import: {result['failed']}"
+    if result["heavy"]:
+        # Name the culprits: one fresh interpreter per module.
+        culprits = {m: _top_level(_probe(str(m))["heavy"]) for m in modules}
+        culprits = {m: h for m, h in culprits.items() if h}
+        pytest.fail(f"heavy packages imported outside engine/train/: {culprits}")
+
+
+def test_the_probe_sees_a_heavy_import() -> None:
+    """Without this, a probe that looked in the wrong place would pass forever."""
+    assert "torch" in _top_level(_probe("torch")["heavy"])
+
+
+# The wrapper runs the real entry point, then reports sys.modules, whatever the command did.
+CLI_PROBE = r"""
+import json, sys
+from console.cli import main
+HEAVY = %(heavy)r
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY})
+print(json.dumps({"code": code, "heavy": heavy}))
+""" % {"heavy": HEAVY}
+
+
+def _help_cases() -> list[object]:
+    cases: list[object] = [pytest.param(["--help"], id="trainconsole --help")]
+    for name, (module, _) in COMMANDS.items():
+        argv = [name, "--help"]
+        marks = []
+        if importlib.util.find_spec(f"console.commands.{module}") is None:
+            marks.append(pytest.mark.skip(reason=f"console/commands/{module}.py is not written yet"))
+        cases.append(pytest.param(argv, marks=marks, id=f"trainconsole {name} --help"))
+    return cases
+
+
+@pytest.mark.parametrize("argv", _help_cases())
+def test_command_line_help_never_imports_torch(argv: list[str]) -> None:
+    run = subprocess.run([sys.executable, "-c", CLI_PROBE, *argv], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, run.stdout + run.stderr
+    assert result["heavy"] == [], f"`trainconsole {' '.join(argv)}` imported {result['heavy']}"
+
+
+def test_status_help_imports_no_torch_per_the_interpreters_own_import_log() -> None:
+    """The same claim measured another way: `python -X importtime` logs every module imported."""
+    if importlib.util.find_spec("console.commands.queue_cmds") is None:
+        pytest.skip("console/commands/queue_cmds.py is not written yet")
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "console.cli", "status", "--help"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "console.cli" in imported  # the log is really there
+    assert not {m.split(".")[0] for m in imported} & set(HEAVY)
