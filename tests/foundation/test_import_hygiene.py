@@ -23,7 +23,7 @@ HEAVY = ("torch", "peft", "accelerate", "transformers")
 PROBE = r"""
 import importlib, json, pkgutil, sys, traceback
 
-HEAVY = %(heavy)r
+HEAVY = @HEAVY@
 SKIP = ("engine.train",)
 
 def walk(package):
@@ -45,7 +45,7 @@ for name in names:
         failed[name] = traceback.format_exc(limit=3)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)
 print(json.dumps({"modules": names, "failed": failed, "heavy": heavy}))
-""" % {"heavy": HEAVY}
+""".replace("@HEAVY@", repr(HEAVY))
 
 
 def _probe(*modules: str) -> dict[str, object]:
@@ -85,14 +85,14 @@ def test_the_probe_sees_a_heavy_import() -> None:
 CLI_PROBE = r"""
 import json, sys
 from console.cli import main
-HEAVY = %(heavy)r
+HEAVY = @HEAVY@
 try:
     code = main(sys.argv[1:])
 except SystemExit as exc:
     code = exc.code
 heavy = sorted({m.split(".")[0] for m in sys.modules if m.split(".")[0] in HEAVY})
 print(json.dumps({"code": code, "heavy": heavy}))
-""" % {"heavy": HEAVY}
+""".replace("@HEAVY@", repr(HEAVY))
 
 
 def _help_cases() -> list[object]:
