@@ -266,6 +266,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

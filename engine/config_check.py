@@ -37,11 +37,18 @@ class Problem:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"
-        return f"{where}: {self.message}"
+        return f"{where}: {one_line(self.message)}"
 
     def to_json(self) -> dict[str, Any]:
         return {"message": self.message, "key": self.key, "line": self.line, "column": self.column,
                 "case": self.case}
+
+
+def one_line(text: str) -> str:
+    """Escape anything a terminal would break a line on or not show (keys and values are user text)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
 
 
 # ---------------------------------------------------------------- text -> document

@@ -1,0 +1,109 @@
+"""`set_value`: one value changed, everything else in the file (comments, layout, line endings)
+kept, and nothing invalid ever written."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.config import ConfigProblems, default_config_text, load_config, set_value
+from engine.errors import UsageError
+
+
+@pytest.fixture
+def cfg_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(default_config_text())
+    return path
+
+
+def _changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    a, b = before.splitlines(), after.splitlines()
+    assert len(a) == len(b)
+    return [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+
+
+def test_one_value_changes_and_every_comment_stays(cfg_file: Path) -> None:
+    before = cfg_file.read_text()
+    cfg = set_value(cfg_file, "training.learning_rate", 1e-4)
+    assert cfg.training.learning_rate == 1e-4
+    assert load_config(cfg_file).training.learning_rate == 1e-4
+    assert _changed_lines(before, cfg_file.read_text()) == [("learning_rate = 0.0002",
+                                                             "learning_rate = 0.0001")]
+
+
+def test_user_comments_and_layout_survive(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("# my notes\n[training]\n# keep this small on the laptop\nbatch_size   =  2   # tried 4: OOM\n"
+                    "epochs = 3\n\n[lora]\nr = 16 # more capacity\n")
+    set_value(path, "training.batch_size", 1)
+    set_value(path, "lora.target_modules", ["q_proj", "k_proj", "v_proj"])
+    text = path.read_text()
+    for kept in ("# my notes", "# keep this small on the laptop", "# tried 4: OOM", "epochs = 3",
+                 "r = 16 # more capacity"):
+        assert kept in text
+    cfg = load_config(path)
+    assert cfg.training.batch_size == 1 and cfg.training.epochs == 3
+    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
+
+
+def test_a_key_in_a_missing_section_is_added(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("# only a comment\n")
+    cfg = set_value(path, "guards.alert_command", ["notify", "--urgent"])
+    assert cfg.guards.alert_command == ["notify", "--urgent"]
+    assert path.read_text().startswith("# only a comment\n")
+
+
+def test_dotted_keys_and_inline_tables_are_edited_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('training.epochs = 2\nqueue = { max_attempts = 5 }\n')
+    set_value(path, "training.epochs", 4)
+    set_value(path, "queue.max_attempts", 7)
+    cfg = load_config(path)
+    assert cfg.training.epochs == 4 and cfg.queue.max_attempts == 7
+
+
+@pytest.mark.edge(35)
+@pytest.mark.parametrize(("key", "value"), [
+    ("training.batch_size", 0),
+    ("training.batch_size", True),  # a bool is not an int
+    ("training.batch_size", "8"),  # a string is not a number
+    ("training.learning_rate", float("nan")),
+    ("training.learning_rate", 0.5),
+    ("training.epochs", 0),  # with max_steps 0: nothing to train
+    ("model.base_model", "./no-such-folder"),
+])
+def test_an_invalid_value_is_refused_and_the_file_untouched(cfg_file: Path, key: str, value: object) -> None:
+    before = cfg_file.read_bytes()
+    with pytest.raises(ConfigProblems) as info:
+        set_value(cfg_file, key, value)
+    assert key in info.value.message
+    assert cfg_file.read_bytes() == before
+    assert sorted(p.name for p in cfg_file.parent.iterdir()) == ["config.toml"]
+
+
+def test_an_unknown_key_gets_a_suggestion(cfg_file: Path) -> None:
+    with pytest.raises(UsageError, match="did you mean training.batch_size"):
+        set_value(cfg_file, "training.batchsize", 2)
+    with pytest.raises(UsageError, match="unknown config key"):
+        set_value(cfg_file, "nonsense", 2)
+
+
+def test_windows_line_endings_and_bom_are_kept(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbf# notes\r\n[training]\r\nepochs = 1\r\n")
+    set_value(path, "training.epochs", 2)
+    set_value(path, "lora.r", 4)
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf# notes\r\n[training]\r\nepochs = 2\r\n")
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert load_config(path).lora.r == 4
+
+
+def test_file_mode_is_kept(cfg_file: Path) -> None:
+    cfg_file.chmod(0o600)
+    set_value(cfg_file, "training.seed", 7)
+    assert stat.S_IMODE(cfg_file.stat().st_mode) == 0o600
