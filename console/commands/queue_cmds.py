@@ -1,0 +1,267 @@
+"""Queue commands: ``status``, ``add``, ``retry``, ``priority``, ``hold``, ``release``, ``cancel``.
+
+They write the job store directly, so they work with or without a running engine; what needs the
+engine's hand (stopping a running job) goes through the store's command table. This path is kept
+light: no torch, no Textual, and the heavier modules imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.layout import Layout
+    from engine.store import Job, Store
+
+STATUS_SCHEMA = 1
+
+
+def build(parser: argparse.ArgumentParser, name: str) -> None:
+    if name == "status":
+        parser.add_argument("--json", action="store_true", help="machine-readable output (schema 1)")
+        parser.add_argument("--all", action="store_true", help="list every finished job too")
+    elif name == "add":
+        parser.add_argument("files", nargs="+", metavar="FILE", help=".jsonl training files")
+        parser.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
+        parser.add_argument("--force", action="store_true",
+                            help="queue a file even if a job already has the same content")
+    elif name == "retry":
+        parser.add_argument("job", nargs="?", metavar="JOB", help="job id, e.g. j0003")
+        parser.add_argument("--all-failed", action="store_true", help="retry every failed job")
+    elif name == "priority":
+        parser.add_argument("job", metavar="JOB")
+        parser.add_argument("level", metavar="LEVEL", choices=("high", "normal", "low"))
+    else:  # hold, release, cancel
+        parser.add_argument("jobs", nargs="+", metavar="JOB")
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = {
+        "status": _status, "add": _add, "retry": _retry, "priority": _priority,
+        "hold": _hold, "release": _release, "cancel": _cancel,
+    }[args.command]
+    return handler(args)
+
+
+def _open(args: argparse.Namespace, *, repair: bool = True) -> tuple[Layout, Store]:
+    from console.common import load_layout
+    from engine.events import EventLog
+    from engine.store import Store
+
+    cfg, layout = load_layout(args)
+    return layout, Store.open(layout, EventLog(layout.engine_events), policy=cfg.queue, repair=repair)
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def _engine_state(layout: Layout) -> dict[str, Any]:
+    try:
+        from engine.lock import engine_running, read_pidfile
+    except ImportError:  # pragma: no cover - the lock module ships with the engine
+        return {"state": "unknown", "pid": None, "started_at": None}
+    info = engine_running(layout)
+    if info is not None:
+        return {"state": "running", "pid": info.pid, "started_at": info.started_at or None}
+    stale = read_pidfile(layout)
+    return {"state": "stale" if stale is not None else "stopped",
+            "pid": stale.pid if stale is not None else None, "started_at": None}
+
+
+def _job_json(job: Job, reason: str, max_attempts: int) -> dict[str, Any]:
+    from engine.store_files import display
+
+    return {
+        "id": job.id, "name": display(job.name), "status": job.status, "priority": job.priority,
+        "reason": reason, "attempts": job.attempts, "max_attempts": max_attempts,
+        "next_attempt_at": job.next_attempt_at, "error_class": job.error_class, "error": job.error,
+        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
+        "step": job.step, "max_steps": job.max_steps, "path": str(job.path),
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    import orjson
+
+    from console.common import load_layout
+
+    cfg, layout = load_layout(args)
+    engine = _engine_state(layout)
+    if layout.state_db.exists():
+        from engine.store import Store
+
+        with Store.open(layout, policy=cfg.queue, repair=False) as store:
+            now = time.time()
+            jobs = store.jobs()
+            reasons = store.reasons(now, jobs)
+            paused = store.paused()
+    else:
+        jobs, reasons, paused = [], {}, False
+    counts = {s: 0 for s in ("queued", "held", "running", "done", "failed", "cancelled")}
+    for job in jobs:
+        counts[job.status] = counts.get(job.status, 0) + 1
+    if args.json:
+        doc = {
+            "schema": STATUS_SCHEMA, "engine": engine, "paused": paused, "queue": str(layout.queue),
+            "counts": counts,
+            "jobs": [_job_json(j, reasons.get(j.id, j.status), cfg.queue.max_attempts) for j in jobs],
+        }
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+        return 0
+    _print_status(engine, paused, counts, jobs, reasons, args.all, cfg.queue.max_attempts)
+    return 0
+
+
+def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int], jobs: list[Job],
+                  reasons: dict[str, str], show_all: bool, max_attempts: int) -> None:
+    from engine.store_files import display
+
+    state = engine["state"]
+    if state == "running":
+        head = f"engine: running (pid {engine['pid']})"
+    elif state == "stale":
+        head = f"engine: not running (stale PID file names pid {engine['pid']})"
+    else:
+        head = "engine: not running (start it with `trainconsole` or `trainconsole daemon`)"
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
+    print(head)
+    print(f"queue:  {'PAUSED' if paused else 'active'}; {summary}")
+    active = [j for j in jobs if j.status in ("running", "queued", "held")]
+    finished = [j for j in jobs if j.status not in ("running", "queued", "held")]
+    hidden = 0
+    if not show_all and len(finished) > 10:
+        hidden = len(finished) - 10
+        finished = finished[-10:]
+    rows = active + finished
+    if not rows:
+        print("Drop .jsonl files into the inbox, or `trainconsole add FILE`.")
+        return
+    print()
+    names = [display(j.name) for j in rows]
+    width = min(40, max(4, *(len(n) for n in names)))
+    print(f"{'ID':<7} {'STATUS':<9} {'PRIO':<6} {'TRIES':<5} {'NAME':<{width}}  REASON")
+    for job, name in zip(rows, names, strict=True):
+        shown = name if len(name) <= width else name[: width - 1] + "…"
+        tries = f"{job.attempts}/{max_attempts}"
+        print(f"{job.id:<7} {job.status:<9} {job.priority:<6} {tries:<5} {shown:<{width}}  "
+              f"{reasons.get(job.id, job.status)}")
+    if hidden:
+        print(f"({hidden} older finished jobs not shown; `trainconsole status --all` lists them)")
+
+
+# -- add ----------------------------------------------------------------------------------------
+
+
+def _add(args: argparse.Namespace) -> int:
+    import os
+    import stat
+
+    from engine.errors import TrainconsoleError
+    from engine.store_files import display, hash_file
+
+    layout, store = _open(args)
+    bad = 0
+    with store:
+        for given in args.files:
+            path = Path(given)
+            shown = display(given)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                print(f"trainconsole: {shown}: cannot be read ({exc.strerror})", file=sys.stderr)
+                bad += 1
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                print(f"trainconsole: {shown}: not a regular file; not added", file=sys.stderr)
+                bad += 1
+                continue
+            try:
+                sha, size = hash_file(path)
+                job = store.add_job(path.name, path, sha, size, args.priority, force=args.force)
+            except TrainconsoleError as exc:
+                print(f"trainconsole: {exc.message}", file=sys.stderr)
+                bad += 1
+                continue
+            except OSError as exc:
+                print(f"trainconsole: {shown}: cannot be copied into the queue ({exc.strerror})",
+                      file=sys.stderr)
+                bad += 1
+                continue
+            if job is None:
+                dup = store.duplicate_of(sha)
+                what = f"{dup.id} ({dup.status})" if dup else "a job being added"
+                print(f"{shown}: same content as {what}; not queued again (--force to queue it anyway)")
+            else:
+                print(f"{job.id}  queued  {args.priority:<6}  {shown}")
+    return 1 if bad else 0
+
+
+# -- operator actions ---------------------------------------------------------------------------
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from engine.errors import UsageError
+
+    if bool(args.job) == bool(args.all_failed):
+        raise UsageError("give one job id, or --all-failed (e.g. `trainconsole retry j0003`)")
+    _, store = _open(args)
+    with store:
+        if args.all_failed:
+            jobs = store.retry_all_failed()
+            if not jobs:
+                print("no failed jobs to retry")
+                return 0
+            for job in jobs:
+                print(f"{job.id}  queued again (attempts reset)")
+            return 0
+        job = store.retry(args.job)
+        print(f"{job.id}  queued again (attempts reset)")
+    return 0
+
+
+def _priority(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    with store:
+        job = store.set_priority(args.job, args.level)
+        print(f"{job.id}  priority {job.priority}")
+    return 0
+
+
+def _each(args: argparse.Namespace, action: str) -> int:
+    from engine.store import QueueError
+
+    layout, store = _open(args)
+    bad = 0
+    with store:
+        for job_id in args.jobs:
+            try:
+                before = store.require(job_id)
+                job = getattr(store, action)(job_id)
+            except QueueError as exc:
+                print(f"trainconsole: {exc.message}", file=sys.stderr)
+                bad += 1
+                continue
+            if action == "cancel" and before.status == "running":
+                note = "" if _engine_state(layout)["state"] == "running" else \
+                    " (the engine is not running; it will stop the job when it starts)"
+                print(f"{job.id}  running; asked the engine to stop and cancel it{note}")
+            else:
+                print(f"{job.id}  {job.status}")
+    return 1 if bad else 0
+
+
+def _hold(args: argparse.Namespace) -> int:
+    return _each(args, "hold")
+
+
+def _release(args: argparse.Namespace) -> int:
+    return _each(args, "release")
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    return _each(args, "cancel")

@@ -1,0 +1,222 @@
+"""The inbox: ``queue/incoming/`` (normal priority), ``incoming/high/`` and ``incoming/low/``.
+
+Whatever a user or a filesystem puts there, a scan never hangs, never leaves the queue folder,
+never loses or doubles a file:
+
+- entries are examined with ``lstat`` only; FIFOs, sockets and devices are never opened (opening a
+  FIFO for reading blocks until a writer appears), so they are passed over with one notice;
+- a symlink is followed only when its fully resolved target is a regular file inside the queue
+  folder; a loop (``ELOOP``) or a target outside is refused with one notice (case 54);
+- any name works (spaces, quotes, newlines, a leading dash, bytes that are not UTF-8): names stay
+  ``str`` with surrogate escapes end to end, no shell is ever involved, and the engine's copy gets
+  a sanitised name (case 55);
+- a file is taken only once its size, mtime and inode have stayed the same for ``queue.stable_s``
+  (measured on the monotonic clock, so a wall-clock jump neither rushes nor stalls it);
+- a name not ending in ``.jsonl`` is left in place with one notice per file, not one per scan (56);
+- an accepted file is renamed into ``jobs/`` (copied, fsynced and renamed across filesystems) via
+  the store's intent record, so a kill at any instant is completed or undone at the next open, and
+  the user deleting or moving their file afterwards changes nothing (51, 52);
+- the same name twice makes two jobs; the same content twice makes one, with a notice, unless
+  ``queue.dedupe`` is off (53). The duplicate stays in the inbox for the operator to delete or
+  force with ``trainconsole add --force``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import store_files as sf
+from engine.errors import TrainconsoleError
+from engine.events import EventLog, NullEventLog
+from engine.layout import Layout
+from engine.store import Job, Store
+
+_PRIORITY_DIRS = ("normal", "high", "low")
+
+
+@dataclass
+class _Seen:
+    sig: tuple[int, int, int, int]  # size, mtime_ns, inode, device
+    since: float  # monotonic time the signature was first seen
+    settled: bool = False  # a decision was made (refused, duplicate): wait for a change
+
+
+class Inbox:
+    """Remembers, between scans, what each file looked like and what it has been told about, so
+    stability is measured and notices are given once."""
+
+    def __init__(self, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
+        self.layout = layout
+        self.clock = clock
+        self._seen: dict[str, _Seen] = {}
+        self._noticed: set[tuple[str, str]] = set()
+
+    def scan(self, store: Store, stable_s: float = 1.0, dedupe: bool = True,
+             events: EventLog | None = None) -> list[Job]:
+        events = events or NullEventLog()
+        root = os.path.realpath(self.layout.queue)
+        present: set[str] = set()
+        taken: list[Job] = []
+        for priority in _PRIORITY_DIRS:
+            folder = self.layout.incoming_for(priority)
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._notice(events, str(folder), "unreadable", None,
+                             f"inbox folder {folder} cannot be read ({exc.strerror}); check its permissions")
+                continue
+            for entry in entries:
+                path = entry.path
+                present.add(path)
+                try:
+                    job = self._consider(entry, priority, root, store, stable_s, dedupe, events)
+                except TrainconsoleError as exc:
+                    self._seen.pop(path, None)
+                    self._notice(events, path, "error", exc.case, exc.message)
+                    continue
+                if job is not None:
+                    taken.append(job)
+        for gone in set(self._seen) - present:
+            del self._seen[gone]
+        self._noticed = {n for n in self._noticed if n[0] in present}
+        return taken
+
+    def _consider(self, entry: os.DirEntry[str], priority: str, root: str, store: Store,
+                  stable_s: float, dedupe: bool, events: EventLog) -> Job | None:
+        path = entry.path
+        name = entry.name
+        shown = sf.display(path)
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # gone between listing and looking
+        if stat.S_ISDIR(st.st_mode):
+            if entry.name not in ("high", "low") or Path(path).parent != self.layout.incoming:
+                self._notice(events, path, "dir", 56, f"{shown}: a folder in the inbox is not scanned; "
+                             "put .jsonl files directly in incoming/, incoming/high/ or incoming/low/")
+            return None
+        link = stat.S_ISLNK(st.st_mode)
+        target: str | None = None
+        if link:
+            target = self._resolve(path, root, shown, events)
+            if target is None:
+                return None
+            try:
+                st = os.stat(target)
+            except OSError:
+                return None
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                    else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
+            self._notice(events, path, "special", None, f"{shown} is {kind}; ignored (never opened)")
+            return None
+        if not name.lower().endswith(".jsonl"):
+            self._notice(events, path, "ext", 56, f"{shown} does not end in .jsonl; left where it is "
+                         "(rename it to NAME.jsonl to queue it)")
+            return None
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        now = self.clock()
+        seen = self._seen.get(path)
+        if seen is None or seen.sig != sig:
+            self._seen[path] = _Seen(sig, now)
+            if stable_s > 0:
+                return None  # just appeared or still changing: look again next scan
+            seen = self._seen[path]
+        if seen.settled or now - seen.since < stable_s:
+            return None
+        source = Path(target if target is not None else path)
+        sha, size, same = self._hash(source, sig)
+        if not same:
+            self._seen[path] = _Seen((size, 0, 0, 0), now)  # changed while we read it: wait again
+            return None
+        job = store.add_job(name, Path(path) if not link else source, sha, size, priority,
+                            force=not dedupe, move=not link)
+        if job is None:
+            seen.settled = True
+            dup = store.duplicate_of(sha)
+            what = f"{dup.id} ({dup.status})" if dup else "a job being added"
+            self._notice(events, path, "dup", 53, f"{shown} has the same content as {what}; not queued "
+                         "again (use `trainconsole add --force FILE` to queue a second copy)",
+                         severity="info")
+            return None
+        if link:
+            try:
+                os.unlink(path)  # the content is now the engine's own copy; the link has served
+            except OSError:
+                seen.settled = True
+        self._seen.pop(path, None)
+        return job
+
+    def _resolve(self, path: str, root: str, shown: str, events: EventLog) -> str | None:
+        try:
+            target = os.path.realpath(path, strict=True)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self._notice(events, path, "loop", 54, f"{shown} is a symlink loop; ignored")
+            else:
+                self._notice(events, path, "dangling", 54, f"{shown} is a symlink to nothing; ignored")
+            return None
+        if os.path.commonpath([root, target]) != root:
+            self._notice(events, path, "outside", 54, f"{shown} is a symlink to {sf.display(target)}, "
+                         "outside the queue folder; not followed (copy the file in, or use "
+                         "`trainconsole add`)")
+            return None
+        return target
+
+    def _hash(self, path: Path, sig: tuple[int, int, int, int]) -> tuple[str, int, bool]:
+        """Hash through a descriptor opened without following links and without blocking, then
+        check it is still the very file examined."""
+        import hashlib
+
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return "", 0, False
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return "", 0, False
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+                    size += len(chunk)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        now_sig = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
+        return digest.hexdigest(), size, now_sig == sig and size == sig[0]
+
+    def _notice(self, events: EventLog, path: str, kind: str, case: int | None, message: str,
+                severity: str = "warning") -> None:
+        key = (path, kind)
+        if key in self._noticed:
+            return
+        self._noticed.add(key)
+        events.alert(case, message, severity=severity, key=f"inbox-{kind}-{sf.name_to_hex(path)[:64]}")
+
+
+_INBOXES: dict[Path, Inbox] = {}
+
+
+def scan(layout: Layout, store: Store, cfg: Any, events: EventLog | None = None) -> list[Job]:
+    """One look at the inbox; returns the jobs taken. Call it every ``queue.poll_s``: state kept
+    between calls (per queue folder, in this process) is what makes the stability wait and the
+    one-notice-per-file rule work."""
+    inbox = _INBOXES.get(layout.queue)
+    if inbox is None:
+        inbox = _INBOXES[layout.queue] = Inbox(layout)
+    queue_cfg = getattr(cfg, "queue", cfg)
+    return inbox.scan(store, stable_s=float(getattr(queue_cfg, "stable_s", 1.0)),
+                      dedupe=bool(getattr(queue_cfg, "dedupe", True)), events=events)
