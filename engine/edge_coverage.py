@@ -11,8 +11,10 @@ from pathlib import Path
 
 from engine.catalog import CASES, check_edge_args
 
-# Fixture modules are deliberately faulty code for the static-analysis tests, not tests.
-SKIP_DIRS = frozenset({"fixtures", "__pycache__"})
+
+def _is_test_file(path: Path) -> bool:
+    """pytest's default python_files: test_*.py and *_test.py (fixture modules are neither)."""
+    return path.name.startswith("test_") or path.name.endswith("_test.py")
 
 
 @dataclass
@@ -37,22 +39,37 @@ def _edge_calls(node: ast.AST) -> Iterator[ast.Call]:
                 yield sub
 
 
-def _numbers(nodes: list[ast.AST], where: str, problems: list[str]) -> list[int]:
+def _numbers(nodes: list[ast.AST], where: str, cov: Coverage,
+             aliases: dict[str, list[int]] | None = None) -> list[int]:
     found: list[int] = []
     for node in nodes:
+        for sub in ast.walk(node):
+            if aliases and isinstance(sub, ast.Name) and sub.id in aliases:
+                found += aliases[sub.id]  # EDGE_3 = pytest.mark.edge(3), then @EDGE_3
         for call in _edge_calls(node):
             try:
                 args = [ast.literal_eval(a) for a in call.args]
             except ValueError:
-                problems.append(f"{where}:{call.lineno}: edge() arguments must be literal ints")
+                cov.problems.append(f"{where}:{call.lineno}: edge() arguments must be literal ints")
                 continue
             kwargs: dict[str, object] = {k.arg or "**": k.value for k in call.keywords}
             why = check_edge_args(args, kwargs)
             if why:
-                problems.append(f"{where}:{call.lineno}: {why}")
+                cov.problems.append(f"{where}:{call.lineno}: {why}")
                 continue
             found += args
     return found
+
+
+def _aliases(body: list[ast.stmt], where: str, cov: Coverage) -> dict[str, list[int]]:
+    """Module-level names bound to edge marks, other than pytestmark itself."""
+    aliases: dict[str, list[int]] = {}
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target = stmt.targets[0]
+            if isinstance(target, ast.Name) and target.id != "pytestmark" and any(_edge_calls(stmt.value)):
+                aliases[target.id] = _numbers([stmt.value], where, cov)
+    return aliases
 
 
 def _pytestmark(body: list[ast.stmt]) -> list[ast.AST]:
@@ -65,17 +82,17 @@ def _pytestmark(body: list[ast.stmt]) -> list[ast.AST]:
     return values
 
 
-def _scan_body(body: list[ast.stmt], prefix: str, inherited: list[int], where: str,
-               cov: Coverage) -> None:
+def _scan_body(body: list[ast.stmt], prefix: str, inherited: list[int], where: str, cov: Coverage,
+               aliases: dict[str, list[int]]) -> None:
     for stmt in body:
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef) and stmt.name.startswith("test"):
-            numbers = inherited + _numbers(list(stmt.decorator_list), where, cov.problems)
+            numbers = inherited + _numbers(list(stmt.decorator_list), where, cov, aliases)
             for n in dict.fromkeys(numbers):
                 cov.tests.setdefault(n, []).append(f"{prefix}{stmt.name}")
         elif isinstance(stmt, ast.ClassDef) and stmt.name.startswith("Test"):
             marks = list(stmt.decorator_list) + _pytestmark(stmt.body)
-            numbers = inherited + _numbers(marks, where, cov.problems)
-            _scan_body(stmt.body, f"{prefix}{stmt.name}::", numbers, where, cov)
+            numbers = inherited + _numbers(marks, where, cov, aliases)
+            _scan_body(stmt.body, f"{prefix}{stmt.name}::", numbers, where, cov, aliases)
 
 
 def scan_tests(root: Path) -> Coverage:
@@ -83,15 +100,16 @@ def scan_tests(root: Path) -> Coverage:
     base = root.parent
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(base)
-        if SKIP_DIRS.intersection(path.relative_to(root).parts[:-1]):
+        if not _is_test_file(path) or "__pycache__" in path.parts:
             continue
         try:
             tree = ast.parse(path.read_bytes(), filename=str(rel))
         except (SyntaxError, ValueError, OSError) as exc:
             cov.problems.append(f"{rel}: cannot read: {exc}")
             continue
-        module_marks = _numbers(_pytestmark(tree.body), str(rel), cov.problems)
-        _scan_body(tree.body, f"{rel}::", module_marks, str(rel), cov)
+        aliases = _aliases(tree.body, str(rel), cov)
+        module_marks = _numbers(_pytestmark(tree.body), str(rel), cov, aliases)
+        _scan_body(tree.body, f"{rel}::", module_marks, str(rel), cov, aliases)
     for tests in cov.tests.values():
         tests.sort()
     return cov

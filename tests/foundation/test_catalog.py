@@ -114,6 +114,11 @@ SAMPLE_TESTS = {
 
         def helper_not_a_test():
             pytest.mark.edge(7)
+
+        ROLLBACK = pytest.mark.edge(64, 65)
+
+        @ROLLBACK
+        def test_by_alias(): pass
     """,
     "area/test_module_mark.py": """
         import pytest
@@ -121,11 +126,11 @@ SAMPLE_TESTS = {
 
         def test_inherits(): pass
     """,
-    "fixtures/static/test_faulty.py": """
+    "fixtures/static/faulty.py": """
         import pytest
 
         @pytest.mark.edge(9)
-        def test_in_fixtures_is_ignored(): pass
+        def test_in_a_module_pytest_does_not_collect(): pass
     """,
     "test_syntax_error.py": "def test_(:\n",
 }
@@ -150,10 +155,49 @@ def test_coverage_scan_reads_every_kind_of_mark(tmp_path: Path) -> None:
         5: ["tests/test_marks.py::TestGroup::test_method"],
         6: ["tests/test_marks.py::TestGroup::test_method"],
         8: ["tests/area/test_module_mark.py::test_inherits"],
+        64: ["tests/test_marks.py::test_by_alias"],
+        65: ["tests/test_marks.py::test_by_alias"],
     }
-    assert cov.missing() == [7, *range(9, 81)]
+    assert cov.missing() == [7, *range(9, 64), *range(66, 81)]
     assert any("81" in p for p in cov.problems)
     assert any("test_syntax_error.py" in p for p in cov.problems)
+
+
+COLLECT = r"""
+import sys
+import pytest
+
+class EdgeDump:
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            for mark in item.iter_markers("edge"):
+                for n in mark.args:
+                    print("EDGE", n, item.nodeid.split("[")[0])
+
+sys.exit(pytest.main(sys.argv[1:], plugins=[EdgeDump()]))
+"""
+
+
+def test_coverage_scan_agrees_with_pytests_own_collection(tmp_path: Path) -> None:
+    """The scan reads source without importing it; pytest's collection is the ground truth."""
+    tests = _write_tree(tmp_path)
+    (tests / "test_syntax_error.py").unlink()
+    text = (tests / "test_marks.py").read_text().replace("edge(81)", "edge(80)")
+    (tests / "test_marks.py").write_text(text)
+    run = subprocess.run(
+        [sys.executable, "-c", COLLECT, "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path), str(tests)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    collected: dict[int, set[str]] = {}
+    for line in run.stdout.splitlines():
+        if line.startswith("EDGE "):
+            _, number, nodeid = line.split(" ", 2)
+            collected.setdefault(int(number), set()).add(nodeid)
+    scanned = {n: set(t) for n, t in scan_tests(tests).tests.items()}
+    assert scanned == collected
+    assert 80 in scanned and 9 not in scanned  # faulty.py is not a test module to either
 
 
 def test_report_command(tmp_path: Path) -> None:
@@ -161,8 +205,8 @@ def test_report_command(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-m", "engine.catalog", "--report", "--tests", str(tests)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert "edge cases with a marked test: 7/80" in run.stdout
-    assert "without a marked test (73):" in run.stdout
+    assert "edge cases with a marked test: 9/80" in run.stdout
+    assert "without a marked test (71):" in run.stdout
     assert "tests/test_marks.py::test_decorated" in run.stdout
     strict = subprocess.run([sys.executable, "-m", "engine.catalog", "--report", "--strict", "--tests",
                              str(tests)], cwd=ROOT, capture_output=True, text=True, timeout=60)
