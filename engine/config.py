@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import stat
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,13 +18,14 @@ from typing import Any
 
 import tomlkit
 
-from engine.config_check import Problem, validate_document
+from engine.config_check import BadValue, Problem, check_value, show, validate_document
 from engine.config_schema import (
     KEYS,
     SECTIONS,
     DataConfig,
     GuardsConfig,
     HardwareConfig,
+    Key,
     LoraConfig,
     ModelConfig,
     PathsConfig,
@@ -37,8 +39,8 @@ from engine.layout import Layout
 __all__ = [
     "Config", "ConfigError", "ConfigProblems", "ConfigUnreadable", "DataConfig", "GuardsConfig",
     "HardwareConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
-    "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
-    "set_value",
+    "TrainingConfig", "check_warnings", "default_config_text", "load_config", "lookup_key",
+    "parse_config_text", "parse_value", "set_value",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file this large is a mistake (wrong file given)
@@ -93,6 +95,14 @@ class Config:
 
 def _read(path: Path) -> bytes:
     shown = str(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = None  # the open below says why, precisely
+    # Pipes (`--config <(...)`) and /dev/null (all defaults) are read like files; reads are bounded.
+    if mode is not None and stat.S_ISDIR(mode):
+        raise ConfigUnreadable(
+            f"{shown}: is a folder, not a config file (did you mean {path / 'config.toml'}?)")
     try:
         with path.open("rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
@@ -207,7 +217,8 @@ def check_warnings(cfg: Config) -> list[str]:
 
 # ---------------------------------------------------------------- editing one value
 
-def _key_for(dotted: str) -> tuple[str, str]:
+def lookup_key(dotted: str) -> Key:
+    """The schema entry of ``section.key`` (type, default, documentation, allowed values)."""
     section, _, name = dotted.partition(".")
     if section not in KEYS or name not in KEYS[section]:
         import difflib
@@ -216,7 +227,44 @@ def _key_for(dotted: str) -> tuple[str, str]:
         close = difflib.get_close_matches(dotted, every, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise UsageError(f"unknown config key {dotted!r}{hint}")
-    return section, name
+    return KEYS[section][name]
+
+
+def parse_value(dotted: str, text: str) -> Any:
+    """A value typed by an operator (console, command line) turned into the key's type and checked.
+
+    Strings need no quotes; numbers, booleans and lists are read as TOML (``1e-4``, ``true``,
+    ``["q_proj", "v_proj"]``); a list of strings or GPU indices may also be written ``a, b``."""
+    key = lookup_key(dotted)
+    raw = text.strip()
+    value: Any = raw
+    if key.kind == "str" or (key.kind == "gpus" and raw == "all"):
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
+            value = _toml_literal(raw, dotted)
+    elif key.kind in ("list[str]", "gpus") and not raw.startswith("["):
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        value = parts if key.kind == "list[str]" else [_toml_literal(p, dotted) for p in parts]
+    else:
+        value = _toml_literal(raw, dotted)
+    try:
+        return check_value(key, value)
+    except BadValue as bad:
+        raise ConfigProblems("", [Problem(f"{dotted} = {show(value)} {bad.message}", key=dotted,
+                                                 case=bad.case)]) from None
+
+
+def _toml_literal(text: str, dotted: str) -> Any:
+    try:
+        return tomlkit.parse(f"v = {text}\n").unwrap()["v"]
+    except Exception:  # noqa: BLE001 - any parser failure means the same to the operator
+        raise ConfigProblems("", [Problem(
+            f"{dotted} = {text} cannot be read: must be {allowed_text(lookup_key(dotted))}",
+            key=dotted)]) from None
+
+
+def _key_for(dotted: str) -> tuple[str, str]:
+    key = lookup_key(dotted)
+    return key.section, key.name
 
 
 def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:

@@ -11,150 +11,14 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-import tomlkit.exceptions
-
+from engine.config_parse import Problem, decode, line_of, one_line, parse
 from engine.config_schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding: ``line`` (1-based) and ``column`` where known, the dotted ``key`` where one applies."""
-
-    message: str
-    key: str | None = None
-    line: int | None = None
-    column: int | None = None
-    case: int | None = None
-
-    def render(self, file: str) -> str:
-        where = file
-        if self.line is not None:
-            where += f":{self.line}"
-            if self.column is not None:
-                where += f":{self.column}"
-        return f"{where}: {one_line(self.message)}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"message": self.message, "key": self.key, "line": self.line, "column": self.column,
-                "case": self.case}
-
-
-def one_line(text: str) -> str:
-    """Escape anything a terminal would break a line on or not show (keys and values are user text)."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
-
-
-# ---------------------------------------------------------------- text -> document
-
-def _decode(data: bytes | str) -> tuple[str | None, list[Problem]]:
-    if isinstance(data, str):
-        return data.removeprefix("\ufeff"), []
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return None, [Problem("is saved as UTF-16; save it as UTF-8", line=1, column=1, case=32)]
-    data = data.removeprefix(b"\xef\xbb\xbf")  # editors on Windows add it; harmless, so accepted
-    try:
-        return data.decode("utf-8"), []
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        return None, [Problem(f"is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save it as UTF-8",
-                              line=line, column=col, case=32)]
-
-
-_LOCATION = re.compile(r"\s+at line \d+ col \d+$")
-
-
-def _parse(text: str) -> tuple[Any, list[Problem]]:
-    try:
-        doc = tomlkit.parse(text)
-        return doc.unwrap(), []
-    except tomlkit.exceptions.ParseError as exc:
-        message = _LOCATION.sub("", str(exc)).rstrip(".")
-        if "'\\x00'" in message:  # tomlkit's way of saying the text ended inside a value
-            lines = text.splitlines() or [""]
-            return None, [Problem("invalid TOML: the file ends inside a value (an unclosed [, { or quote?)",
-                                  line=len(lines), column=len(lines[-1]) + 1, case=32)]
-        if "\\u000a" in message:
-            message = "a string is not closed on the line where it starts (a missing quote?)"
-        if "already exists" in message:
-            message += " (a key or a section may appear only once)"
-        # tomlkit counts columns from 0; editors and compilers count from 1.
-        return None, [Problem(f"invalid TOML: {message}", line=exc.line, column=exc.col + 1, case=32)]
-    except tomlkit.exceptions.KeyAlreadyPresent as exc:
-        return None, [Problem(f"invalid TOML: {_dup_message(str(exc))}", line=_dup_line(text, str(exc)),
-                              case=32)]
-    except RecursionError:
-        return None, [Problem("invalid TOML: nested too deeply", case=32)]
-    except Exception as exc:  # noqa: BLE001 - any parser failure is the file's problem, not a crash
-        return None, [Problem(f"invalid TOML: {exc}", case=32)]
-
-
-def _dup_message(text: str) -> str:
-    return text.rstrip(".") + " (a key may appear only once per table)"
-
-
-def _dup_line(text: str, message: str) -> int | None:
-    m = re.search(r'"([^"]*)"', message)
-    if not m:
-        return None
-    name = m.group(1)
-    seen: dict[tuple[str | None, str], int] = {}
-    header: str | None = None
-    for number, line in enumerate(text.splitlines(), 1):
-        h = _HEADER.match(line)
-        if h:
-            header = h.group(1).strip()
-            if (None, header) in seen and header == name:
-                return number
-            seen[(None, header)] = number
-            continue
-        k = _KEY.match(line)
-        if k and k.group(1).strip("\"' ") == name:
-            if (header, name) in seen:
-                return number
-            seen[(header, name)] = number
-    return None
-
-
-# ---------------------------------------------------------------- finding a key's line
-
-_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
-
-
-def _line_of(lines: list[str], section: str, key: str | None = None) -> int | None:
-    """The first line that defines ``section`` (or ``section.key``): a header, a dotted key or a key."""
-    target = section if key is None else f"{section}.{key}"
-
-    def hit(name: str) -> bool:
-        return name == target or name.startswith(target + ".")
-
-    header: str | None = None
-    for number, line in enumerate(lines, 1):
-        h = _HEADER.match(line)
-        if h:
-            header = _dotted(h.group(1))
-            if hit(header):
-                return number
-            continue
-        k = _KEY.match(line)
-        if k:
-            name = _dotted(k.group(1))
-            if hit(name if header is None else f"{header}.{name}"):
-                return number
-    return None
-
-
-def _dotted(raw: str) -> str:
-    return re.sub(r"\s*\.\s*", ".", raw.strip()).replace('"', "").replace("'", "")
-
+__all__ = ["BadValue", "Problem", "check_value", "looks_like_path", "one_line", "show", "type_name",
+           "validate_document"]
 
 # ---------------------------------------------------------------- values
 
@@ -195,7 +59,9 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
-class _Bad(Exception):
+class BadValue(Exception):
+    """A value that breaks its key's rule; the caller adds the file, line and key."""
+
     def __init__(self, message: str, case: int | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -218,45 +84,45 @@ def _quoted_hint(value: Any, kind: str) -> str:
 def _number(key: Key, value: Any) -> int | float:
     kind, s = key.kind, key.spec
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}{_quoted_hint(value, kind)}")
+        raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)}{_quoted_hint(value, kind)}")
     if kind == "int" and isinstance(value, float):
         if math.isfinite(value) and value == int(value):
-            raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)} (write {int(value)})")
-        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}")
+            raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)} (write {int(value)})")
+        raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise _Bad(f"must be a finite number: {allowed_text(key)}")
+        raise BadValue(f"must be a finite number: {allowed_text(key)}")
     too_low = s.lo is not None and (value <= s.lo if s.lo_open else value < s.lo)
     too_high = s.hi is not None and value > s.hi
     if too_low or too_high:
-        raise _Bad(f"is out of range: must be {allowed_text(key)}", s.case_low if too_low else s.case_high)
+        raise BadValue(f"is out of range: must be {allowed_text(key)}", s.case_low if too_low else s.case_high)
     if kind == "float":
         try:
             return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
         except OverflowError:
-            raise _Bad(f"is too large: must be {allowed_text(key)}") from None
+            raise BadValue(f"is too large: must be {allowed_text(key)}") from None
     return value
 
 
 def _string(key: Key, value: Any) -> str:
     if not isinstance(value, str):
-        raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}")
+        raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)}")
     if "\x00" in value:
-        raise _Bad("must not contain a NUL character")
+        raise BadValue("must not contain a NUL character")
     choices = key.spec.choices
     if choices and value not in choices:
         close = difflib.get_close_matches(value.lower(), choices, n=1, cutoff=0.5)
         hint = f'; did you mean "{close[0]}"?' if close else ""
-        raise _Bad(f"must be {allowed_text(key)}{hint}")
+        raise BadValue(f"must be {allowed_text(key)}{hint}")
     if key.spec.nonempty and not value.strip():
-        raise _Bad(f"must be {allowed_text(key)}, not empty")
+        raise BadValue(f"must be {allowed_text(key)}, not empty")
     return value
 
 
-def _check_value(key: Key, value: Any) -> Any:
+def check_value(key: Key, value: Any) -> Any:
     kind = key.kind
     if kind == "bool":
         if not isinstance(value, bool):
-            raise _Bad(f"must be true or false, not {type_name(value)}{_quoted_hint(value, kind)}")
+            raise BadValue(f"must be true or false, not {type_name(value)}{_quoted_hint(value, kind)}")
         return value
     if kind in ("int", "float"):
         return _number(key, value)
@@ -264,29 +130,29 @@ def _check_value(key: Key, value: Any) -> Any:
         return _string(key, value)
     if kind == "list[str]":
         if not isinstance(value, list):
-            raise _Bad(f"must be {allowed_text(key)}, not {type_name(value)}"
+            raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)}"
                        + (f' (write ["{value}"])' if isinstance(value, str) else ""))
         if key.spec.nonempty and not value:
-            raise _Bad(f"must be {allowed_text(key)}, not empty")
+            raise BadValue(f"must be {allowed_text(key)}, not empty")
         for i, item in enumerate(value):
             if not isinstance(item, str) or not item or "\x00" in item:
-                raise _Bad(f"item {i} ({show(item)}) must be a non-empty string, not {type_name(item)}"
+                raise BadValue(f"item {i} ({show(item)}) must be a non-empty string, not {type_name(item)}"
                            if not isinstance(item, str) else f"item {i} must be a non-empty string")
         return list(value)
     # gpus: "all" or GPU indices
     if isinstance(value, str):
         if value != "all":
-            raise _Bad(f"must be {allowed_text(key)}")
+            raise BadValue(f"must be {allowed_text(key)}")
         return value
     if not isinstance(value, list) or not value:
-        raise _Bad(f"must be {allowed_text(key)}, not "
+        raise BadValue(f"must be {allowed_text(key)}, not "
                    + ("an empty list (for no GPU set hardware.device = \"cpu\")" if value == []
                       else type_name(value)))
     for item in value:
         if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 4096:
-            raise _Bad(f"must be {allowed_text(key)}; {show(item)} is not a GPU index")
+            raise BadValue(f"must be {allowed_text(key)}; {show(item)} is not a GPU index")
     if len(set(value)) != len(value):
-        raise _Bad("lists a GPU twice")
+        raise BadValue("lists a GPU twice")
     return list(value)
 
 
@@ -301,10 +167,10 @@ def _base_model(value: str, root: Path) -> str:
     if looks_like_path(value):
         where = Path(os.path.normpath(root / Path(value).expanduser()))
         if not where.exists():
-            raise _Bad(f"names no such folder ({where}); give an existing folder, a model id, or "
+            raise BadValue(f"names no such folder ({where}); give an existing folder, a model id, or "
                        f'"{BUILTIN_MODELS[0]}"', case=11)
         if not where.is_dir():
-            raise _Bad(f"names a file ({where}); give the model's folder (the one holding config.json)",
+            raise BadValue(f"names a file ({where}); give the model's folder (the one holding config.json)",
                        case=11)
         return str(where)
     if value.startswith("builtin:"):
@@ -312,10 +178,10 @@ def _base_model(value: str, root: Path) -> str:
             close = difflib.get_close_matches(value, BUILTIN_MODELS, n=1, cutoff=0.5)
             hint = f'did you mean "{close[0]}"?' if close else "the built-in models: " + ", ".join(
                 f'"{m}"' for m in BUILTIN_MODELS)
-            raise _Bad(f"is not a built-in model; {hint}", case=39)
+            raise BadValue(f"is not a built-in model; {hint}", case=39)
         return value
     if not _MODEL_ID.match(value):
-        raise _Bad('is neither "builtin:...", a folder (absolute, ./, ../ or ~) nor a model id such '
+        raise BadValue('is neither "builtin:...", a folder (absolute, ./, ../ or ~) nor a model id such '
                    'as "org/name"', case=39)
     return value
 
@@ -334,10 +200,10 @@ def _home_of(name: str) -> str | None:
 
 def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[str, Any]], list[Problem]]:
     """Check config text; return the checked values per section (defaults omitted) and every problem."""
-    text, problems = _decode(data)
+    text, problems = decode(data)
     if text is None:
         return {}, problems
-    doc, problems = _parse(text)
+    doc, problems = parse(text)
     if problems:
         return {}, problems
     lines = text.splitlines()
@@ -346,7 +212,9 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
 
     def add(message: str, section: str, key: str | None = None, case: int | None = None) -> None:
         dotted = section if key is None else f"{section}.{key}"
-        problems.append(Problem(message, key=dotted, line=_line_of(lines, section, key), case=case))
+        # a key inside an inline table has no line of its own: point at its section's line
+        line = line_of(lines, section, key) or line_of(lines, section)
+        problems.append(Problem(message, key=dotted, line=line, case=case))
 
     if not isinstance(doc, dict):
         return {}, [Problem("is not a TOML table", case=32)]
@@ -384,11 +252,11 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
                 add(f"unknown key {section}.{name}; {hint}", section, name)
                 continue
             try:
-                checked = _check_value(key, value)
+                checked = check_value(key, value)
                 if key.dotted == "model.base_model":
                     checked = _base_model(checked, root)
                 values[name] = checked
-            except _Bad as bad:
+            except BadValue as bad:
                 add(f"{key.dotted} = {show(value)} {bad.message}", section, name, bad.case)
         out[section] = values
     _cross_checks(out, add)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigProblems, default_config_text, load_config, set_value
+from engine.config import ConfigProblems, default_config_text, load_config, parse_value, set_value
 from engine.errors import UsageError
 
 
@@ -107,3 +107,36 @@ def test_file_mode_is_kept(cfg_file: Path) -> None:
     cfg_file.chmod(0o600)
     set_value(cfg_file, "training.seed", 7)
     assert stat.S_IMODE(cfg_file.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(("key", "text", "value"), [
+    ("training.learning_rate", "1e-4", 1e-4),
+    ("training.max_grad_norm", "2", 2.0),  # an int typed for a float comes back a float
+    ("training.batch_size", " 8 ", 8),
+    ("training.gradient_checkpointing", "true", True),
+    ("training.lr_scheduler", "cosine", "cosine"),
+    ("model.revision", '"main"', "main"),
+    ("lora.target_modules", "q_proj, v_proj", ["q_proj", "v_proj"]),
+    ("lora.target_modules", '["q_proj"]', ["q_proj"]),
+    ("hardware.gpus", "all", "all"),
+    ("hardware.gpus", "0, 1", [0, 1]),
+    ("hardware.gpus", "[1]", [1]),
+])
+def test_parse_value_reads_operator_input(key: str, text: str, value: object) -> None:
+    parsed = parse_value(key, text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize(("key", "text"), [
+    ("training.batch_size", "0"),
+    ("training.batch_size", "eight"),
+    ("training.batch_size", "true"),
+    ("training.learning_rate", "nan"),
+    ("training.lr_scheduler", "sideways"),
+    ("hardware.gpus", "0, x"),
+])
+def test_parse_value_rejects_with_the_key_named(key: str, text: str) -> None:
+    with pytest.raises(ConfigProblems) as info:
+        parse_value(key, text)
+    assert info.value.message.startswith(key)
+    assert "\n" not in info.value.message

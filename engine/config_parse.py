@@ -1,0 +1,149 @@
+"""Config text to a TOML document, and where in the text things are: every failure to read the
+file becomes a ``Problem`` with a line and column, never an exception from the parser."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import tomlkit
+import tomlkit.exceptions
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: ``line`` (1-based) and ``column`` where known, the dotted ``key`` where one applies."""
+
+    message: str
+    key: str | None = None
+    line: int | None = None
+    column: int | None = None
+    case: int | None = None
+
+    def render(self, file: str) -> str:
+        if not file:  # a value typed by an operator, not read from a file
+            return one_line(self.message)
+        where = file
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {one_line(self.message)}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message, "key": self.key, "line": self.line, "column": self.column,
+                "case": self.case}
+
+
+def one_line(text: str) -> str:
+    """Escape anything a terminal would break a line on or not show (keys and values are user text)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+
+
+# ---------------------------------------------------------------- text -> document
+
+def decode(data: bytes | str) -> tuple[str | None, list[Problem]]:
+    if isinstance(data, str):
+        return data.removeprefix("\ufeff"), []
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return None, [Problem("is saved as UTF-16; save it as UTF-8", line=1, column=1, case=32)]
+    data = data.removeprefix(b"\xef\xbb\xbf")  # editors on Windows add it; harmless, so accepted
+    try:
+        return data.decode("utf-8"), []
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        return None, [Problem(f"is not valid UTF-8 (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+                              line=line, column=col, case=32)]
+
+
+_LOCATION = re.compile(r"\s+at line \d+ col \d+$")
+
+
+def parse(text: str) -> tuple[Any, list[Problem]]:
+    try:
+        doc = tomlkit.parse(text)
+        return doc.unwrap(), []
+    except tomlkit.exceptions.ParseError as exc:
+        message = _LOCATION.sub("", str(exc)).rstrip(".")
+        if "'\\x00'" in message:  # tomlkit's way of saying the text ended inside a value
+            lines = text.splitlines() or [""]
+            return None, [Problem("invalid TOML: the file ends inside a value (an unclosed [, { or quote?)",
+                                  line=len(lines), column=len(lines[-1]) + 1, case=32)]
+        if "\\u000a" in message:
+            message = "a string is not closed on the line where it starts (a missing quote?)"
+        if "already exists" in message:
+            message += " (a key or a section may appear only once)"
+        # tomlkit counts columns from 0; editors and compilers count from 1.
+        return None, [Problem(f"invalid TOML: {message}", line=exc.line, column=exc.col + 1, case=32)]
+    except tomlkit.exceptions.KeyAlreadyPresent as exc:
+        return None, [Problem(f"invalid TOML: {_dup_message(str(exc))}", line=_dup_line(text, str(exc)),
+                              case=32)]
+    except RecursionError:
+        return None, [Problem("invalid TOML: nested too deeply", case=32)]
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the file's problem, not a crash
+        return None, [Problem(f"invalid TOML: {exc}", case=32)]
+
+
+def _dup_message(text: str) -> str:
+    return text.rstrip(".") + " (a key may appear only once per table)"
+
+
+def _dup_line(text: str, message: str) -> int | None:
+    m = re.search(r'"([^"]*)"', message)
+    if not m:
+        return None
+    name = m.group(1)
+    seen: dict[tuple[str | None, str], int] = {}
+    header: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        h = _HEADER.match(line)
+        if h:
+            header = h.group(1).strip()
+            if (None, header) in seen and header == name:
+                return number
+            seen[(None, header)] = number
+            continue
+        k = _KEY.match(line)
+        if k and k.group(1).strip("\"' ") == name:
+            if (header, name) in seen:
+                return number
+            seen[(header, name)] = number
+    return None
+
+
+# ---------------------------------------------------------------- finding a key's line
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def line_of(lines: list[str], section: str, key: str | None = None) -> int | None:
+    """The first line that defines ``section`` (or ``section.key``): a header, a dotted key or a key."""
+    target = section if key is None else f"{section}.{key}"
+
+    def hit(name: str) -> bool:
+        return name == target or name.startswith(target + ".")
+
+    header: str | None = None
+    for number, line in enumerate(lines, 1):
+        h = _HEADER.match(line)
+        if h:
+            header = _dotted(h.group(1))
+            if hit(header):
+                return number
+            continue
+        k = _KEY.match(line)
+        if k:
+            name = _dotted(k.group(1))
+            if hit(name if header is None else f"{header}.{name}"):
+                return number
+    return None
+
+
+def _dotted(raw: str) -> str:
+    return re.sub(r"\s*\.\s*", ".", raw.strip()).replace('"', "").replace("'", "")
+
