@@ -143,32 +143,48 @@ def sweep(layout: Layout, *, stale_s: float = STALE_TMP_S) -> list[Path]:
         run_dirs = []
     for run_dir in run_dirs:
         removed += _sweep_run(run_dir)
+    removed += _sweep_staging(layout.adapters)
+    return removed
+
+
+def _staging_dead(name: str) -> bool:
+    """``.staging-<name>-<pid>-<hex>`` (engine/checkpoints.py): a save whose writer is gone never
+    got its manifest, so it is not a checkpoint, only bytes."""
+    parts = name.rsplit("-", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _sweep_staging(folder: Path) -> list[Path]:
+    removed: list[Path] = []
+    try:
+        entries = list(folder.glob(".staging-*"))
+    except OSError:
+        return removed
+    for entry in entries:
+        if _staging_dead(entry.name) and _remove(entry):
+            removed.append(entry)
     return removed
 
 
 def _sweep_run(run_dir: Path) -> list[Path]:
-    removed: list[Path] = []
+    removed = _sweep_staging(run_dir)
     try:
-        from engine import checkpoints
-
-        sweeper = getattr(checkpoints, "sweep_staging", None)
-    except ImportError:
-        sweeper = None
-    if sweeper is not None:
-        try:
-            removed += list(sweeper(run_dir) or [])
-        except OSError:
-            pass
-    else:
-        ckpts = run_dir / "checkpoints"
-        try:
-            for entry in ckpts.iterdir():
-                if entry.name.startswith(".") or entry.name.endswith(".tmp"):
-                    if _remove(entry):
-                        removed.append(entry)
-        except OSError:
-            pass
-    beat = run_dir / "heartbeat.json"
-    if beat.exists() and _remove(beat):
-        removed.append(beat)
+        subdirs = [d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    except OSError:
+        subdirs = []
+    for sub in subdirs:
+        removed += _sweep_staging(sub)
+    for name in ("heartbeat.json", "stacks.txt"):
+        leftover = run_dir / name
+        if leftover.exists() and _remove(leftover):
+            removed.append(leftover)
     return removed

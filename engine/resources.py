@@ -33,8 +33,7 @@ class DiskHold:
     """Set when a worker ran out of disk: no attempt charged, the queue waits for space."""
 
     path: str
-    free_at_failure_mb: float
-    needed_mb: float
+    resume_at_mb: float  # free space at which the queue resumes
 
 
 @dataclass(frozen=True)
@@ -65,9 +64,11 @@ class ResourceGuard:
     def paths(self) -> list[Path]:
         return [self.layout.queue, self.layout.runs, self.layout.adapters]
 
-    def hold_for_disk(self, path: Path, needed_mb: float) -> None:
-        free = self.sysmon.sample([path]).disk_free_mb.get(str(path), 0.0)
-        self.disk_hold = DiskHold(str(path), float(free), max(1.0, needed_mb))
+    def hold_for_disk(self, path: Path, needed_mb: float, *, from_now: bool = True) -> None:
+        """Hold new work until ``needed_mb`` more is free on ``path`` than now (or, with
+        ``from_now=False``, until that much is free at all)."""
+        free = self.sysmon.sample([path]).disk_free_mb.get(str(path), 0.0) if from_now else 0.0
+        self.disk_hold = DiskHold(str(path), float(free) + max(1.0, needed_mb))
         self._last_mono = None  # re-sample on the next check
 
     def check(self, now: float | None = None) -> GuardState:
@@ -96,13 +97,13 @@ class ResourceGuard:
             free = sample.disk_free_mb.get(hold.path)
             if free is None:
                 free = self.sysmon.sample([hold.path]).disk_free_mb.get(hold.path, 0.0)
-            if free >= hold.free_at_failure_mb + hold.needed_mb:
+            if free >= hold.resume_at_mb:
                 self.notifier.alert(25, f"disk space is back on {hold.path} ({free:.1f} MB free): "
                                         "the queue resumes", severity="info", key="disk-full-cleared")
                 self.disk_hold = None
             else:
                 found["disk-full"] = (25, f"a worker ran out of disk on {hold.path}: the queue is "
-                                          f"paused until about {hold.needed_mb:.1f} MB more is free "
+                                          f"paused until {hold.resume_at_mb:.1f} MB is free "
                                           f"(now {free:.1f} MB)")
         for key, (case, message) in found.items():
             if key not in self._active:

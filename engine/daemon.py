@@ -1,0 +1,119 @@
+"""The engine daemon: exactly one per queue folder, small, and never importing torch.
+
+Start-up order matters: folders checked writable (46), the lock taken (48), then recovery before
+anything trains (41-43: orphaned workers ended, jobs left running requeued, leftovers swept), then
+the supervision loop (``engine.supervise``). SIGTERM, SIGINT or a ``stop`` command: the worker
+checkpoints at its next step boundary and exits, its job is requeued without charge, and the
+daemon exits 0. SIGHUP is ignored (a closed terminal must not stop training; config changes take
+a restart). Workers are our children and reaped as they end (49).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from engine.errors import TrainconsoleError
+from engine.events import EventLog
+from engine.layout import Layout
+from engine.lock import EngineLock, start_detached
+from engine.notify import Notifier
+from engine.recovery import end_orphans, find_orphans, sweep
+from engine.resources import check_writable
+
+__all__ = ["run_daemon", "start_detached", "recover"]
+
+
+def _say(message: str) -> None:
+    print(f"trainconsole engine: {message}", flush=True)
+
+
+def recover(store: Any, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float) -> None:
+    """Before anything trains: end orphans, requeue jobs left running, sweep leftovers."""
+    running = store.jobs(["running"])
+    orphans = find_orphans(running, layout)
+    if orphans:
+        notifier.alert(41, f"ending {len(orphans)} worker(s) left by an engine that did not stop cleanly: "
+                           + ", ".join(f"pid {o.pid} ({o.job_id or '?'}, {o.how})" for o in orphans),
+                       severity="warning", key="orphans")
+        end_orphans(orphans, grace_s)
+    for job in running:
+        store.requeue(job.id, charge_attempt=False,
+                      reason="the engine stopped while this job ran; it resumes from its last checkpoint")
+        notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "
+                           "reboot); requeued, it resumes from its newest good checkpoint",
+                       severity="warning", job_id=job.id)
+    removed = sweep(layout)
+    if removed:
+        events.emit("log", level="info", message=f"swept {len(removed)} leftover temporary file(s): "
+                    + ", ".join(p.name for p in removed[:10]))
+
+
+def run_daemon(cfg: Any) -> int:
+    """Run the engine in the foreground until stopped. Returns the exit code."""
+    layout: Layout = cfg.layout()
+    problems = check_writable(layout.folders())
+    if problems:
+        raise TrainconsoleError("the engine cannot start: " + "; ".join(problems), case=46)
+    lock = EngineLock(layout)
+    info = lock.acquire()  # AlreadyRunning (case 48) propagates: one line, exit 1
+    events = EventLog(layout.engine_events)
+    try:
+        notifier = Notifier(events, cfg.guards.alert_command, cfg.guards.alert_min_severity)
+        return _serve(cfg, layout, events, notifier, info.pid)
+    finally:
+        lock.release()
+        events.close()
+
+
+def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: int) -> int:
+    from engine.store import Store
+    from engine.supervise import Supervisor
+    from engine.sysmon import Sysmon
+
+    store = Store.open(layout, events, policy=cfg.queue)
+    sup = Supervisor(cfg, store, events, notifier, Sysmon())
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        sup.signalled = signal.Signals(signum).name
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        events.emit("log", level="info", message="SIGHUP ignored: restart the engine to load a changed config")
+
+    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    try:
+        _say(f"started (pid {pid}) for {layout.queue}")
+        events.emit("log", level="info", message=f"engine started (pid {pid}, config {cfg.source})")
+        recover(store, layout, notifier, events, grace_s=sup.hang_grace_s)
+        if store.paused() and any(j.error_class == "disk_full" for j in store.jobs(["queued"])):
+            # Paused by a full disk before a restart: resume on our own once there is room again.
+            sup.disk_paused = True
+            sup.guard.hold_for_disk(layout.runs, max(64.0, float(cfg.hardware.min_free_disk_mb)),
+                                   from_now=False)
+        code = sup.run()
+        events.emit("log", level="info", message="engine stopped")
+        _say("stopped")
+        return code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        notifier.wait(2.0)
+        store.close()
+
+
+def main(config: str) -> int:
+    from engine.config import load_config
+
+    try:
+        return run_daemon(load_config(Path(config)))
+    except TrainconsoleError as exc:
+        print(f"trainconsole: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "config.toml"))

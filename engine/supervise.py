@@ -1,0 +1,337 @@
+"""The supervision loop: one worker at a time, watched, reaped, classified, and its job moved on.
+
+Each ``tick`` applies operator commands, watches the running worker (heartbeat, exit), and when
+none runs: takes new files from the inbox, checks the resource guards and devices, and starts the
+next runnable job. Every phase is guarded: an I/O error or a vanished folder (cases 44, 45) is an
+alert and a back-off, never a crash or a hang; an unexpected exception in our own code is logged
+with its traceback and the loop goes on. Durations are monotonic (case 47).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sqlite3
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine import ingest
+from engine.errors import ErrorClass
+from engine.events import EventLog, EventTail
+from engine.launcher import DevicePlan, WorkerProcess, launcher_for, plan_devices, worker_env
+from engine.notify import Notifier
+from engine.outcome import apply_outcome
+from engine.resources import ResourceGuard
+from engine.retry_policy import classify, oom_kill_count, read_report
+from engine.store import Job, Store
+from engine.watchdog import Watchdog
+
+STACK_WAIT_S = 3.0
+IO_BACKOFF_MAX_S = 60.0
+RESOURCE_EVENT_S = 30.0
+_VANISHED = {errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EHOSTDOWN}
+
+
+@dataclass
+class Running:
+    job: Job
+    worker: WorkerProcess
+    watchdog: Watchdog
+    run_dir: Path
+    oom_before: int
+    tail: EventTail
+    last_step: int | None = None
+    term_at: float | None = None  # monotonic time SIGTERM went to the group
+    term_grace_s: float = 0.0
+    killed: bool = False
+    hung_for_s: float | None = None
+    stopping: bool = False  # stopped by us (stop, cancel): an interruption, not a failure
+    cancel: bool = False
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2))
+    os.replace(tmp, path)
+
+
+class Supervisor:
+    def __init__(self, cfg: Any, store: Store, events: EventLog, notifier: Notifier, sysmon: Any) -> None:
+        self.cfg = cfg
+        self.layout = cfg.layout()
+        self.store = store
+        self.events = events
+        self.notifier = notifier
+        hw, guards = cfg.hardware, cfg.guards
+        self.poll_s = float(cfg.queue.poll_s)
+        self.guard = ResourceGuard(sysmon, self.layout, notifier, min_free_ram_mb=hw.min_free_ram_mb,
+                                   min_free_disk_mb=hw.min_free_disk_mb, max_swap_mb_s=hw.max_swap_mb_s,
+                                   every_s=max(0.5, min(5.0, self.poll_s * 5)))
+        self.hang_grace_s = max(3.0, min(30.0, float(guards.hang_floor_s)))
+        self.stop_grace_s = max(60.0, 2 * float(guards.hang_floor_s))
+        self.current: Running | None = None
+        self.stop_requested = False
+        self.signalled: str | None = None  # set from a signal handler, acted on in the loop
+        self.disk_paused = False
+        self.device_faults: list[float] = []
+        self.io_failures = 0
+        self.io_retry_at = 0.0
+        self._resource_emit_at = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        while True:
+            if self.signalled:
+                self.request_stop(self.signalled)
+                self.signalled = None
+            self.tick()
+            if self.stop_requested and self.current is None:
+                return 0
+            self._sleep(self.poll_s)
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.signalled and (left := end - time.monotonic()) > 0:
+            time.sleep(min(0.05, left))
+
+    def tick(self) -> None:
+        failed_before = self.io_failures
+        ok = self._guarded("commands", self._apply_commands)
+        if self.current is not None:
+            ok = self._guarded("worker", self._watch) and ok
+        if self.current is None and not self.stop_requested and time.monotonic() >= self.io_retry_at:
+            ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
+            ok = self._guarded("schedule", self._maybe_start) and ok
+        if ok and failed_before and self.io_failures == failed_before:
+            self.io_failures = 0
+            self.notifier.forget("io")
+            self.notifier.alert(None, "the engine's folders are readable again; work continues",
+                                severity="info", key="io-ok")
+
+    def _guarded(self, phase: str, func: Callable[[], Any]) -> bool:
+        try:
+            func()
+            return True
+        except (OSError, sqlite3.Error) as exc:
+            self.io_failures += 1
+            delay = min(IO_BACKOFF_MAX_S, self.poll_s * 2 ** min(self.io_failures, 10))
+            self.io_retry_at = time.monotonic() + delay
+            vanished = isinstance(exc, OSError) and exc.errno in _VANISHED
+            case = 45 if vanished else 44
+            what = "a folder or file the engine needs is gone" if vanished else "an I/O error"
+            self.notifier.alert(case, f"{what} while {phase}: {exc}; retrying in {delay:.0f}s "
+                                      f"(check that {self.layout.queue} is mounted and healthy)",
+                                severity="critical", key="io")
+        except Exception as exc:  # our own bug: logged with its traceback, the engine goes on
+            self.io_failures += 1
+            self.io_retry_at = time.monotonic() + min(IO_BACKOFF_MAX_S, self.poll_s * 2 ** min(self.io_failures, 10))
+            self.notifier.alert(None, f"engine error while {phase}: {type(exc).__name__}: {exc}",
+                                severity="critical", key=f"engine-bug:{phase}:{type(exc).__name__}",
+                                traceback=traceback.format_exc())
+        return False
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        if not self.stop_requested:
+            self.events.emit("log", level="info", message=f"engine stopping ({why})")
+        self.stop_requested = True
+        if self.current is not None:
+            self._terminate(self.current, self.stop_grace_s, stopping=True)
+
+    def _apply_commands(self) -> None:
+        for cmd in self.store.take_commands():
+            if cmd.kind == "stop":
+                self.request_stop("stop command")
+            elif cmd.kind == "pause":
+                self.store.set_paused(True)
+            elif cmd.kind == "resume":
+                self.store.set_paused(False)
+            elif cmd.kind == "cancel":
+                run = self.current
+                if run is not None and run.job.id == cmd.job_id:
+                    run.cancel = True
+                    self._terminate(run, self.stop_grace_s, stopping=True)
+            else:
+                self.events.emit("log", level="warning", message=f"unknown command {cmd.kind!r} ignored")
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _device_plan(self) -> DevicePlan:
+        sample = self.guard.last_sample
+        state = getattr(sample, "gpu_state", "no_nvml")
+        indices = [g.index for g in getattr(sample, "gpus", [])] if state == "ok" else []
+        return plan_devices(self.cfg.hardware.device, self.cfg.hardware.gpus, state, indices)
+
+    def _maybe_start(self) -> None:
+        guard = self.guard.check()
+        if self.disk_paused and self.guard.disk_hold is None:
+            self.disk_paused = False
+            self.store.set_paused(False)
+        self._emit_resources()
+        if not guard.ok or self.store.paused():
+            return
+        plan = self._device_plan()
+        if plan.hold:
+            self.notifier.alert(plan.case, plan.hold, severity="critical", key="device-hold")
+            return
+        self.notifier.forget("device-hold")
+        if plan.warning:
+            self.notifier.alert(plan.case, plan.warning, severity="warning", key="device-cpu")
+        job = self.store.next_runnable()
+        if job is not None:
+            self._launch(job, plan)
+
+    def _emit_resources(self) -> None:
+        sample = self.guard.last_sample
+        now = time.monotonic()
+        if sample is not None and now >= self._resource_emit_at:
+            self._resource_emit_at = now + RESOURCE_EVENT_S
+            self.events.emit("resource", **sample.event_fields())
+
+    def _launch(self, job: Job, plan: DevicePlan) -> None:
+        run_dir = self.layout.run_dir(job.id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("report.json", "heartbeat.json", "stacks.txt"):
+            (run_dir / name).unlink(missing_ok=True)  # this attempt's files only
+        if not job.path.exists():
+            if not self.layout.jobs.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "the queue's jobs folder is gone", str(self.layout.jobs))
+            self.store.start(job.id)
+            message = f"the engine's copy of the data, {job.path}, is missing; retrying with back-off"
+            self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, message)
+            self.notifier.alert(45, f"{job.id}: {message}", job_id=job.id, severity="warning")
+            return
+        spec_path = run_dir / "spec.json"
+        _write_json(spec_path, {
+            "schema": 1, "job_id": job.id, "data_file": str(job.path), "config": str(self.cfg.source),
+            "run_dir": str(run_dir), "overrides": job.overrides, "adapters_dir": str(self.layout.adapters),
+        })
+        launcher = launcher_for(plan)
+        env = worker_env(plan, job.name)
+        job = self.store.start(job.id)  # durable before the spawn: a kill now still used an attempt
+        oom_before = oom_kill_count()
+        try:
+            worker = launcher.launch(spec_path, env, run_dir / "worker.log")
+        except OSError as exc:
+            self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"could not start the worker: {exc}")
+            raise
+        g = self.cfg.guards
+        self.current = Running(
+            job, worker, Watchdog(run_dir / "heartbeat.json", floor_s=g.hang_floor_s, multiple=g.hang_multiple,
+                                  first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono),
+            run_dir, oom_before, EventTail(self.layout.job_events(job.id), self._log_size(job.id)))
+        self.store.set_worker(job.id, worker.pid, worker.pid_start)
+        self.events.emit("log", level="info", job_id=job.id, message=(
+            f"{job.id} attempt {job.attempts} started: {launcher.name} pid {worker.pid}, "
+            f"{plan.device} x{plan.nproc}" + (f", overrides {job.overrides}" if job.overrides else "")))
+
+    def _log_size(self, job_id: str) -> int:
+        try:
+            return int(self.layout.job_events(job_id).stat().st_size)
+        except OSError:
+            return 0
+
+    # -- watching ---------------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        run = self.current
+        assert run is not None
+        code = run.worker.poll()
+        if code is not None:
+            self._finish(run, code)
+            return
+        now = time.monotonic()
+        self._progress(run)
+        if run.term_at is None:
+            verdict = run.watchdog.check(now)
+            if verdict.hung:
+                run.hung_for_s = verdict.silent_for_s
+                self._dump_stacks(run, verdict.silent_for_s, verdict.limit_s)
+                self._terminate(run, self.hang_grace_s)
+        elif not run.killed and now - run.term_at > run.term_grace_s:
+            run.killed = True
+            run.worker.signal_group(signal.SIGKILL)
+            self.events.emit("log", level="warning", job_id=run.job.id, message=(
+                f"{run.job.id}: worker did not exit {run.term_grace_s:.0f}s after SIGTERM; killed"))
+
+    def _terminate(self, run: Running, grace_s: float, *, stopping: bool = False) -> None:
+        run.stopping = run.stopping or stopping
+        if run.term_at is None:
+            run.term_at = time.monotonic()
+            run.term_grace_s = grace_s
+            run.worker.signal_group(signal.SIGTERM)
+
+    def _progress(self, run: Running) -> None:
+        last = None
+        for event in run.tail.read_new():
+            if event.get("type") == "step" and isinstance(event.get("step"), int):
+                last = event
+        if last is not None and last["step"] != run.last_step:
+            run.last_step = last["step"]
+            max_steps = last.get("max_steps")
+            self.store.progress(run.job.id, last["step"], max_steps if isinstance(max_steps, int) else None)
+
+    def _dump_stacks(self, run: Running, silent_s: float, limit_s: float) -> None:
+        """Stacks first, then the kill: a hang is only fixable if we know where it sat (case 70)."""
+        stacks_file = run.run_dir / "stacks.txt"
+        asked = run.worker.request_stacks()
+        text = ""
+        deadline = time.monotonic() + STACK_WAIT_S
+        while asked and time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                text = stacks_file.read_text(errors="replace")
+            except OSError:
+                text = ""
+            if text.count("File ") and time.monotonic() > deadline - STACK_WAIT_S + 0.5:
+                break
+        if not text:
+            text = ("(no stacks: the worker does not register faulthandler on SIGUSR1)" if not asked
+                    else "(the worker did not write its stacks in time)")
+        message = (f"{run.job.id}: no training progress for {silent_s:.0f}s (limit {limit_s:.0f}s); "
+                   f"ending the worker. Python stacks:\n{text[-20000:]}")
+        with EventLog(self.layout.job_events(run.job.id)) as job_log:
+            job_log.emit("log", level="error", job_id=run.job.id, message=message)
+        self.notifier.alert(70, f"{run.job.id}: no training progress for {silent_s:.0f}s (limit "
+                                f"{limit_s:.0f}s); the worker is ended and the job resumes from its last "
+                                f"checkpoint; stacks in {self.layout.job_events(run.job.id)}",
+                            job_id=run.job.id, severity="critical")
+
+    # -- finishing --------------------------------------------------------------------------------
+
+    def _log_tail(self, run: Running) -> str:
+        try:
+            with open(run.worker.log_path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 6000))
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _finish(self, run: Running, code: int) -> None:
+        report = read_report(run.run_dir / "report.json")
+        outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
+                           hung_for_s=run.hung_for_s, stopped_by_us=run.stopping,
+                           log_tail=self._log_tail(run) if report is None else "")
+        apply_outcome(self, run, outcome)
+        self.current = None
+
+    def checkpoint_mb(self, run_dir: Path) -> float:
+        """The newest checkpoint's size: how much space a save needs, for the disk-full hold."""
+        best = 0.0
+        for folder in run_dir.glob("**/checkpoint-*"):
+            try:
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            except OSError:
+                continue
+            best = max(best, size / (1024 * 1024))
+        return max(1.0, best)
+
