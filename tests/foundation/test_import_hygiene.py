@@ -117,7 +117,9 @@ def test_command_line_help_never_imports_torch(argv: list[str]) -> None:
 
 
 def test_status_help_imports_no_torch_per_the_interpreters_own_import_log() -> None:
-    """The same claim measured another way: `python -X importtime` logs every module imported."""
+    """The same claim measured another way: `python -X importtime` logs the modules that `import`
+    statements load (not a module loaded by importlib.import_module itself, so the command module
+    is missing from the log, but everything it imports is there)."""
     if importlib.util.find_spec("console.commands.queue_cmds") is None:
         pytest.skip("console/commands/queue_cmds.py is not written yet")
     run = subprocess.run([sys.executable, "-X", "importtime", "-m", "console.cli", "status", "--help"],
@@ -125,5 +127,5 @@ def test_status_help_imports_no_torch_per_the_interpreters_own_import_log() -> N
     assert run.returncode == 0, run.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert "console.commands.queue_cmds" in imported  # the log is really there
+    assert {"console", "argparse"} <= imported  # the log is really there
     assert not {m.split(".")[0] for m in imported} & set(HEAVY)
