@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 import stat
 import textwrap
 from dataclasses import asdict, dataclass, field
@@ -209,10 +210,21 @@ def check_warnings(cfg: Config) -> list[str]:
     if t.eval_fraction == 0:
         notes.append("training.eval_fraction = 0: nothing is held out, so evaluation, the plateau "
                       "and early-stopping guards cannot judge the run")
+    if cfg.guards.alert_command and not _runnable(cfg, cfg.guards.alert_command[0]):
+        notes.append(f"guards.alert_command: program {cfg.guards.alert_command[0]!r} is not found (not "
+                     "on PATH, or not an executable file), so alerts will only be logged")
     if cfg.model.trust_remote_code:
         notes.append("model.trust_remote_code = true runs Python code shipped with the model; only "
                      "for models whose author you trust")
     return [f"{where}: {n}" for n in notes]
+
+
+def _runnable(cfg: Config, program: str) -> bool:
+    if os.sep in program or program.startswith("~"):
+        # a path to a program is relative to the config folder, like every other path
+        where = cfg.resolve(program)
+        return where.is_file() and os.access(where, os.X_OK)
+    return shutil.which(program) is not None
 
 
 # ---------------------------------------------------------------- editing one value

@@ -259,11 +259,11 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
             except BadValue as bad:
                 add(f"{key.dotted} = {show(value)} {bad.message}", section, name, bad.case)
         out[section] = values
-    _cross_checks(out, add)
+    _cross_checks(out, add, root)
     return out, problems
 
 
-def _cross_checks(out: dict[str, dict[str, Any]], add: Any) -> None:
+def _cross_checks(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
     def get(section: str, name: str) -> Any:
         return out.get(section, {}).get(name, KEYS[section][name].default)
 
@@ -275,3 +275,25 @@ def _cross_checks(out: dict[str, dict[str, Any]], add: Any) -> None:
         add(f"queue.backoff_max_s = {show(get('queue', 'backoff_max_s'))} is below queue.backoff_s = "
             f"{show(get('queue', 'backoff_s'))}; the longest retry delay must be at least the first",
             "queue", "backoff_max_s")
+    warmup = get("training", "warmup_steps")
+    if warmup >= 1 and warmup != int(warmup):
+        add(f"training.warmup_steps = {show(warmup)} must be a whole number of steps from 1 on (below 1 "
+            "it is a share of all steps)", "training", "warmup_steps")
+    _check_paths(out, add, root)
+
+
+def _check_paths(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
+    seen: dict[Path, str] = {}
+    for name in KEYS["paths"]:
+        if name not in out.get("paths", {}) and name != "queue":
+            continue  # defaults are distinct, and an absent folder is created at start
+        value = out.get("paths", {}).get(name, KEYS["paths"][name].default)
+        where = Path(os.path.normpath(root / Path(value).expanduser()))
+        if where.exists() and not where.is_dir():
+            add(f"paths.{name} = {show(value)} names a file ({where}); it must be a folder", "paths", name)
+        if name == "cache":
+            continue  # the cache may share a folder with anything
+        if where in seen:
+            add(f"paths.{name} = {show(value)} is the same folder as paths.{seen[where]}; each needs "
+                "its own", "paths", name)
+        seen[where] = name

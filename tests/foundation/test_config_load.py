@@ -264,3 +264,26 @@ def _problems(text: str) -> ConfigProblems:
     with pytest.raises(ConfigProblems) as info:
         parse_config_text(text, file="t.toml")
     return info.value
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[paths]\nruns = "queue"\n', "paths.runs"),
+    ('[paths]\nadapters = "./config.toml"\n', "paths.adapters"),
+    ("[training]\nwarmup_steps = 2.5\n", "training.warmup_steps"),
+])
+def test_cross_checks(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigProblems) as info:
+        load_config(tmp_path / "config.toml")
+    assert [p.key for p in info.value.problems] == [key]
+
+
+def test_a_missing_alert_program_is_a_warning(tmp_path: Path) -> None:
+    script = tmp_path / "notify.sh"
+    script.write_text("#!/bin/sh\ncat >/dev/null\n")
+    script.chmod(0o755)
+    (tmp_path / "config.toml").write_text('[guards]\nalert_command = ["./notify.sh", "--x"]\n')
+    assert check_warnings(load_config(tmp_path / "config.toml")) == []
+    (tmp_path / "config.toml").write_text('[guards]\nalert_command = ["no-such-program-anywhere"]\n')
+    [note] = check_warnings(load_config(tmp_path / "config.toml"))
+    assert "guards.alert_command" in note
