@@ -148,7 +148,8 @@ _ALL: Final[tuple[Case, ...]] = (
           "Resume from the last good checkpoint with half the micro-batch and twice the accumulation "
           "(same effective batch), then with gradient checkpointing, then fail clearly."),
     _case(24, "System RAM OOM", "critical", True,
-          "worker killed by SIGKILL without a report; available RAM sampled (cgroup-aware)",
+          "a worker SIGKILLed without a report while the kernel's OOM-kill counter moved; available "
+          "RAM sampled (cgroup-aware)",
           "Counted as an attempt and retried down the OOM ladder; below hardware.min_free_ram_mb the "
           "daemon starts no new work and alerts."),
     _case(25, "Disk full (can't save checkpoints)", "critical", True,
@@ -237,9 +238,9 @@ _ALL: Final[tuple[Case, ...]] = (
           "A plain message naming the folder and what to fix; the daemon does not start on folders "
           "it cannot write."),
     _case(47, "Clock skew (timestamps inconsistent)", "info", False,
-          "not needed: no duration is computed from wall-clock time",
-          "Every duration, timeout, backoff and heartbeat age uses a monotonic clock; wall time is "
-          "only displayed."),
+          "a stored retry time further ahead than queue.backoff_max_s",
+          "Durations, timeouts and heartbeat ages use the monotonic clock; retry times (which must "
+          "survive a restart) are wall-clock, clamped so a clock set back never stalls a job."),
     _case(48, "Multiple daemons running (PID file stale)", "info", False,
           "filelock on queue/engine.lock plus a PID file holding pid and start time",
           "A second daemon exits at once with 'already running (pid N, since T)'; a stale PID file, "
@@ -347,9 +348,10 @@ _ALL: Final[tuple[Case, ...]] = (
           "mypy operator (e.g. None > 0); every config field has a default, so none is None",
           "epochs and max_steps never reach training code as None; at run time, as case 71."),
     _case(77, "ValueError (value out of acceptable range)", "critical", True,
-          "config ranges validated at load; no static tool catches the rest",
-          "Out-of-range settings are config errors; a ValueError from our code is a reported bug, "
-          "as case 71."),
+          "config ranges validated at load; a data integer too long to convert is found per line; no "
+          "static tool catches the rest",
+          "Out-of-range settings are config errors and such a data line an invalid record; a "
+          "ValueError from our code is a reported bug, as case 71."),
     _case(78, "ZeroDivisionError (divide by zero)", "critical", True,
           "divisors come from validated config (batch_size, gradient_accumulation >= 1)",
           "A ZeroDivisionError anyway is a reported bug, as case 71."),
