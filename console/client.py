@@ -1,0 +1,342 @@
+"""The console's one data source: the job store, the event logs, resource samples and the engine's
+process, turned into immutable snapshots. The app gets a client injected, so tests drive the real
+UI with a scripted one; this module never imports Textual (or torch).
+
+Everything here runs off the UI thread. The store is opened per call (short transactions, and a
+SQLite connection belongs to the thread that made it); event logs are tailed from byte offsets,
+so any number of consoles can watch one engine at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from console.series import downsample, ema_debiased
+from console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
+from engine.events import EventTail
+from engine.sysmon import Sysmon
+
+if TYPE_CHECKING:
+    from engine.config import Config
+    from engine.layout import Layout
+
+MAX_ALERTS = 200
+MAX_POINTS = 200_000  # per job; a longer run keeps its newest points
+PRIORITIES = ("low", "normal", "high")
+
+
+class ConsoleClient(Protocol):
+    """What the app asks of its data source. Mutations go through the store (or its commands
+    table), never to the engine directly."""
+
+    readonly: bool
+
+    def snapshot(self, focus: str | None, width: int) -> Snapshot: ...
+    def job_log(self, job_id: str) -> list[str]: ...
+    def set_priority(self, job_id: str, level: str) -> None: ...
+    def hold(self, job_id: str) -> None: ...
+    def release(self, job_id: str) -> None: ...
+    def retry(self, job_id: str) -> None: ...
+    def retry_all_failed(self) -> int: ...
+    def cancel(self, job_id: str) -> None: ...
+    def set_paused(self, paused: bool) -> None: ...
+    def stop_engine(self) -> None: ...
+    def acknowledge(self, keys: list[str]) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class _Series:
+    """One job's loss history. A resume after a rollback repeats steps: the old tail is cut."""
+
+    steps: list[float] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    eval_steps: list[float] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=30))  # (t, step)
+
+    def add_step(self, step: float, loss: float, t: float) -> None:
+        while self.steps and self.steps[-1] >= step:
+            self.steps.pop()
+            self.loss.pop()
+        self.steps.append(step)
+        self.loss.append(loss)
+        if len(self.steps) > MAX_POINTS:
+            del self.steps[: len(self.steps) - MAX_POINTS]
+            del self.loss[: len(self.loss) - MAX_POINTS]
+        self.recent.append((t, step))
+
+    def add_eval(self, step: float, loss: float) -> None:
+        while self.eval_steps and self.eval_steps[-1] >= step:
+            self.eval_steps.pop()
+            self.eval_loss.pop()
+        self.eval_steps.append(step)
+        self.eval_loss.append(loss)
+
+    def rate(self) -> float | None:
+        if len(self.recent) < 2:
+            return None
+        (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+
+    def view(self, job_id: str, width: int) -> LossView:
+        tx, ty = downsample(self.steps, self.loss, width)
+        sx, sy = downsample(self.steps, ema_debiased(self.loss), width)
+        ex, ey = downsample(self.eval_steps, self.eval_loss, width)
+        return LossView(job_id, tuple(tx), tuple(ty), tuple(sx), tuple(sy), tuple(ex), tuple(ey),
+                        last_loss=self.loss[-1] if self.loss else None,
+                        last_step=int(self.steps[-1]) if self.steps else 0)
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return None
+
+
+class WorkspaceClient:
+    """The real data source for one config's queue folder."""
+
+    def __init__(self, cfg: Config, *, readonly: bool = False) -> None:
+        self.cfg = cfg
+        self.readonly = readonly
+        self.layout: Layout = cfg.layout()
+        gpus = cfg.hardware.gpus
+        self.sysmon = Sysmon(gpus if isinstance(gpus, list) else None)
+        self.disk_labels = {str(self.layout.queue): "queue", str(self.layout.runs): "runs"}
+        self._engine_tail = EventTail(self.layout.engine_events)
+        self._job_tails: dict[str, EventTail] = {}
+        self._series: dict[str, _Series] = {}
+        self._alerts: dict[str, AlertRow] = {}
+        self._acked: set[str] = set()
+        self._statuses: dict[str, str] = {}
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _open_store(self) -> Any:
+        from engine.store import Store
+
+        return Store.open(self.layout)
+
+    def _read_jobs(self) -> tuple[list[Any], bool, Any, str]:
+        if not self.layout.state_db.exists():
+            return [], False, None, "no queue yet: the engine creates it on start"
+        store = self._open_store()
+        try:
+            jobs = list(store.jobs())
+            paused = bool(store.paused())
+            now = time.time()
+            reasons = {}
+            reason = getattr(store, "reason", None)
+            for job in jobs:
+                try:
+                    reasons[job.id] = str(reason(job, now)) if reason is not None else ""
+                except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
+                    reasons[job.id] = ""
+            return jobs, paused, reasons, ""
+        finally:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+
+    def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
+        from engine.lock import engine_running, read_pidfile
+
+        info = engine_running(self.layout)
+        if info is None:
+            if read_pidfile(self.layout) is not None:
+                return EngineView("stopped", detail="the engine exited (stale pid file)")
+            return EngineView("not running")
+        uptime = max(0.0, time.time() - info.start_time)
+        return EngineView("paused" if paused else "running", pid=info.pid, uptime_s=uptime,
+                          step_rate=running_rate)
+
+    def _take_event(self, event: dict[str, Any], job_hint: str | None) -> None:
+        kind = event.get("type")
+        job_id = event.get("job_id") or job_hint
+        t = _float(event.get("t")) or 0.0
+        if kind == "step" and job_id:
+            step, loss = _float(event.get("step")), _float(event.get("loss"))
+            if step is not None and loss is not None:
+                self._series.setdefault(job_id, _Series()).add_step(step, loss, t)
+        elif kind == "eval" and job_id:
+            step, loss = _float(event.get("step")), _float(event.get("eval_loss"))
+            if step is not None and loss is not None:
+                self._series.setdefault(job_id, _Series()).add_eval(step, loss)
+        elif kind == "alert":
+            case = event.get("case")
+            message = str(event.get("message", ""))
+            key = str(event.get("key") or f"{t}|{case}|{job_id}|{message}")
+            self._alerts[key] = AlertRow(
+                key=key, case=case if isinstance(case, int) else None,
+                severity=str(event.get("severity", "warning")), job_id=job_id, t=t, message=message,
+                acked=key in self._acked)
+
+    def _tail_jobs(self, jobs: list[Any], focus: str | None) -> None:
+        for job in jobs:
+            before = self._statuses.get(job.id)
+            self._statuses[job.id] = job.status
+            # Tail running jobs, the focused one, and any whose state changed since the last look
+            # (a file rejected between two polls still shows its alert); on the first look, the
+            # failed ones too, for their alerts.
+            changed = before != job.status and (before is not None or job.status == "failed")
+            if not (job.status == "running" or job.id == focus or changed):
+                continue
+            tail = self._job_tails.setdefault(job.id, EventTail(self.layout.job_events(job.id)))
+            for event in tail.read_new():
+                self._take_event(event, job.id)
+
+    def snapshot(self, focus: str | None, width: int) -> Snapshot:
+        problems: list[str] = []
+        try:
+            jobs, paused, reasons, note = self._read_jobs()
+            if note:
+                problems.append(note)
+        except Exception as exc:  # noqa: BLE001 - a store mid-migration must not end the console
+            jobs, paused, reasons = [], False, {}
+            problems.append(f"job store unreadable: {exc}")
+        for event in self._engine_tail.read_new():
+            self._take_event(event, None)
+        self._tail_jobs(jobs, focus)
+
+        running = [j for j in jobs if j.status == "running"]
+        rate = None
+        rows = []
+        for job in jobs:
+            series = self._series.get(job.id)
+            job_rate = series.rate() if series is not None and job.status == "running" else None
+            if job_rate is not None:
+                rate = job_rate
+            step = int(job.step or 0)
+            max_steps = int(job.max_steps or 0)
+            eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
+            rows.append(JobRow(
+                id=job.id, name=str(job.name), priority=str(job.priority), status=str(job.status),
+                attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
+                reason=(reasons or {}).get(job.id, ""), error=str(job.error or ""),
+                error_class=str(job.error_class or ""), created_at=job.created_at,
+                started_at=job.started_at, finished_at=job.finished_at))
+        try:
+            engine = self._engine(rate, paused)
+        except Exception as exc:  # noqa: BLE001
+            engine = EngineView("not running", detail=f"engine state unknown: {exc}")
+            problems.append(engine.detail)
+
+        loss = None
+        target = focus if focus in self._series else (running[0].id if running else None)
+        if target is not None and target in self._series:
+            loss = self._series[target].view(target, max(8, width))
+        elif focus is not None:
+            loss = LossView(focus)
+
+        if len(self._alerts) > MAX_ALERTS:
+            for key in sorted(self._alerts, key=lambda k: self._alerts[k].t)[: len(self._alerts) - MAX_ALERTS]:
+                del self._alerts[key]
+        alerts = tuple(sorted(self._alerts.values(), key=lambda a: a.t, reverse=True))
+        sample = self.sysmon.sample([self.layout.queue, self.layout.runs])
+        return Snapshot(jobs=tuple(rows), engine=engine, paused=paused, resources=sample,
+                        gpu_detail=self.sysmon.gpu_detail, alerts=alerts, loss=loss,
+                        problem="; ".join(problems), disk_labels=dict(self.disk_labels))
+
+    def job_log(self, job_id: str) -> list[str]:
+        lines: list[str] = []
+        report = self.layout.run_dir(job_id) / "report.json"
+        try:
+            data = orjson.loads(report.read_bytes())
+            lines.append(f"report: {data.get('status')} {data.get('error_class') or ''} "
+                         f"case {data.get('case') or '-'}: {data.get('message') or ''}")
+            trace = str(data.get("traceback") or "").rstrip().splitlines()[-15:]
+            lines += [f"  {line}" for line in trace]
+        except (OSError, ValueError, AttributeError):
+            pass
+        for event in _read_events(self.layout.job_events(job_id)):
+            lines.append(format_event(event))
+        return lines[-2000:]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _write(self, method: str, *args: Any) -> Any:
+        if self.readonly:
+            raise PermissionError("this console is read-only")
+        store = self._open_store()
+        try:
+            return getattr(store, method)(*args)
+        finally:
+            close = getattr(store, "close", None)
+            if close is not None:
+                close()
+
+    def set_priority(self, job_id: str, level: str) -> None:
+        self._write("set_priority", job_id, level)
+
+    def hold(self, job_id: str) -> None:
+        self._write("hold", job_id)
+
+    def release(self, job_id: str) -> None:
+        self._write("release", job_id)
+
+    def retry(self, job_id: str) -> None:
+        self._write("retry", job_id)
+
+    def retry_all_failed(self) -> int:
+        return len(self._write("retry_all_failed") or [])
+
+    def cancel(self, job_id: str) -> None:
+        self._write("cancel", job_id)
+
+    def set_paused(self, paused: bool) -> None:
+        self._write("set_paused", paused)
+
+    def stop_engine(self) -> None:
+        self._write("post_command", "stop")
+
+    def acknowledge(self, keys: list[str]) -> None:
+        # Acknowledgement is this console's own: another operator's console still shows them.
+        for key in keys:
+            self._acked.add(key)
+            row = self._alerts.get(key)
+            if row is not None:
+                self._alerts[key] = AlertRow(row.key, row.case, row.severity, row.job_id, row.t,
+                                             row.message, acked=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _read_events(path: Path, limit: int = 4 << 20) -> list[dict[str, Any]]:
+    tail = EventTail(path, max_bytes=limit)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return []
+    tail.offset = max(0, size - limit)
+    events = tail.read_new()
+    return events
+
+
+def format_event(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(_float(event.get("t")) or 0.0))
+    kind = event.get("type")
+    if kind == "step":
+        return (f"{stamp} step {event.get('step')}/{event.get('max_steps')} loss {event.get('loss')} "
+                f"lr {event.get('lr')} grad {event.get('grad_norm')}")
+    if kind == "eval":
+        return f"{stamp} eval step {event.get('step')} eval_loss {event.get('eval_loss')}"
+    if kind == "alert":
+        return (f"{stamp} ALERT {event.get('severity')} case {event.get('case') or '-'}: "
+                f"{event.get('message')}")
+    if kind == "job":
+        return f"{stamp} job {event.get('status')} {event.get('reason') or ''}".rstrip()
+    if kind == "log":
+        return f"{stamp} {event.get('level', 'info')}: {event.get('message')}"
+    return f"{stamp} {kind}"

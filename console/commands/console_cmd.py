@@ -1,0 +1,68 @@
+"""``trainconsole`` (no command): open the console. Starts the engine detached when none runs for
+this queue folder (so closing the console or losing SSH never stops training), else attaches.
+``--readonly`` never starts anything and hides every key that changes the queue."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from console.common import config_path, load_config
+from engine.errors import TrainconsoleError, UsageError
+
+if TYPE_CHECKING:
+    from engine.config import Config
+
+MIN_REFRESH_S = 0.25
+
+
+def build(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("--readonly", action="store_true",
+                        help="watch only: no key changes the queue or the engine (for shared SSH sessions)")
+    parser.add_argument("--no-start", action="store_true",
+                        help="do not start the engine when none runs; just watch the folder")
+    parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
+                        help=f"seconds between refreshes (default 1, at least {MIN_REFRESH_S})")
+
+
+def _web_driver() -> bool:
+    # `textual serve` runs the app behind a web driver: no terminal, and that is fine.
+    return "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
+
+
+def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refresh: float) -> int:
+    if refresh < MIN_REFRESH_S:
+        raise UsageError(f"--refresh {refresh}: must be at least {MIN_REFRESH_S} seconds")
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if not interactive and not _web_driver():
+        raise UsageError("the console needs a terminal (use `ssh -t`); "
+                         "`trainconsole status` prints the queue without one")
+    layout = cfg.layout()
+    from engine.lock import engine_running, start_detached
+
+    if start and not readonly and engine_running(layout) is None:
+        print(f"starting the engine for {layout.queue} …", flush=True)
+        try:
+            start_detached(path)
+        except TrainconsoleError as exc:
+            # The console still opens: it shows the engine as not running, and why.
+            print(f"trainconsole: {exc.message}", file=sys.stderr, flush=True)
+    from console.app import TrainConsole
+    from console.client import WorkspaceClient
+
+    app = TrainConsole(WorkspaceClient(cfg, readonly=readonly), poll_interval=refresh,
+                       readonly=readonly, watch_terminal=interactive)
+    app.run()
+    if engine_running(layout) is not None:
+        print("console closed; the engine keeps training (`trainconsole stop` stops it, "
+              "`trainconsole` reopens this view)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    return open_console(cfg, config_path(args), readonly=args.readonly, start=not args.no_start,
+                        refresh=args.refresh)

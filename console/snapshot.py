@@ -1,0 +1,116 @@
+"""What the console shows, as immutable values: built off the UI thread, applied on it.
+
+A snapshot holds display-ready numbers (uptime, ETA, rates already computed), so the widgets do
+no clock reads and scripted test data renders the same every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.sysmon import Sample
+
+MUTABLE_STATUSES = ("queued", "held")
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: str
+    name: str
+    priority: str  # high | normal | low
+    status: str  # queued | held | running | done | failed | cancelled
+    attempts: int
+    step: int = 0
+    max_steps: int = 0
+    eta_s: float | None = None
+    reason: str = ""
+    error: str = ""
+    error_class: str = ""
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def progress(self) -> str:
+        if self.max_steps <= 0:
+            return "-" if self.status != "done" else "done"
+        pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
+        text = f"{self.step}/{self.max_steps} {pct:3.0f}%"
+        if self.status == "running" and self.eta_s is not None:
+            text += f" ~{format_duration(self.eta_s)}"
+        return text
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    key: str  # unique and stable: acknowledgement refers to it
+    case: int | None
+    severity: str  # info | warning | critical
+    job_id: str | None
+    t: float  # wall seconds, display only
+    message: str
+    acked: bool = False
+
+
+@dataclass(frozen=True)
+class EngineView:
+    state: str  # running | paused | stopped | not running
+    pid: int | None = None
+    uptime_s: float | None = None
+    step_rate: float | None = None  # steps per second of the running job
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LossView:
+    job_id: str
+    train_x: tuple[float, ...] = ()
+    train_y: tuple[float, ...] = ()
+    smooth_x: tuple[float, ...] = ()
+    smooth_y: tuple[float, ...] = ()
+    eval_x: tuple[float, ...] = ()
+    eval_y: tuple[float, ...] = ()
+    last_loss: float | None = None
+    last_step: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not self.train_x and not self.eval_x
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    jobs: tuple[JobRow, ...] = ()
+    engine: EngineView = EngineView("not running")
+    paused: bool = False
+    resources: Sample | None = None
+    gpu_detail: str = ""
+    alerts: tuple[AlertRow, ...] = ()  # newest first
+    loss: LossView | None = None
+    problem: str = ""  # why part of the data could not be read, shown in the status line
+    disk_labels: dict[str, str] = field(default_factory=dict)  # path -> short label
+
+    def job(self, job_id: str | None) -> JobRow | None:
+        if job_id is None:
+            return None
+        for row in self.jobs:
+            if row.id == job_id:
+                return row
+        return None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.jobs:
+            out[row.status] = out.get(row.status, 0) + 1
+        return out
+
+
+def format_duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    return f"{s // 86400}d{(s % 86400) // 3600:02d}h"

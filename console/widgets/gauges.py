@@ -1,0 +1,97 @@
+"""Resource gauges: each GPU (utilisation, memory, temperature, power), or a plain "no GPU" state,
+then RAM, swap and free disk. A fixed-size text block, redrawn only when its text changes."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from engine.sysmon import GpuSample, Sample
+
+NO_GPU_TEXT = {
+    "no_nvml": ("no GPU: training on CPU", "no NVIDIA driver (NVML) found"),
+    "no_gpu": ("no GPU: training on CPU", "NVML sees no device"),
+    "error": ("GPU monitoring failed", ""),
+}
+
+
+def bar(fraction: float | None, width: int) -> Text:
+    if fraction is None or width <= 0:
+        return Text("?".center(max(width, 1)), style="dim")
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * width)
+    style = "green" if fraction < 0.7 else ("yellow" if fraction < 0.9 else "bold red")
+    return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
+
+
+def _gb(mb: float | None) -> str:
+    return "?" if mb is None else f"{mb / 1024:.1f}G"
+
+
+def _num(value: float | None, unit: str) -> str:
+    return "?" if value is None else f"{value:.0f}{unit}"
+
+
+def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
+    name = (gpu.name or "GPU").replace("NVIDIA ", "")
+    head = Text(f"GPU{gpu.index} ", style="bold") + Text(
+        f"{name[: max(4, width - 20)]} {_num(gpu.temp_c, '°C')} {_num(gpu.power_w, 'W')}")
+    bar_w = max(3, (width - 24) // 2)
+    util = None if gpu.util_pct is None else gpu.util_pct / 100
+    mem = (None if gpu.mem_used_mb is None or not gpu.mem_total_mb
+           else gpu.mem_used_mb / gpu.mem_total_mb)
+    line = (Text("util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4} mem ")
+            + bar(mem, bar_w) + Text(f" {_gb(gpu.mem_used_mb)}"))
+    return [head, line]
+
+
+def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int) -> Text:
+    width = max(20, width)
+    out: list[Text] = []
+    if sample is None:
+        return Text("sampling…", style="dim")
+    if sample.gpu_state == "ok" and sample.gpus:
+        for gpu in sample.gpus:
+            out += gpu_lines(gpu, width)
+    else:
+        head, why = NO_GPU_TEXT.get(sample.gpu_state, ("no GPU: training on CPU", ""))
+        style = "bold red" if sample.gpu_state == "error" else "bold yellow"
+        out.append(Text(head[:width], style=style))
+        why = gpu_detail if sample.gpu_state == "error" and gpu_detail else why
+        if why:
+            out.append(Text(why[:width], style="dim"))
+    bar_w = max(4, width - 20)
+    ram_frac = sample.ram_used_mb / sample.ram_total_mb if sample.ram_total_mb else None
+    out.append(Text("RAM  ") + bar(ram_frac, bar_w) + Text(
+        f" {_gb(sample.ram_used_mb)}/{_gb(sample.ram_total_mb)}"))
+    swap_style = "bold red" if sample.swap_in_mb_s >= 1.0 else ""
+    out.append(Text(f"swap {_gb(sample.swap_used_mb)} used, in ")
+               + Text(f"{sample.swap_in_mb_s:.1f} MB/s", style=swap_style))
+    for path, free in sample.disk_free_mb.items():
+        label = labels.get(path, path)
+        style = "bold red" if free < 1024 else ""
+        out.append(Text(f"disk {label:<6}") + Text(f"{_gb(free)} free", style=style))
+    return Text("\n").join(out)
+
+
+class Gauges(Static):
+    """Fixed size: a new sample never changes the layout, so only this widget repaints."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__("", **kwargs)  # type: ignore[arg-type]
+        self._last: Text | None = None
+        self._args: tuple[Sample | None, str, dict[str, str]] = (None, "", {})
+
+    def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str]) -> None:
+        self._args = (sample, gpu_detail, labels)
+        self._draw()
+
+    def on_resize(self) -> None:
+        self._draw()
+
+    def _draw(self) -> None:
+        text = render_gauges(*self._args, width=self.content_size.width or 36)
+        if self._last is not None and text == self._last:
+            return
+        self._last = text
+        self.update(text, layout=False)

@@ -1,0 +1,39 @@
+"""`?`: every key, from the keymap (mutating ones left out in a read-only console)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from console.keymap import help_rows
+
+
+def help_table(readonly: bool) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold cyan", no_wrap=True)
+    table.add_column()
+    for key, text, _mutating in help_rows(readonly):
+        table.add_row(key, text + (" (asks first)" if text in ("cancel", "stop engine") else ""))
+    return table
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss_help", "close")]
+
+    def __init__(self, readonly: bool) -> None:
+        super().__init__()
+        self.readonly = readonly
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box"):
+            yield Static("[b]trainconsole keys[/b]" + ("  (read-only)" if self.readonly else ""))
+            yield Static(help_table(self.readonly))
+            yield Static("[dim]q quits the console only: training goes on. "
+                         "Priority, hold and retry apply to the selected job.[/dim]")
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)

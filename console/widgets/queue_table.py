@@ -1,0 +1,86 @@
+"""The queue: one row per job, keyed by job id. Cells change only when their text changes, and
+rows are never rebuilt: each DataTable update redraws the table, the console's largest cost."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from console.snapshot import JobRow
+
+COLUMNS = (("id", "id"), ("name", "name"), ("prio", "priority"), ("status", "status"),
+           ("try", "attempts"), ("progress", "progress"), ("reason", "reason"))
+STATUS_STYLE = {"running": "bold green", "queued": "", "held": "yellow", "done": "dim",
+                "failed": "bold red", "cancelled": "dim"}
+PRIORITY_STYLE = {"high": "bold", "normal": "", "low": "dim"}
+
+
+def cells(job: JobRow) -> tuple[str | Text, ...]:
+    reason = job.reason
+    if not reason and job.status == "failed":
+        reason = f"{job.error_class}: {job.error}" if job.error_class else job.error
+    name = _clip(job.name, 32)
+    return (
+        job.id,
+        Text(name, no_wrap=True),
+        Text(job.priority, style=PRIORITY_STYLE.get(job.priority, "")),
+        Text(job.status, style=STATUS_STYLE.get(job.status, "")),
+        str(job.attempts),
+        job.progress,
+        Text(_clip(reason.replace("\n", " "), 48), no_wrap=True),
+    )
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+class QueueTable(DataTable[str | Text]):
+    """Jobs in id order (arrival order), so rows never jump about under the cursor."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
+        self.filter_text = ""
+        self._shown: dict[str, tuple[str | Text, ...]] = {}
+
+    def on_mount(self) -> None:
+        for label, key in COLUMNS:
+            self.add_column(label, key=key)
+
+    def matches(self, job: JobRow) -> bool:
+        if not self.filter_text:
+            return True
+        needle = self.filter_text.lower()
+        return any(needle in part.lower() for part in (job.id, job.name, job.status, job.priority,
+                                                        job.reason))
+
+    def apply(self, jobs: tuple[JobRow, ...]) -> bool:
+        """Bring the table to ``jobs``; True when anything changed."""
+        wanted = {job.id: cells(job) for job in jobs if self.matches(job)}
+        changed = False
+        for job_id in [k for k in self._shown if k not in wanted]:
+            self.remove_row(job_id)
+            del self._shown[job_id]
+            changed = True
+        for job_id, row in wanted.items():
+            old = self._shown.get(job_id)
+            if old is None:
+                self.add_row(*row, key=job_id)
+                changed = True
+            else:
+                for (_, col), new, before in zip(COLUMNS, row, old, strict=True):
+                    if new != before:
+                        self.update_cell(job_id, col, new, update_width=True)
+                        changed = True
+            self._shown[job_id] = row
+        return changed
+
+    @property
+    def selected_id(self) -> str | None:
+        if self.row_count == 0:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:  # noqa: BLE001 - an empty or shrinking table has no selection
+            return None
+        return key.value
