@@ -287,3 +287,40 @@ def test_a_missing_alert_program_is_a_warning(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text('[guards]\nalert_command = ["no-such-program-anywhere"]\n')
     [note] = check_warnings(load_config(tmp_path / "config.toml"))
     assert "guards.alert_command" in note
+
+
+@pytest.mark.edge(11)
+def test_a_base_model_path_that_does_not_exist_is_case_11(tmp_path: Path) -> None:
+    for value in ("./models/gone", "../gone", "~/surely-no-such-model-folder", str(tmp_path / "gone")):
+        (tmp_path / "config.toml").write_text(f'[model]\nbase_model = "{value}"\n')
+        with pytest.raises(ConfigProblems) as info:
+            load_config(tmp_path / "config.toml")
+        assert info.value.case == 11
+        assert info.value.message.startswith(f"{tmp_path / 'config.toml'}:2: model.base_model")
+    (tmp_path / "models" / "here").mkdir(parents=True)
+    (tmp_path / "config.toml").write_text('[model]\nbase_model = "./models/here"\n')
+    assert load_config(tmp_path / "config.toml").model.base_model == str(tmp_path / "models" / "here")
+
+
+@pytest.mark.edge(39)
+@pytest.mark.parametrize("value", ["builtin:tiny", "builtin:", "my model", "org/name/extra", "-x"])
+def test_a_base_model_that_names_nothing_is_case_39(value: str) -> None:
+    exc = _problems(f'[model]\nbase_model = "{value}"\n')
+    assert exc.case == 39 and "model.base_model" in exc.message
+
+
+@pytest.mark.edge(32)
+@pytest.mark.parametrize(("data", "where"), [
+    (b"[training]\nepochs = 1\nepochs = 2\n", "t.toml:3"),
+    (b"[training]\nepochs = = 1\n", "t.toml:2:"),
+    (b"[training\nepochs = 1\n", "t.toml:1:"),
+    (b'[model]\nrevision = "\xff"\n', "t.toml:2:13"),
+    (b"\xff\xfe[\x00", "t.toml:1:1"),
+    (b"[lora]\ntarget_modules = [\"q\",\n", "t.toml:2:"),
+])
+def test_unreadable_toml_is_case_32_with_a_location(data: bytes, where: str) -> None:
+    with pytest.raises(ConfigProblems) as info:
+        parse_config_text(data, file="t.toml")
+    assert info.value.case == 32
+    assert info.value.message.startswith(where), info.value.message
+    assert len(info.value.message.splitlines()) == 1
