@@ -6,8 +6,6 @@ default. Relative paths in the file are relative to the file's folder."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
@@ -274,29 +272,22 @@ def _toml_literal(text: str, dotted: str) -> Any:
             key=dotted)]) from None
 
 
-def _key_for(dotted: str) -> tuple[str, str]:
-    key = lookup_key(dotted)
-    return key.section, key.name
-
-
 def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
     """Set ``section.key`` to ``value`` in the file, keeping every comment and the layout.
 
     The edited file is validated as a whole before it replaces the old one (temp file, fsync,
     rename), so a bad value never reaches the disk. Returns the new config."""
     path = Path(path).expanduser()
-    section, name = _key_for(dotted_key)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigProblems(str(path), [Problem(f"{dotted_key} = {value}: must be a finite number",
-                                                 key=dotted_key)])
+    key = lookup_key(dotted_key)
+    section, name = key.section, key.name
     raw = _read(path)
     bom = raw.startswith(b"\xef\xbb\xbf")
-    text = raw[3:].decode("utf-8") if bom else raw.decode("utf-8", errors="strict")
     try:
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
         doc = tomlkit.parse(text)
-    except Exception:  # noqa: BLE001 - the full check below gives the precise message
+    except Exception:  # noqa: BLE001 - unreadable as it stands: report it exactly as loading does
         load_config(path)
-        raise
+        raise ConfigProblems(str(path), [Problem("cannot be edited: it is not valid TOML")]) from None
     table = doc.get(section)
     if table is None:
         table = tomlkit.table()
@@ -343,6 +334,3 @@ def _atomic_write(path: Path, data: bytes) -> None:
     finally:
         os.close(dfd)
 
-
-def dumps_problems(exc: ConfigProblems) -> str:
-    return json.dumps([p.to_json() for p in exc.problems])

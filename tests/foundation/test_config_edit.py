@@ -140,3 +140,22 @@ def test_parse_value_rejects_with_the_key_named(key: str, text: str) -> None:
         parse_value(key, text)
     assert info.value.message.startswith(key)
     assert "\n" not in info.value.message
+
+
+def test_a_bad_value_in_the_file_can_be_fixed_by_setting_it(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("[training]\nbatch_size = 0  # oops\n")
+    cfg = set_value(path, "training.batch_size", 4)
+    assert cfg.training.batch_size == 4
+    assert path.read_text() == "[training]\nbatch_size = 4  # oops\n"
+
+
+@pytest.mark.edge(32)
+@pytest.mark.parametrize("data", [b"[training\n", b'[model]\nrevision = "\xff"\n'])
+def test_an_unreadable_file_is_reported_not_edited(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigProblems) as info:
+        set_value(path, "training.epochs", 2)
+    assert info.value.case == 32 and str(path) in info.value.message
+    assert path.read_bytes() == data
