@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -309,28 +310,36 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace the file whole or not at all; an operator's symlinked config stays a symlink."""
+    target = path.resolve() if path.is_symlink() else path
     try:
-        mode = path.stat().st_mode & 0o7777
+        mode = target.stat().st_mode & 0o7777
     except OSError:
         mode = 0o644
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     try:
-        dfd = os.open(path.parent, os.O_RDONLY)
+        dfd = os.open(target.parent, os.O_RDONLY)
     except OSError:
         return
     try:
-        os.fsync(dfd)
+        os.fsync(dfd)  # the rename itself survives a power cut
     finally:
         os.close(dfd)
 

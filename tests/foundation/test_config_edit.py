@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import ConfigProblems, default_config_text, load_config, parse_value, set_value
-from engine.errors import UsageError
+from engine.errors import ConfigError, UsageError
 
 
 @pytest.fixture
@@ -159,3 +159,33 @@ def test_an_unreadable_file_is_reported_not_edited(tmp_path: Path, data: bytes) 
         set_value(path, "training.epochs", 2)
     assert info.value.case == 32 and str(path) in info.value.message
     assert path.read_bytes() == data
+
+
+def test_a_symlinked_config_stays_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles" / "trainconsole.toml"
+    real.parent.mkdir()
+    real.write_text("# mine\n")
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    set_value(link, "training.epochs", 5)
+    assert link.is_symlink()
+    assert load_config(real).training.epochs == 5
+    assert not [p for p in real.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_save_that_fails_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cannot be arranged here: the rename raises the OSError ENOSPC would."""
+    import errno
+    import os
+
+    path = tmp_path / "config.toml"
+    path.write_text("[training]\nepochs = 1\n")
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(ConfigError, match="cannot save: No space left on device"):
+        set_value(path, "training.epochs", 2)
+    assert path.read_text() == "[training]\nepochs = 1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
