@@ -1,0 +1,285 @@
+"""The inbox against hostile files, for real: FIFOs, sockets, symlink loops and escapes, names no
+shell would survive, files still being written, duplicates, files that vanish or move."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+
+from engine.events import EventLog
+from engine.ingest import Inbox, scan
+from engine.layout import Layout
+from engine.store import Store
+from engine.store_files import hash_file
+
+from .conftest import alerts, write_job_file
+
+
+class Mono:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def inbox(layout: Layout) -> tuple[Inbox, Mono]:
+    mono = Mono()
+    return Inbox(layout, clock=mono), mono
+
+
+def settle(inbox: Inbox, mono: Mono, store: Store, events: EventLog | None = None, scans: int = 3,
+           dedupe: bool = True) -> list[str]:
+    """Scan as the daemon does, a stable period apart; returns the ids taken."""
+    taken = []
+    for _ in range(scans):
+        taken += [j.id for j in inbox.scan(store, stable_s=1.0, dedupe=dedupe, events=events)]
+        mono.now += 1.5
+    return taken
+
+
+def notices(layout: Layout, case: int | None) -> list[dict[str, object]]:
+    return [a for a in alerts(layout) if a["case"] == case]
+
+
+@pytest.fixture
+def events(layout: Layout) -> EventLog:
+    return EventLog(layout.engine_events)
+
+
+def test_a_dropped_file_becomes_a_job_with_the_folders_priority(layout: Layout, store: Store, inbox,
+                                                                events: EventLog) -> None:
+    box, mono = inbox
+    write_job_file(layout.incoming / "n.jsonl")
+    write_job_file(layout.incoming_for("high") / "h.jsonl")
+    write_job_file(layout.incoming_for("low") / "l.jsonl")
+    settle(box, mono, store, events)
+    got = {j.name: j.priority for j in store.jobs()}
+    assert got == {"n.jsonl": "normal", "h.jsonl": "high", "l.jsonl": "low"}
+    assert sorted(p.name for p in layout.incoming.rglob("*") if p.is_file()) == []
+
+
+def test_a_file_still_being_written_is_not_taken(layout: Layout, store: Store, inbox) -> None:
+    box, mono = inbox
+    path = write_job_file(layout.incoming / "growing.jsonl")
+    for _ in range(5):
+        assert box.scan(store, stable_s=1.0) == []
+        with open(path, "a") as fh:  # the writer is still appending
+            fh.write(path.read_text().splitlines()[0] + "\n")
+        mono.now += 1.5
+    assert box.scan(store, stable_s=1.0) == []  # unchanged now, but not yet for stable_s
+    mono.now += 1.5
+    (job,) = box.scan(store, stable_s=1.0)
+    assert job.size == 6 * len(path.name) or job.size > 0
+    assert hash_file(job.path)[0] == job.sha256
+
+
+@pytest.mark.edge(54)
+@pytest.mark.timeout(30)
+def test_symlink_loops_and_escapes_are_refused_once(layout: Layout, store: Store, inbox, events: EventLog,
+                                                    tmp_path: Path) -> None:
+    box, mono = inbox
+    inc = layout.incoming
+    os.symlink("loop-b.jsonl", inc / "loop-a.jsonl")
+    os.symlink("loop-a.jsonl", inc / "loop-b.jsonl")
+    os.symlink("self.jsonl", inc / "self.jsonl")
+    outside = write_job_file(tmp_path / "outside" / "secret.jsonl")
+    os.symlink(outside, inc / "escape.jsonl")
+    os.symlink("../../..", inc / "up.jsonl")
+    os.symlink("missing-target.jsonl", inc / "dangling.jsonl")
+    assert settle(box, mono, store, events, scans=4) == []
+    assert store.jobs() == []
+    assert outside.read_text().startswith("{")  # untouched
+    got = notices(layout, 54)
+    assert len(got) == 6  # one per link, not one per scan
+    assert any("loop" in str(a["message"]) for a in got)
+    assert any("outside the queue folder" in str(a["message"]) for a in got)
+    for name in ("loop-a.jsonl", "self.jsonl", "escape.jsonl", "dangling.jsonl"):
+        assert os.path.islink(inc / name)  # left for the operator
+
+
+@pytest.mark.edge(54)
+def test_a_symlink_to_a_file_inside_the_queue_is_taken_as_a_copy(layout: Layout, store: Store, inbox,
+                                                                 events: EventLog) -> None:
+    box, mono = inbox
+    target = write_job_file(layout.queue / "staging" / "real.jsonl")
+    os.symlink(target, layout.incoming / "link.jsonl")
+    (job_id,) = settle(box, mono, store, events)
+    job = store.require(job_id)
+    assert job.name == "link.jsonl" and job.path.read_bytes() == target.read_bytes()
+    assert target.is_file() and not os.path.lexists(layout.incoming / "link.jsonl")
+
+
+@pytest.mark.timeout(30)
+def test_fifos_sockets_and_folders_are_never_opened(layout: Layout, store: Store, inbox, events: EventLog,
+                                                    tmp_path: Path) -> None:
+    box, mono = inbox
+    os.mkfifo(layout.incoming / "pipe.jsonl")
+    os.mkfifo(layout.queue / "inner-fifo")
+    os.symlink(layout.queue / "inner-fifo", layout.incoming / "to-fifo.jsonl")
+    sock_path = layout.incoming / "s.jsonl"
+    sock = None
+    if len(os.fsencode(sock_path)) < 100:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(os.fspath(sock_path))
+    (layout.incoming / "folder.jsonl").mkdir()
+    try:
+        assert settle(box, mono, store, events) == []  # a blocking open would hang here
+    finally:
+        if sock is not None:
+            sock.close()
+    assert stat.S_ISFIFO(os.lstat(layout.incoming / "pipe.jsonl").st_mode)
+    messages = [str(a["message"]) for a in alerts(layout)]
+    assert sum("is a FIFO" in m for m in messages) == 2
+    assert len(messages) == len(set(messages))
+
+
+@pytest.mark.edge(55)
+def test_any_name_works(layout: Layout, store: Store, inbox, events: EventLog) -> None:
+    box, mono = inbox
+    names = [
+        "with space.jsonl", "quote's \"double\".jsonl", "new\nline.jsonl", "-rf --leading-dash.jsonl",
+        "$(touch pwned) `x`; rm -rf ~.jsonl", "ünïcødé 训练 🚀.jsonl", "back\\slash.jsonl",
+        "tab\tand\rcr.jsonl", "bad\udcff\udcfebytes.jsonl", "*?[glob].jsonl", ".hidden.jsonl",
+        ("x" * 240) + ".jsonl",
+    ]
+    for name in names:
+        write_job_file(layout.incoming / name)
+    taken = settle(box, mono, store, events)
+    assert len(taken) == len(names)
+    assert sorted(j.name for j in store.jobs()) == sorted(names)
+    for job in store.jobs():
+        assert job.path.is_file() and job.path.name.isascii() and " " not in job.path.name
+    assert not (layout.queue / "pwned").exists() and not Path("pwned").exists()
+    assert [p for p in layout.incoming.iterdir() if p.is_file()] == []
+
+
+@pytest.mark.edge(56)
+def test_files_without_the_jsonl_extension_get_one_notice_each(layout: Layout, store: Store, inbox,
+                                                               events: EventLog) -> None:
+    box, mono = inbox
+    for name in ("README", "data.json", "notes.txt", "train.jsonl.bak"):
+        (layout.incoming / name).write_text("{}\n")
+    assert settle(box, mono, store, events, scans=5) == []
+    got = notices(layout, 56)
+    assert len(got) == 4
+    assert sorted(p.name for p in layout.incoming.iterdir() if p.is_file()) == [
+        "README", "data.json", "notes.txt", "train.jsonl.bak"]
+    # Renamed by the operator, it is taken.
+    os.rename(layout.incoming / "data.json", layout.incoming / "data.jsonl")
+    assert len(settle(box, mono, store, events)) == 1
+
+
+@pytest.mark.edge(53)
+def test_same_name_twice_makes_two_jobs(layout: Layout, store: Store, inbox, events: EventLog) -> None:
+    box, mono = inbox
+    write_job_file(layout.incoming / "same.jsonl", '{"messages": [{"role": "user", "content": "1"}]}\n')
+    write_job_file(layout.incoming_for("high") / "same.jsonl", '{"messages": [{"role": "user", "content": "2"}]}\n')
+    settle(box, mono, store, events)
+    write_job_file(layout.incoming / "same.jsonl", '{"messages": [{"role": "user", "content": "3"}]}\n')
+    settle(box, mono, store, events)
+    jobs = store.jobs()
+    assert [j.name for j in jobs] == ["same.jsonl"] * 3
+    assert len({j.path for j in jobs}) == 3
+
+
+@pytest.mark.edge(53)
+def test_same_content_twice_makes_one_job_with_one_notice(layout: Layout, store: Store, inbox,
+                                                          events: EventLog) -> None:
+    box, mono = inbox
+    text = '{"messages": [{"role": "user", "content": "dup"}]}\n'
+    write_job_file(layout.incoming / "first.jsonl", text)
+    settle(box, mono, store, events)
+    write_job_file(layout.incoming / "second.jsonl", text)
+    assert settle(box, mono, store, events, scans=4) == []
+    assert len(store.jobs()) == 1
+    got = notices(layout, 53)
+    assert len(got) == 1 and "j0001" in str(got[0]["message"])
+    assert (layout.incoming / "second.jsonl").exists()  # left for the operator
+    # With dedupe off (a restart with queue.dedupe = false) the copy is queued.
+    assert len(settle(Inbox(layout, clock=mono), mono, store, events, dedupe=False)) == 1
+
+
+@pytest.mark.edge(51)
+def test_deleting_the_original_after_ingest_changes_nothing(layout: Layout, store: Store, inbox,
+                                                            events: EventLog, tmp_path: Path) -> None:
+    box, mono = inbox
+    write_job_file(layout.incoming / "a.jsonl")
+    (job_id,) = settle(box, mono, store, events)
+    # Added by the CLI path (a copy), then the user deletes their file.
+    user_file = write_job_file(tmp_path / "user" / "b.jsonl")
+    sha, size = hash_file(user_file)
+    job_b = store.add_job("b.jsonl", user_file, sha, size)
+    assert job_b is not None
+    user_file.unlink()
+    for jid in (job_id, job_b.id):
+        job = store.require(jid)
+        assert job.path.is_file() and hash_file(job.path) == (job.sha256, job.size)
+
+
+@pytest.mark.edge(51)
+def test_a_file_deleted_before_it_is_taken_is_simply_gone(layout: Layout, store: Store, inbox,
+                                                          events: EventLog, tmp_path: Path) -> None:
+    box, mono = inbox
+    path = write_job_file(layout.incoming / "brief.jsonl")
+    assert box.scan(store, stable_s=1.0, events=events) == []
+    path.unlink()
+    assert settle(box, mono, store, events) == []
+    # And one that vanishes at the very moment of the move: a clear DataError, nothing recorded.
+    from engine.errors import DataError
+
+    with pytest.raises(DataError, match="vanished") as info:
+        store.add_job("ghost.jsonl", layout.incoming / "ghost.jsonl", "0" * 64, 1, move=True)
+    assert info.value.case == 51
+    assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+    assert store.jobs() == []
+
+
+@pytest.mark.edge(52)
+def test_a_file_moved_mid_processing_changes_nothing(layout: Layout, store: Store, inbox, events: EventLog,
+                                                     tmp_path: Path) -> None:
+    box, mono = inbox
+    # Moved within the inbox while being examined: taken once, under its final name.
+    path = write_job_file(layout.incoming / "draft.jsonl")
+    box.scan(store, stable_s=1.0, events=events)
+    os.rename(path, layout.incoming / "final.jsonl")
+    taken = settle(box, mono, store, events)
+    assert [store.require(j).name for j in taken] == ["final.jsonl"]
+    # Moved away by the user while its job runs: the engine's copy is what it trains on.
+    user_file = write_job_file(tmp_path / "user" / "c.jsonl")
+    sha, size = hash_file(user_file)
+    job = store.add_job("c.jsonl", user_file, sha, size)
+    assert job is not None
+    store.start(job.id)
+    os.rename(user_file, tmp_path / "user" / "elsewhere.jsonl")
+    assert store.require(job.id).path.is_file()
+    assert hash_file(store.require(job.id).path)[0] == sha
+
+
+def test_a_move_across_filesystems_is_a_copy_then_unlink(layout: Layout, store: Store) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(layout.queue).st_dev:
+        pytest.skip("no second filesystem here")
+    src = write_job_file(shm / f"tc-{os.getpid()}-x.jsonl")
+    sha, size = hash_file(src)
+    job = store.add_job("x.jsonl", src, sha, size, move=True)
+    assert job is not None and not src.exists() and hash_file(job.path) == (sha, size)
+    assert not [p for p in layout.tmp.iterdir() if p.name.startswith("store-")]
+
+
+def test_module_level_scan_keeps_state_between_calls(layout: Layout, store: Store, events: EventLog) -> None:
+    class Cfg:
+        class queue:  # noqa: N801 - mirrors cfg.queue
+            stable_s = 0.0
+            dedupe = True
+
+    (layout.incoming / "x.txt").write_text("x")
+    write_job_file(layout.incoming / "y.jsonl")
+    assert len(scan(layout, store, Cfg, events)) == 1
+    assert scan(layout, store, Cfg, events) == []
+    assert len(notices(layout, 56)) == 1
