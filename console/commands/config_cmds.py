@@ -18,7 +18,7 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
             "Write the commented default config.toml and the queue folders into DIR (default: the "
             "current folder; created if missing). An existing config.toml is never overwritten.")
         parser.add_argument("dir", nargs="?", metavar="DIR", default=None,
-                            help="folder for config.toml and the queue (default: .)")
+                            help="folder for config.toml and the queue (default: the folder of --config, else .)")
         return
     parser.description = (
         "Check a config file: exit 0 when valid (risky but legal values are printed as warnings), "
@@ -75,10 +75,17 @@ def _print_json(path: Path, valid: bool, problems: list[dict[str, object]], warn
 def _init(args: argparse.Namespace) -> int:
     from engine.config import default_config_text, load_config
 
-    folder = Path(args.dir or ".").expanduser()
+    if args.dir is None and getattr(args, "config", None):
+        # `trainconsole --config PATH init`: create exactly the file every other command will read
+        target = Path(args.config).expanduser()
+        folder = target.parent
+    else:
+        folder = Path(args.dir or ".").expanduser()
+        target = folder / "config.toml"
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{folder}: exists and is not a folder")
-    target = folder / "config.toml"
+    if target.is_dir():
+        raise UsageError(f"{target}: is a folder; give the config file's path")
     if target.exists() or target.is_symlink():
         raise ConfigError(f"{target}: a config already exists; not overwriting it (edit it, check it "
                           "with `trainconsole check-config`, or choose another folder)")
@@ -98,7 +105,7 @@ def _init(args: argparse.Namespace) -> int:
     print(f"wrote {target}")
     print(f"created {layout.queue} (drop .jsonl files into {layout.incoming}), {layout.runs}, "
           f"{layout.adapters}")
-    shown = "" if folder == Path(".") else f" --config {target}"
+    shown = "" if target == Path("config.toml") else f" --config {target}"
     print(f"next: `trainconsole{shown} check-config`, then `trainconsole{shown}` to open the console")
     return 0
 

@@ -187,3 +187,12 @@ def test_permission_denied_is_a_usage_error_in_process(tmp_path: Path,
     monkeypatch.setattr(Path, "open", denied)
     args = argparse.Namespace(command="check-config", path=str(path), config=None, json=False)
     assert run_guarded(config_cmds.run, args) == 2
+
+
+def test_init_with_the_config_option_writes_that_file(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "trainer.toml"
+    proc = run_cli("--config", str(target), "init")
+    assert proc.returncode == 0, proc.stderr
+    assert target.read_text() == default_config_text()
+    assert (tmp_path / "etc" / "queue" / "incoming").is_dir()
+    assert run_cli("--config", str(target), "check-config").returncode == 0
