@@ -1,0 +1,201 @@
+"""The guards around a running job (cases 64-70), kept cheap: per step one host sync for the loss
+and the gradient norm together, a flushed JSON line and an atomic (not fsynced) heartbeat file.
+
+- NaN or inf in the loss or the gradient norm (64, 65) raises ``NonFinite`` before anything is
+  saved; the worker rolls back to the last good checkpoint with a lower learning rate.
+- Plateau (66): the mean loss of the last ``plateau_window`` steps against the window before it.
+- Rising validation loss (67): early stop after ``early_stop_patience`` evaluations without a
+  new best; the worker publishes the best checkpoint, not the last.
+- Think-tag share and accuracy (68, 69): greedy generations on held-out prompts, compared with
+  the held-out assistant answers.
+- Heartbeat (70): ``heartbeat.json`` rewritten atomically at every step for the daemon's watchdog.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoints as ckpt
+from engine.events import EventLog
+
+
+class NonFinite(Exception):
+    """A step produced NaN or inf: nothing from it may be saved."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float | None, where: str = "loss") -> None:
+        self.step, self.loss, self.grad_norm, self.where = step, loss, grad_norm, where
+        self.case = 64 if (math.isnan(loss) or (grad_norm is not None and math.isnan(grad_norm))) else 65
+        super().__init__(f"non-finite {where} at step {step}: loss {loss}, grad norm {grad_norm}")
+
+
+def assert_finite_file(path: Path) -> None:
+    """Raise ``NonFinite`` if a safetensors file holds a NaN or inf anywhere."""
+    import torch
+    from safetensors.torch import load_file
+
+    for name, tensor in load_file(str(path)).items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFinite(-1, float("nan"), None, where=f"tensor {name} in {path.name}")
+
+
+def trainable_finite(model: Any) -> bool:
+    """One device sync for all trainable tensors (an adapter is small)."""
+    import torch
+
+    flags = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+class Heartbeat:
+    """``heartbeat.json`` as the contract says: pid, step, monotonic time, last step time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pid = os.getpid()
+
+    def beat(self, step: int, step_time_s: float | None = None) -> None:
+        body = (f'{{"pid": {self.pid}, "step": {step}, "mono": {time.monotonic():.3f}, '
+                f'"step_time_s": {"null" if step_time_s is None else f"{step_time_s:.4f}"}}}\n')
+        ckpt.write_atomic(self.path, body.encode(), durable=False)
+
+
+@dataclass
+class Plateau:
+    """Alerts once per window when the loss has stopped improving (case 66)."""
+
+    window: int
+    min_delta: float
+    losses: deque[float] = field(default_factory=deque)
+
+    def add(self, loss: float) -> float | None:
+        """The relative improvement when a plateau is detected, else None."""
+        self.losses.append(loss)
+        if len(self.losses) < 2 * self.window:
+            return None
+        items = list(self.losses)
+        before = sum(items[: self.window]) / self.window
+        recent = sum(items[self.window:]) / self.window
+        self.losses.clear()  # judge the next two windows afresh: one alert per window at most
+        self.losses.extend(items[self.window:])
+        improvement = (before - recent) / max(abs(before), 1e-12)
+        return improvement if improvement < self.min_delta else None
+
+
+@dataclass
+class EarlyStop:
+    """Tracks the best evaluation loss; says when patience has run out (case 67)."""
+
+    patience: int
+    best_loss: float = math.inf
+    best_step: int | None = None
+    bad_evals: int = 0
+
+    def add(self, step: int, loss: float) -> bool:
+        """True when this evaluation is a new best (its checkpoint must be kept)."""
+        if loss < self.best_loss:
+            self.best_loss, self.best_step, self.bad_evals = loss, step, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad_evals >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+                "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state.get("best_loss") is not None:
+            self.best_loss = float(state["best_loss"])
+        self.best_step = state.get("best_step")
+        self.bad_evals = int(state.get("bad_evals") or 0)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One held-out prompt and the answer it should produce."""
+
+    prompt_ids: list[int]
+    answer: str
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def generate_metrics(model: Any, tokenizer: Any, samples: list[Sample], *, max_new_tokens: int = 48,
+                     batch_size: int = 8) -> dict[str, float]:
+    """Greedy generations for the held-out prompts: share containing ``<think>``, and accuracy
+    (the expected answer matched exactly or contained). The RNG is left as it was, so evaluation
+    never changes the training run."""
+    import torch
+
+    if not samples:
+        return {}
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    think = correct = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            for start in range(0, len(samples), batch_size):
+                chunk = samples[start:start + batch_size]
+                width = max(len(s.prompt_ids) for s in chunk)
+                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, sample in enumerate(chunk):  # left padding: generation continues at the end
+                    ids[row, width - len(sample.prompt_ids):] = torch.tensor(sample.prompt_ids)
+                    mask[row, width - len(sample.prompt_ids):] = 1
+                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+                for row, sample in enumerate(chunk):
+                    text = tokenizer.decode(out[row, width:], skip_special_tokens=True)
+                    think += "<think>" in text
+                    got, want = _norm(text), _norm(sample.answer)
+                    correct += bool(want) and (got == want or want in got)
+    finally:
+        model.train(was_training)
+    return {"think_share": think / len(samples), "accuracy": correct / len(samples)}
+
+
+class StepEvents:
+    """Emits one ``step`` event per logging interval and the alerts of the cheap guards."""
+
+    def __init__(self, events: EventLog, job_id: str, guards_cfg: Any, max_steps: int,
+                 logging_steps: int) -> None:
+        self.events, self.job_id, self.max_steps = events, job_id, max_steps
+        self.logging_steps = logging_steps
+        self.plateau = Plateau(guards_cfg.plateau_window, guards_cfg.plateau_min_delta)
+        self.masked_alerted = 0
+
+    def step(self, step: int, loss: float, grad_norm: float | None, lr: float, tokens_per_s: float,
+             epoch: float | None, memory_mb: float | None) -> None:
+        if step % self.logging_steps == 0 or step == self.max_steps:
+            self.events.emit("step", job_id=self.job_id, step=step, max_steps=self.max_steps,
+                             loss=round(loss, 6), lr=lr, grad_norm=None if grad_norm is None
+                             else round(grad_norm, 6), tokens_per_s=round(tokens_per_s, 1),
+                             epoch=None if epoch is None else round(epoch, 4), memory_mb=memory_mb)
+        improvement = self.plateau.add(loss)
+        if improvement is not None:
+            w = self.plateau.window
+            self.events.alert(66, f"loss plateau: the mean loss of steps {step - w + 1}-{step} improved "
+                                  f"{improvement:.2%} on the {w} steps before (less than "
+                                  f"{self.plateau.min_delta:.2%}); check the learning rate and the data",
+                              severity="warning", job_id=self.job_id, key=f"plateau-{step}")
+
+    def masked(self, count: int) -> None:
+        """Batches whose labels were all masked (they would log loss 0 and teach nothing)."""
+        if count > self.masked_alerted:
+            self.masked_alerted = count
+            self.events.alert(None, f"{count} batch(es) had every label masked (no assistant tokens): "
+                                    "they teach nothing", severity="warning", job_id=self.job_id,
+                              key="masked-batches")

@@ -1,0 +1,222 @@
+"""One training job from spec to published adapter: checks first, then data, then the step plan,
+then training with NaN rollbacks, then publishing. ``worker.py`` wraps this with the process
+protocol (signals, report, exit code).
+
+Order matters and is the point: the base model is checked before the data is touched (a bad
+model must not cost a tokenization pass), the plan is computed before any TrainingArguments, and
+only a checkpoint our manifest verified is ever handed to the Trainer's resume.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoints as ckpt
+from engine.errors import ConfigError, DeviceError, DivergedError
+from engine.events import EventLog
+from engine.train import basecheck, lineage
+from engine.train.dataset import Collator, TokenDataset, eval_samples, load_cache, split_indices
+from engine.train.faults import Injector
+from engine.train.guards import Heartbeat, NonFinite
+from engine.train.trainer_setup import (
+    Hooks,
+    StepPlan,
+    guarded_trainer_class,
+    lr_scale_callback,
+    plan_steps,
+    training_arguments,
+)
+
+
+@dataclass
+class Outcome:
+    status: str  # done | interrupted
+    global_step: int
+    max_steps: int
+    adapter: str | None
+    message: str
+
+
+def _device(cfg: Any) -> tuple[bool, bool]:
+    """(use_cpu, bf16) from hardware.device."""
+    import torch
+
+    want = cfg.hardware.device
+    has_cuda = torch.cuda.is_available()
+    if want == "cuda" and not has_cuda:
+        raise DeviceError(f"hardware.device = \"cuda\" in {cfg.source} but no GPU is visible to the "
+                          "worker; set it to \"auto\" or \"cpu\" to train on the CPU", case=26)
+    use_cpu = want == "cpu" or not has_cuda
+    return use_cpu, (not use_cpu) and torch.cuda.is_bf16_supported()
+
+
+class TrainJob:
+    def __init__(self, spec: dict[str, Any], events: EventLog, heartbeat: Heartbeat,
+                 stop_flag: list[bool], faults: Injector | None = None) -> None:
+        self.spec, self.events, self.heartbeat, self.stop_flag = spec, events, heartbeat, stop_flag
+        self.job_id = str(spec["job_id"])
+        self.run_dir = Path(spec["run_dir"])
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.faults = faults if faults is not None else Injector()
+        self.plan: StepPlan | None = None
+        self.step = 0
+
+    def log(self, message: str) -> None:
+        self.events.emit("log", level="info", message=message, job_id=self.job_id)
+
+    def run(self) -> Outcome:
+        import warnings
+
+        from transformers.utils import logging as hf_logging
+
+        from engine.config import load_config
+
+        # The worker's stdout is a log file, not a terminal: no progress bars or advice to upgrade.
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        cfg = load_config(Path(self.spec["config"]))
+        ov = self.spec.get("overrides") or {}
+        batch = int(ov.get("batch_size") or cfg.training.batch_size)
+        accum = int(ov.get("gradient_accumulation") or cfg.training.gradient_accumulation)
+        grad_ckpt = bool(ov.get("gradient_checkpointing") or cfg.training.gradient_checkpointing)
+        lr = float(cfg.training.learning_rate) * float(ov.get("lr_factor") or 1.0)
+        adapters = Path(self.spec.get("adapters_dir") or cfg.layout().adapters)
+        data_file = Path(self.spec["data_file"])
+
+        base = basecheck.check_files(cfg, cfg.training.max_length)
+        fp = base.fingerprint
+        already = lineage.published_for(adapters, self.job_id)
+        if already is not None:
+            self.log(f"adapter {already.name} was already published by this job; nothing to do")
+            return Outcome("done", 0, 0, str(already), "already published")
+        parent = lineage.check_parent(adapters, fp, self.events, self.job_id)
+        tokenizer = basecheck.load_tokenizer(cfg, base)
+        cache = load_cache(cfg, data_file, tokenizer, cfg.layout().cache)
+        if cache.truncated or cache.dropped:
+            self.events.alert(3, f"{data_file.name}: {cache.truncated} example(s) truncated and "
+                                 f"{cache.dropped} dropped at training.max_length {cfg.training.max_length}",
+                              severity="info", job_id=self.job_id, key="long-examples")
+        train_idx, eval_idx = split_indices(len(cache), cfg.training.eval_fraction, cfg.training.seed)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        plan = plan_steps(len(train_idx), batch_size=batch, accumulation=accum, world_size=world,
+                          epochs=cfg.training.epochs, max_steps=cfg.training.max_steps, source=str(data_file))
+        self.plan = plan
+        self.log(f"plan: {plan.n_train} training and {len(eval_idx)} held-out examples, batch {batch} x "
+                 f"accumulation {accum} x {world} process(es), {plan.max_steps} steps"
+                 + (f", continuing adapter {parent.name}" if parent else ", new adapter"))
+
+        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id)
+        if resume is not None and resume.step >= plan.max_steps:
+            self.events.alert(63, f"checkpoint {resume.path.name} is already at step {resume.step} of "
+                                  f"{plan.max_steps}: completing without training", severity="info",
+                              job_id=self.job_id, key="already-trained")
+            return self._publish(resume, adapters, fp, parent, plan, note="already trained")
+        if resume is not None:
+            self.log(f"resuming from {resume.path.name}")
+            self.step = resume.step
+
+        use_cpu, bf16 = _device(cfg)
+        rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
+        lr_now = float(resume.extra.get("lr", lr)) if resume else lr
+        samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
+        while True:
+            hooks = Hooks(events=self.events, job_id=self.job_id, cfg=cfg, plan=plan, ckpt_root=self.ckpt_root,
+                          fingerprint=fp, heartbeat=self.heartbeat, faults=self.faults,
+                          collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
+                          lr=lr_now, rollbacks=rollbacks, early=resume.extra.get("early") if resume else None,
+                          stop_flag=self.stop_flag)
+            try:
+                self._train_once(cfg, base, parent, plan, hooks, cache, train_idx, eval_idx, resume,
+                                 use_cpu=use_cpu, bf16=bf16, grad_ckpt=grad_ckpt)
+                break
+            except NonFinite as bad:
+                rollbacks += 1
+                self.step = max(self.step, bad.step)
+                retry = rollbacks <= cfg.guards.nan_retries
+                self.events.alert(bad.case, f"{bad} ; nothing from this step was saved; "
+                                  + (f"rolling back with learning rate x{cfg.guards.nan_lr_factor} "
+                                     f"(rollback {rollbacks} of {cfg.guards.nan_retries})" if retry
+                                     else "no rollbacks left"),
+                                  severity="critical", job_id=self.job_id, key=f"nonfinite-{rollbacks}")
+                if not retry:
+                    raise DivergedError(
+                        f"training diverged: {bad} after {cfg.guards.nan_retries} learning-rate rollback(s); "
+                        "lower training.learning_rate or check the data", case=bad.case) from None
+                gc.collect()
+                resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id)
+                # The rate the checkpoint was trained at, lowered once per rollback since it was written.
+                base_lr = float(resume.extra.get("lr", lr)) if resume else lr
+                done = int(resume.extra.get("rollbacks", 0)) if resume else 0
+                lr_now = base_lr * cfg.guards.nan_lr_factor ** (rollbacks - done)
+        step = self.step = max(self.step, hooks.ended)
+        if hooks.interrupted:
+            return Outcome("interrupted", step, plan.max_steps, None, f"stopped on request at step {step}")
+        final = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{step}", fingerprint=fp)
+        source = final
+        best = hooks.early.best_step
+        if hooks.early_stopped and best is not None:
+            chosen = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{best}", fingerprint=fp)
+            if isinstance(chosen, ckpt.Checkpoint):
+                source = chosen
+        if not isinstance(source, ckpt.Checkpoint):
+            raise RuntimeError(f"the final checkpoint of step {step} does not verify: {source.reason}")
+        return self._publish(source, adapters, fp, parent, plan,
+                             note="early stop: best checkpoint" if source is not final else "")
+
+    def _train_once(self, cfg: Any, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
+                    hooks: Hooks, cache: Any, train_idx: list[int], eval_idx: list[int],
+                    resume: ckpt.Checkpoint | None, *, use_cpu: bool, bf16: bool, grad_ckpt: bool) -> None:
+        import torch
+        from transformers import set_seed
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        # Seeds before the adapter exists, so its initialisation (and the run) is reproducible.
+        set_seed(cfg.training.seed)
+        self.faults.at_step(0, batch_size=plan.batch_size)
+        model = basecheck.load_model(cfg, base, dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = self._wrap_lora(cfg, model, parent)
+        ckpt_lr = float(resume.extra.get("lr", hooks.lr)) if resume else hooks.lr
+        args = training_arguments(cfg, plan, out_dir=self.run_dir / "trainer", lr=hooks.lr, use_cpu=use_cpu,
+                                  bf16=bf16, has_eval=bool(eval_idx), gradient_checkpointing=grad_ckpt)
+        trainer_cls = guarded_trainer_class()
+        trainer = trainer_cls(model=model, args=args, train_dataset=TokenDataset(cache, train_idx),
+                              eval_dataset=TokenDataset(cache, eval_idx) if eval_idx else None,
+                              data_collator=hooks.collator, hooks=hooks,
+                              callbacks=[lr_scale_callback(hooks.lr / ckpt_lr)])
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        finally:
+            del trainer, model
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    def _wrap_lora(self, cfg: Any, model: Any, parent: Path | None) -> Any:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if parent is not None:
+            self.log(f"continuing adapter {parent.name}")
+            return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
+        lc = cfg.lora
+        try:
+            return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                    target_modules=list(lc.target_modules),
+                                                    task_type="CAUSAL_LM"))
+        except ValueError as exc:
+            raise ConfigError(f"lora.target_modules = {list(lc.target_modules)} in {cfg.source}: {exc}") from None
+
+    def _publish(self, source: ckpt.Checkpoint, adapters: Path, fp: dict[str, Any], parent: Path | None,
+                 plan: StepPlan, note: str) -> Outcome:
+        path = lineage.publish_adapter(source.path, adapters, job_id=self.job_id, fingerprint=fp,
+                                       step=source.step, parent=parent,
+                                       extra={"eval_loss": source.extra.get("eval_loss"), "note": note})
+        self.log(f"published adapter {path.name} from {source.path.name}" + (f" ({note})" if note else ""))
+        self.step = max(self.step, source.step)
+        return Outcome("done", self.step, plan.max_steps, str(path), note or "done")

@@ -1,0 +1,128 @@
+"""Adapter lineage: each finished job publishes its adapter as ``adapters/<n>-<job>/`` and moves
+the ``latest`` pointer to it; the next job continues from ``latest``.
+
+An adapter folder is a plain PEFT adapter (``PeftModel.from_pretrained`` loads it) plus
+``lineage.json`` (job, parent adapter, step, the base fingerprint) and the manifest of
+``engine/checkpoints.py`` (so a half-copied adapter is never continued). An adapter whose base
+fingerprint differs from the configured base is refused (cases 13 and 18), including where PEFT
+itself would load it without complaint (a base with the same module names but fewer layers).
+
+``latest`` is a relative symlink, replaced atomically (a new link renamed over the old one), so
+a reader sees the old adapter or the new one and ``PeftModel.from_pretrained("adapters/latest")``
+works for anyone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoints as ckpt
+from engine.errors import ConfigError
+from engine.events import EventLog
+
+LINEAGE = "lineage.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FILES = (ckpt.ADAPTER_WEIGHTS, ADAPTER_CONFIG)
+_NUMBERED = re.compile(r"^(\d+)-(.+)$")
+
+
+def resolve_latest(adapters: Path) -> Path | None:
+    """The folder ``latest`` points at, or None when there is no adapter yet."""
+    pointer = adapters / "latest"
+    if pointer.is_symlink():
+        return adapters / os.readlink(pointer)
+    if pointer.is_dir():
+        return pointer
+    if pointer.is_file():  # a pointer written by hand as a file holding the folder name
+        name = pointer.read_text().strip()
+        return adapters / name if name else None
+    return None
+
+
+def published_for(adapters: Path, job_id: str) -> Path | None:
+    """The adapter this job already published (a rerun after publishing must not publish twice)."""
+    if not adapters.is_dir():
+        return None
+    for path in sorted(adapters.iterdir()):
+        match = _NUMBERED.match(path.name)
+        if match and match.group(2) == job_id and (path / ckpt.MANIFEST).is_file():
+            return path
+    return None
+
+
+def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
+                 job_id: str) -> Path | None:
+    """The adapter to continue from, verified against this base; refused with an alert if not."""
+    target = resolve_latest(adapters)
+    if target is None:
+        return None
+    shown = f"{adapters / 'latest'} -> {target.name}"
+    advice = (f"set model.base_model back to the base it was trained on, or move {adapters / 'latest'} "
+              "aside to start a new adapter lineage")
+    if not target.is_dir():
+        message = f"adapter {shown} does not exist; point latest at an existing adapter or remove it"
+        events.alert(13, message, severity="critical", job_id=job_id, key="adapter-missing")
+        raise ConfigError(message, case=13)
+    verdict = ckpt.verify(target, fingerprint=fingerprint, require=ADAPTER_FILES)
+    if isinstance(verdict, ckpt.Rejection):
+        if verdict.case == 18:
+            message = f"adapter {shown} was {verdict.reason}; {advice}"
+            case = 13
+        else:
+            message = f"adapter {shown} cannot be used: {verdict.reason}"
+            case = verdict.case
+        events.alert(case, message, severity="critical", job_id=job_id, key="adapter-refused")
+        raise ConfigError(message, case=case)
+    return target
+
+
+def next_name(adapters: Path, job_id: str) -> str:
+    highest = 0
+    if adapters.is_dir():
+        for path in adapters.iterdir():
+            match = _NUMBERED.match(path.name)
+            if match:
+                highest = max(highest, int(match.group(1)))
+    return f"{highest + 1:04d}-{job_id}"
+
+
+def _point_latest(adapters: Path, name: str) -> None:
+    tmp = adapters / f".latest.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(name, tmp)
+    pointer = adapters / "latest"
+    if pointer.is_dir() and not pointer.is_symlink():
+        ckpt.quarantine(pointer, adapters, case=None, reason="a folder stood where the latest pointer goes")
+    os.replace(tmp, pointer)
+    ckpt.fsync_dir(adapters)
+
+
+def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: dict[str, Any],
+                    step: int, parent: Path | None, extra: dict[str, Any] | None = None) -> Path:
+    """Copy the adapter files of checkpoint ``source`` into a new numbered folder, sealed with a
+    manifest, and point ``latest`` at it. Tensors are checked finite first."""
+    from engine.train.guards import assert_finite_file
+
+    assert_finite_file(source / ckpt.ADAPTER_WEIGHTS)
+    adapters.mkdir(parents=True, exist_ok=True)
+    name = next_name(adapters, job_id)
+    staging = ckpt.new_staging(adapters, name)
+    try:
+        for file_name in ADAPTER_FILES:
+            shutil.copyfile(source / file_name, staging / file_name)
+        lineage = {"schema": 1, "job_id": job_id, "parent": parent.name if parent else None,
+                   "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
+                   **(extra or {})}
+        ckpt.write_json_atomic(staging / LINEAGE, lineage, durable=False)
+        ckpt.publish(staging, adapters / name, kind="adapter", step=step, fingerprint=fingerprint,
+                     extra={"job_id": job_id})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _point_latest(adapters, name)
+    return adapters / name

@@ -1,0 +1,169 @@
+"""The worker process: ``python -m engine.train.worker runs/<job>/spec.json``.
+
+Protocol (docs/contracts.md): it writes ``events.jsonl``, ``heartbeat.json`` (each step),
+``checkpoints/`` and, last, ``report.json``; its exit code comes from ``engine.errors.EXIT_CODES``.
+SIGTERM (or SIGINT) asks for a checkpoint at the next step boundary, then exit 18.
+
+Every exception is caught here and classified, so the daemon never has to read a traceback to
+decide what to do:
+- ``TrainconsoleError`` subclasses carry their own class (data, config, diverged, ...);
+- ``torch.OutOfMemoryError`` -> OOM (case 21 while loading, else 23); ``MemoryError`` -> OOM as
+  well (case 80): Python could not get host memory, a resource condition that a smaller
+  micro-batch cures, not a defect in the code;
+- ``torch.AcceleratorError`` and CUDA ``RuntimeError``s -> DEVICE (28);
+- ``OSError`` ENOSPC/EDQUOT -> DISK_FULL (25); any other ``OSError`` -> TRANSIENT (44, or 46 for
+  permissions);
+- anything else is a BUG (71-79 by type), reported with its traceback and not retried.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoints as ckpt
+from engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
+from engine.events import EventLog
+from engine.train.guards import Heartbeat
+
+SPEC_SCHEMA = 1
+BUG_CASES: dict[type[BaseException], int] = {
+    UnboundLocalError: 71, NameError: 72, AttributeError: 73, KeyError: 74, IndexError: 75,
+    TypeError: 76, ValueError: 77, ZeroDivisionError: 78, RecursionError: 79,
+}
+_DEVICE_TEXT = ("CUDA error", "CUDA driver", "cuDNN", "CUBLAS", "NCCL", "device-side assert", "HIP error",
+                "ECC error")
+
+
+def classify(exc: BaseException, *, loading: bool) -> tuple[ErrorClass, int | None]:
+    if isinstance(exc, TrainconsoleError):
+        return exc.error_class, exc.case
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return ErrorClass.OOM, 21 if loading else 23
+    if isinstance(exc, MemoryError):
+        return ErrorClass.OOM, 80
+    if torch is not None and isinstance(exc, getattr(torch, "AcceleratorError", ())):
+        return ErrorClass.DEVICE, 28
+    if isinstance(exc, RuntimeError) and any(t in str(exc) for t in _DEVICE_TEXT):
+        return ErrorClass.DEVICE, 28
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return ErrorClass.DISK_FULL, 25
+        return ErrorClass.TRANSIENT, 46 if isinstance(exc, PermissionError) else 44
+    for exc_type, case in BUG_CASES.items():  # most specific first (UnboundLocalError < NameError)
+        if isinstance(exc, exc_type):
+            return ErrorClass.BUG, case
+    return ErrorClass.BUG, None
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    from engine.errors import ConfigError
+
+    try:
+        spec = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable job spec ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("schema") != SPEC_SCHEMA:
+        raise ConfigError(f"{path}: not a schema-{SPEC_SCHEMA} job spec")
+    missing = [k for k in ("job_id", "data_file", "config", "run_dir") if not spec.get(k)]
+    if missing:
+        raise ConfigError(f"{path}: job spec lacks {', '.join(missing)}")
+    return spec
+
+
+def write_spec(run_dir: Path, *, job_id: str, data_file: Path, config: Path, adapters_dir: Path,
+               overrides: dict[str, Any] | None = None) -> Path:
+    """The spec file a worker is launched with (used by the daemon and ``trainconsole train``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec = {"schema": SPEC_SCHEMA, "job_id": job_id, "data_file": str(data_file), "config": str(config),
+            "run_dir": str(run_dir), "overrides": overrides or {}, "adapters_dir": str(adapters_dir)}
+    path = run_dir / "spec.json"
+    ckpt.write_json_atomic(path, spec)
+    return path
+
+
+def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
+    """Run one job to its report; returns the exit code. Never raises."""
+    stop = stop_flag if stop_flag is not None else [False]
+    spec_path = Path(spec_path)
+    run_dir = spec_path.parent
+    report: dict[str, Any] = {"schema": 1, "status": "failed", "error_class": None, "case": None,
+                              "message": "", "traceback": None, "global_step": 0, "max_steps": 0,
+                              "adapter": None}
+    events: EventLog | None = None
+    job: Any = None
+    started = time.monotonic()
+    try:
+        spec = read_spec(spec_path)
+        run_dir = Path(spec["run_dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        events = EventLog(run_dir / "events.jsonl")
+        heartbeat = Heartbeat(run_dir / "heartbeat.json")
+        heartbeat.beat(0)
+        events.emit("log", level="info", message=f"worker {os.getpid()} started", job_id=spec["job_id"])
+        from engine.train.job import TrainJob  # torch and friends load from here on
+
+        job = TrainJob(spec, events, heartbeat, stop)
+        outcome = job.run()
+        report.update(status=outcome.status, message=outcome.message, global_step=outcome.global_step,
+                      max_steps=outcome.max_steps, adapter=outcome.adapter)
+        if outcome.status == "interrupted":
+            report["error_class"] = ErrorClass.INTERRUPTED.value
+        code = EXIT_CODES[ErrorClass.INTERRUPTED] if outcome.status == "interrupted" else 0
+    except BaseException as exc:  # the top: everything is classified and reported
+        if isinstance(exc, SystemExit):
+            raise
+        loading = job is None or job.plan is None or job.step == 0
+        cls, case = classify(exc, loading=loading)
+        if isinstance(exc, KeyboardInterrupt):
+            cls, case = ErrorClass.INTERRUPTED, None
+        message = exc.message if isinstance(exc, TrainconsoleError) else f"{type(exc).__name__}: {exc}"
+        report.update(error_class=cls.value, case=case, message=message)
+        if not isinstance(exc, TrainconsoleError) or cls == ErrorClass.BUG:
+            report["traceback"] = "".join(traceback.format_exception(exc))
+        if job is not None:
+            report.update(global_step=job.step, max_steps=job.plan.max_steps if job.plan else 0)
+        code = EXIT_CODES[cls]
+        if events is not None:
+            try:
+                events.alert(case, f"job failed ({cls.value}): {message}", severity="critical",
+                             job_id=job.job_id if job is not None else None, key="job-failed")
+            except Exception:  # the report below is what matters
+                pass
+    report["elapsed_s"] = round(time.monotonic() - started, 3)
+    try:
+        ckpt.write_json_atomic(run_dir / "report.json", report)
+    except OSError:  # a full disk may refuse even the report; the exit code still tells the class
+        pass
+    if events is not None:
+        events.emit("log", level="info", message=f"worker finished: {report['status']}"
+                    + (f" ({report['error_class']})" if report["error_class"] else ""))
+        events.close()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m engine.train.worker runs/<job>/spec.json", file=sys.stderr)
+        return 2
+    stop = [False]
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return run(Path(args[0]), stop_flag=stop)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
