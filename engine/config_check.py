@@ -47,7 +47,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, int):
         return "an integer"
     if isinstance(value, float):
-        return "a number with a fraction" if math.isfinite(value) else "not a finite number"
+        return "a decimal number" if math.isfinite(value) else "not a finite number"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
@@ -142,7 +142,8 @@ def check_value(key: Key, value: Any) -> Any:
     # gpus: "all" or GPU indices
     if isinstance(value, str):
         if value != "all":
-            raise BadValue(f"must be {allowed_text(key)}")
+            hint = '; did you mean "all"?' if value.strip().lower() == "all" else ""
+            raise BadValue(f"must be {allowed_text(key)}{hint}")
         return value
     if not isinstance(value, list) or not value:
         raise BadValue(f"must be {allowed_text(key)}, not "
