@@ -212,6 +212,10 @@ def check_warnings(cfg: Config) -> list[str]:
     if cfg.guards.alert_command and not _runnable(cfg, cfg.guards.alert_command[0]):
         notes.append(f"guards.alert_command: program {cfg.guards.alert_command[0]!r} is not found (not "
                      "on PATH, or not an executable file), so alerts will only be logged")
+    base = Path(cfg.model.base_model)
+    if base.is_absolute() and base.is_dir() and not (base / "config.json").is_file():
+        notes.append(f"model.base_model = {str(base)!r} has no config.json: not a model folder, or an "
+                     "incomplete copy (case 12)")
     if cfg.model.trust_remote_code:
         notes.append("model.trust_remote_code = true runs Python code shipped with the model; only "
                      "for models whose author you trust")

@@ -11,8 +11,8 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Config, ConfigError, load_config, parse_config_text
-from engine.config_schema import KEYS
+from engine.config import Config, ConfigError, default_config_text, load_config, parse_config_text, set_value
+from engine.config_schema import KEYS, Key
 
 SECTION_NAMES = [*KEYS, "trainig", "extra"]
 KEY_NAMES = sorted({name for keys in KEYS.values() for name in keys} | {"batchsize", "x"})
@@ -93,3 +93,47 @@ def test_files_on_disk(tmp_path: Path, data: bytes) -> None:
         _check_typed(load_config(path))
     except ConfigError:
         pass
+
+
+def _valid_values(key: Key) -> st.SearchStrategy[Any]:
+    s = key.spec
+    if key.kind == "bool":
+        return st.booleans()
+    if s.choices:
+        return st.sampled_from(s.choices)
+    if key.kind == "int":
+        return st.integers(min_value=int(s.lo if s.lo is not None else 0),
+                           max_value=int(s.hi if s.hi is not None else 10**6))
+    if key.kind == "float":
+        lo = s.lo if s.lo is not None else 0.0
+        return st.floats(min_value=lo, max_value=s.hi if s.hi is not None else 1e6,
+                         exclude_min=s.lo_open, allow_nan=False)
+    if key.kind == "list[str]":
+        return st.lists(st.text(min_size=1, max_size=8).filter(lambda t: "\x00" not in t), min_size=1,
+                        max_size=3)
+    if key.kind == "gpus":
+        return st.just("all") | st.lists(st.integers(0, 7), min_size=1, max_size=3, unique=True)
+    return st.just(key.default)  # paths and the model: any other value depends on the disk
+
+
+EDITABLE = [k for keys in KEYS.values() for k in keys.values()
+            if k.dotted not in ("training.epochs", "training.max_steps", "training.warmup_steps",
+                                "queue.backoff_s", "queue.backoff_max_s")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(EDITABLE).flatmap(lambda k: st.tuples(st.just(k), _valid_values(k))))
+def test_set_value_round_trips_and_keeps_the_rest(tmp_path: Path, edit: tuple[Key, Any]) -> None:
+    key, value = edit
+    path = tmp_path / "config.toml"
+    path.write_text(default_config_text())
+    cfg = set_value(path, key.dotted, value)
+    got = getattr(getattr(cfg, key.section), key.name)
+    assert got == value
+    before = Config(source=cfg.source).to_dict()
+    after = cfg.to_dict()
+    before[key.section].pop(key.name)
+    after[key.section].pop(key.name)
+    assert before == after
+    text = path.read_text()
+    assert text.count("\n#") == default_config_text().count("\n#")  # every comment is still there

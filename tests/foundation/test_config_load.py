@@ -324,3 +324,13 @@ def test_unreadable_toml_is_case_32_with_a_location(data: bytes, where: str) -> 
     assert info.value.case == 32
     assert info.value.message.startswith(where), info.value.message
     assert len(info.value.message.splitlines()) == 1
+
+
+@pytest.mark.edge(12)
+def test_a_model_folder_without_config_json_is_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "config.toml").write_text('[model]\nbase_model = "./model"\n')
+    [note] = check_warnings(load_config(tmp_path / "config.toml"))
+    assert "config.json" in note and "case 12" in note
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert check_warnings(load_config(tmp_path / "config.toml")) == []
