@@ -1,0 +1,126 @@
+"""``trainconsole validate FILE... [--json]``: the data gate, without training.
+
+Exit 0 when every file is accepted, 1 when any is rejected, 2 for a usage mistake (a missing path,
+a folder, a FIFO or another non-regular file: each named, none ever opened, so a FIFO cannot hang
+us). Token statistics use the configured model's tokenizer; torch is never imported here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from console.common import config_path
+from engine.errors import UsageError
+
+PROGRESS_MIN_BYTES = 64 << 20  # smaller files finish before a bar would be worth drawing
+
+
+def build(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="chat-format .jsonl files")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"schema": 1, "files": [...]} on stdout (stable, documented)')
+    parser.add_argument("--no-tokens", action="store_true",
+                        help="skip token statistics (structure only; faster)")
+
+
+def _check_path(given: str) -> str | None:
+    """Why ``given`` cannot be validated, or None. Uses stat only: a FIFO is never opened."""
+    try:
+        st = os.stat(given)
+    except FileNotFoundError:
+        return f"{given}: no such file"
+    except NotADirectoryError:
+        return f"{given}: no such file (a parent is not a folder)"
+    except OSError as exc:
+        return f"{given}: cannot be read ({exc.strerror or exc})"
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return f"{given}: is a folder; give the .jsonl files in it (e.g. {given.rstrip('/')}/*.jsonl)"
+    if stat.S_ISFIFO(mode):
+        return f"{given}: is a FIFO (named pipe), not a regular file; save the data to a file first"
+    if not stat.S_ISREG(mode):
+        return f"{given}: is not a regular file (a device or socket)"
+    if not os.access(given, os.R_OK):
+        return f"{given}: permission denied"
+    return None
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from engine.config import Config, load_config
+
+    path = config_path(args)
+    explicit = bool(getattr(args, "config", None) or os.environ.get("TRAINCONSOLE_CONFIG"))
+    if not explicit and not path.exists():
+        print(f"trainconsole: no {path} here; validating with the default settings", file=sys.stderr)
+        return Config(source=Path.cwd() / "config.toml")
+    return load_config(path)
+
+
+class Bar:
+    """bytes read of total, rate, time left: redrawn on stderr at most five times a second."""
+
+    def __init__(self, name: str, total: int, out: TextIO) -> None:
+        self.name, self.total, self.out = name, max(total, 1), out
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last < 0.2 and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-6)
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        share = min(self.done / self.total, 1.0)
+        filled = int(share * 30)
+        self.out.write(f"\r{self.name[-30:]} [{'#' * filled}{'.' * (30 - filled)}] "
+                       f"{self.done / 2**20:,.0f}/{self.total / 2**20:,.0f} MB "
+                       f"{rate / 2**20:,.0f} MB/s, {left:,.0f}s left ")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\r" + " " * 100 + "\r")
+        self.out.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = [why for why in map(_check_path, args.files) if why]
+    if problems:
+        for why in problems[:-1]:
+            print(f"trainconsole: {why}", file=sys.stderr)
+        raise UsageError(problems[-1])
+    from engine.data import validate_file
+
+    cfg = _config(args)
+    counter = None
+    if not args.no_tokens:
+        from engine.data_tokenizer import token_counter_for
+
+        counter, why = token_counter_for(cfg)
+        if counter is None:
+            print(f"trainconsole: token statistics skipped: {why}", file=sys.stderr)
+    reports = []
+    tty = sys.stderr.isatty()
+    for given in args.files:
+        size = os.stat(given).st_size
+        bar = Bar(given, size, sys.stderr) if tty and size >= PROGRESS_MIN_BYTES else None
+        try:
+            report = validate_file(Path(given), cfg, tokenizer=counter, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        reports.append(report)
+        if not args.json:
+            print(report.render(), flush=True)
+    if args.json:
+        json.dump({"schema": 1, "files": [r.to_json() for r in reports]}, sys.stdout,
+                  indent=2)
+        sys.stdout.write("\n")
+    return 0 if all(r.accepted for r in reports) else 1

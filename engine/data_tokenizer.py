@@ -1,0 +1,106 @@
+"""The configured model's tokenizer, for the data gate's token statistics, without torch.
+
+``trainconsole validate`` must answer quickly and never import torch, yet its token counts must be
+the ones training will see. So the counts come from the training code's own renderer
+(``engine.train.tokens.token_counter``: the chat template, then the fast tokenizer), fed a light
+stand-in for a transformers tokenizer built from the model folder's files with the ``tokenizers``
+library: ``tokenizer.json``, the chat template, and the special tokens the template may use.
+(``AutoTokenizer`` would do the same but imports torch on the way.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.data_scan import TokenCounter
+from engine.errors import ConfigError
+
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+class LightTokenizer:
+    """What the renderer and the counter read from a tokenizer: ``chat_template``,
+    ``special_tokens_map``, ``backend_tokenizer``."""
+
+    def __init__(self, folder: Path) -> None:
+        from tokenizers import Tokenizer
+
+        tokenizer_json = folder / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise ConfigError(f"{folder}: no tokenizer.json (a fast tokenizer is needed for token counts)")
+        try:
+            self.backend_tokenizer = Tokenizer.from_file(str(tokenizer_json))
+        except Exception as exc:  # the Rust side raises a bare Exception for a corrupt file
+            raise ConfigError(f"{tokenizer_json}: cannot be loaded ({exc})") from None
+        config: dict[str, Any] = {}
+        config_file = folder / "tokenizer_config.json"
+        if config_file.is_file():
+            try:
+                loaded = json.loads(config_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{config_file}: unreadable ({exc})") from None
+            if isinstance(loaded, dict):
+                config = loaded
+        template_file = folder / "chat_template.jinja"
+        template = config.get("chat_template")
+        if template_file.is_file():
+            template = template_file.read_text(encoding="utf-8")
+        self.chat_template: Any = template
+        self.special_tokens_map: dict[str, str] = {}
+        for key in _SPECIAL:
+            value = config.get(key)
+            if isinstance(value, dict):  # the AddedToken form
+                value = value.get("content")
+            if isinstance(value, str):
+                self.special_tokens_map[key] = value
+        self.name_or_path = str(folder)
+
+
+def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
+    """The local folder of the configured model, or (None, why not). A built-in model not yet built
+    is built in a child process (the build needs torch; this process must not import it)."""
+    from engine.train.model import BUILTIN_PREFIX, is_intact
+
+    base: str = cfg.model.base_model
+    if base.startswith(BUILTIN_PREFIX):
+        folder = Path(cfg.layout().cache).expanduser().resolve() / "models" / base.removeprefix(BUILTIN_PREFIX)
+        if is_intact(folder):
+            return folder, ""
+        if not build:
+            return None, f"{base} is not built yet"
+        print(f"trainconsole: building {base} once, for token counts", file=sys.stderr)
+        code = ("import sys; from engine.train.model import ensure_builtin; "
+                "ensure_builtin(sys.argv[1], __import__('pathlib').Path(sys.argv[2]))")
+        done = subprocess.run([sys.executable, "-c", code, base, str(cfg.layout().cache)],
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode != 0 or not is_intact(folder):
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            return None, f"building {base} failed: {last}"
+        return folder, ""
+    local = Path(base).expanduser()
+    if not local.is_absolute():
+        local = Path(cfg.root) / local
+    if local.is_dir():
+        return local.resolve(), ""
+    return None, f"model.base_model {base!r} is not a local folder (hub models are not fetched here)"
+
+
+def token_counter_for(cfg: Any) -> tuple[TokenCounter | None, str]:
+    """A token counter for the configured model, or (None, why there is none)."""
+    folder, why = model_folder(cfg)
+    if folder is None:
+        return None, why
+    try:
+        tokenizer = LightTokenizer(folder)
+        if not tokenizer.chat_template:
+            return None, f"{folder}: the tokenizer has no chat template"
+        from engine.train.tokens import token_counter
+    except ConfigError as exc:
+        return None, exc.message
+    except ImportError as exc:
+        return None, f"token counting is unavailable ({exc})"
+    counter: TokenCounter = token_counter(tokenizer)
+    return counter, ""
