@@ -6,6 +6,7 @@ default. Relative paths in the file are relative to the file's folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -162,7 +163,14 @@ _HEADER = """\
 
 
 def _toml_value(value: Any) -> str:
-    return str(tomlkit.item(value).as_string())
+    """Written by hand, not by tomlkit, so the shipped file cannot drift with tomlkit's formatting."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for every default we ship
+    return "[" + ", ".join(_toml_value(v) for v in value) + "]"
 
 
 def default_config_text() -> str:

@@ -89,7 +89,7 @@ def parse(text: str) -> tuple[Any, list[Problem]]:
 
 
 def _dup_message(text: str) -> str:
-    return text.rstrip(".") + " (a key may appear only once per table)"
+    return text.rstrip(".") + " (a key or a section may appear only once)"
 
 
 def _dup_line(text: str, message: str) -> int | None:
