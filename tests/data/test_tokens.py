@@ -236,3 +236,35 @@ def test_token_counter_agrees_with_the_chat_template(tok: Any, tmp_path: Path) -
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CHATS))
     counts = token_counter(tok)(list(iter_examples(data)))
     assert counts == [len(tok.apply_chat_template(c)["input_ids"]) for c in CHATS]
+
+
+def _variant(tok: Any, kind: str) -> Any:
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(tok.name_or_path)
+    if kind == "trim":
+        other.chat_template = tok.chat_template.replace(
+            "message['content'] + '<|im_end|>'", "(message['content'] | trim) + '<|im_end|>'")
+    elif kind == "branch":
+        other.chat_template = tok.chat_template.replace(
+            "{%- generation -%}", "{%- generation -%}{%- if 'Paris' in message['content'] -%}[city] {% endif -%}")
+    return other
+
+
+@pytest.mark.parametrize("kind", ["builtin", "trim", "branch"])
+def test_batched_rendering_matches_the_template_exactly(tok: Any, kind: str) -> None:
+    from engine.train.tokens_render import _prints_content_only
+
+    variant = _variant(tok, kind)
+    assert variant.chat_template != tok.chat_template or kind == "builtin"
+    assert _prints_content_only(variant.chat_template) == (kind == "builtin")
+    # Same role sequence several times, the content-dependent one last, so only a renderer that
+    # really applies the template to every conversation gets it right.
+    chats = [CHATS[2], [{"role": "user", "content": " pad "}, {"role": "assistant", "content": "  x  "}]] * 3
+    chats += [[{"role": "user", "content": "where?"}, {"role": "assistant", "content": " Paris "}], CHATS[1]]
+    ids, labels, _ = tokenize_batch(chats, variant, 1024, "truncate")
+    for chat, got_ids, got_labels in zip(chats, ids, labels, strict=True):
+        ref = variant.apply_chat_template(chat, tokenize=True, return_assistant_tokens_mask=True, return_dict=True)
+        assert got_ids.tolist() == ref["input_ids"]
+        want = [i if m else IGNORE for i, m in zip(ref["input_ids"], ref["assistant_masks"], strict=True)]
+        assert got_labels.tolist() == want

@@ -168,3 +168,44 @@ def test_resolve_base_model(tiny_model: Path, tmp_path: Path) -> None:
     assert resolve_base_model(_cfg(str(local), tmp_path, cache)) == local.resolve()
     assert resolve_base_model(_cfg("my-model", tmp_path, cache)) == local.resolve()
     assert resolve_base_model(_cfg("org/some-model", tmp_path, cache)) == "org/some-model"
+
+
+def test_lora_visibly_learns_a_toy_task(tiny_model: Path) -> None:
+    """What the demo relies on: a few dozen LoRA steps on short Q/A pairs make the loss fall clearly."""
+    import random
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from engine.train.tokens import IGNORE, tokenize_batch
+
+    tok = _tokenizer(tiny_model)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _step in range(60):
+        pairs = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(4)]
+        chats = [[{"role": "user", "content": f"What is {a}+{b}?"}, {"role": "assistant", "content": str(a + b)}]
+                 for a, b in pairs]
+        ids, labels, _ = tokenize_batch(chats, tok, 128, "truncate")
+        width = max(len(x) for x in ids)
+        batch = torch.full((len(ids), width), tok.pad_token_id)
+        target = torch.full((len(ids), width), IGNORE)
+        attention = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, (x, y) in enumerate(zip(ids, labels, strict=True)):
+            batch[row, : len(x)] = torch.from_numpy(x.astype("int64"))
+            target[row, : len(y)] = torch.from_numpy(y.astype("int64"))
+            attention[row, : len(x)] = 1
+        loss = model(input_ids=batch, attention_mask=attention, labels=target).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
+    assert last < first - 1.0, (first, last)
