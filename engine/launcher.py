@@ -141,7 +141,9 @@ class WorkerProcess:
                 cmd = proc.cmdline()
             except psutil.Error:
                 continue
-            if WORKER_MODULE in cmd and "torch.distributed.run" not in cmd:
+            if "torch.distributed.run" in cmd:
+                continue
+            if proc is root or WORKER_MODULE in cmd:  # torchrun's ranks, not helper children
                 pids.append(proc.pid)
         return pids
 

@@ -25,7 +25,7 @@ import orjson
 from engine import ingest
 from engine.errors import ErrorClass
 from engine.events import EventLog, EventTail
-from engine.launcher import DevicePlan, WorkerProcess, launcher_for, plan_devices, worker_env
+from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
 from engine.notify import Notifier
 from engine.outcome import apply_outcome
 from engine.resources import ResourceGuard
@@ -63,8 +63,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 class Supervisor:
-    def __init__(self, cfg: Any, store: Store, events: EventLog, notifier: Notifier, sysmon: Any) -> None:
+    def __init__(self, cfg: Any, store: Store, events: EventLog, notifier: Notifier, sysmon: Any, *,
+                 launcher_factory: Callable[[DevicePlan], Launcher] = launcher_for) -> None:
         self.cfg = cfg
+        self.launcher_factory = launcher_factory
         self.layout = cfg.layout()
         self.store = store
         self.events = events
@@ -215,7 +217,7 @@ class Supervisor:
             "schema": 1, "job_id": job.id, "data_file": str(job.path), "config": str(self.cfg.source),
             "run_dir": str(run_dir), "overrides": job.overrides, "adapters_dir": str(self.layout.adapters),
         })
-        launcher = launcher_for(plan)
+        launcher = self.launcher_factory(plan)
         env = worker_env(plan, job.name)
         job = self.store.start(job.id)  # durable before the spawn: a kill now still used an attempt
         oom_before = oom_kill_count()

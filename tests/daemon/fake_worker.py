@@ -1,0 +1,103 @@
+"""A stand-in for ``engine.train.worker`` that speaks the same protocol (spec.json in;
+heartbeat.json, events.jsonl, report.json and the exit code out; SIGTERM -> checkpoint at the next
+step boundary and exit 18; stacks on SIGUSR1) without torch, so supervision unit tests launch it
+in a tenth of a second. Acceptance tests use the real worker.
+
+Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "checkpoint" is
+``fake_ckpt.json`` holding the last step, written every step. Faults: ``TRAINCONSOLE_FAULT`` as in
+engine/train/faults.py (oom, oom_above_batch:N, hang, crash, device, raise:Name, enospc).
+"""
+
+from __future__ import annotations
+
+import builtins
+import faulthandler
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+EXIT = {"data": 10, "config": 11, "oom": 12, "device": 13, "transient": 14, "disk_full": 15,
+        "diverged": 16, "bug": 17, "interrupted": 18}
+
+
+def write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    run = Path(spec["run_dir"])
+    job = spec["job_id"]
+    over = spec.get("overrides", {})
+    stacks = open(run / "stacks.txt", "w")  # noqa: SIM115 - held for the process's life
+    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    stop = {"asked": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("asked", True))
+    steps = int(os.environ.get("FAKE_STEPS", "4"))
+    step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
+    fault = os.environ.get("TRAINCONSOLE_FAULT", "")
+    kind, _, at = fault.rpartition("@")
+    at_step = int(at) if at.lstrip("-").isdigit() else -1
+    ckpt = run / "fake_ckpt.json"
+    start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
+    events = open(run / "events.jsonl", "a")  # noqa: SIM115
+    (run / "env.json").write_text(json.dumps({k: os.environ.get(k) for k in (
+        "PYTORCH_CUDA_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "TRAINCONSOLE_FAULT")} | {"overrides": over}))
+
+    def report(status: str, cls: str | None, message: str, step: int, tb: str | None = None,
+               case: int | None = None) -> None:
+        write_json(run / "report.json", {"schema": 1, "status": status, "error_class": cls, "case": case,
+                                         "message": message, "traceback": tb, "global_step": step,
+                                         "max_steps": steps, "adapter": None})
+
+    step = start
+    try:
+        while step < steps:
+            nxt = step + 1
+            if nxt == at_step or (kind.startswith("oom_above_batch") and nxt == at_step):
+                name, _, arg = kind.partition(":")
+                batch = int(over.get("batch_size", 4))
+                if name == "oom" or (name == "oom_above_batch" and batch > int(arg)):
+                    report("failed", "oom", "CUDA out of memory (injected)", step, case=23)
+                    return EXIT["oom"]
+                if name == "hang":
+                    while True:
+                        time.sleep(1)
+                if name == "crash":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if name == "device":
+                    report("failed", "device", "CUDA error: an illegal memory access (injected)", step,
+                           case=28)
+                    return EXIT["device"]
+                if name == "enospc":
+                    report("failed", "disk_full", "No space left on device (injected)", step, case=25)
+                    return EXIT["disk_full"]
+                if name == "raise":
+                    raise getattr(builtins, arg)("injected")
+            time.sleep(step_s)
+            step = nxt
+            write_json(ckpt, {"step": step})
+            write_json(run / "heartbeat.json", {"pid": os.getpid(), "step": step, "mono": time.monotonic(),
+                                                "step_time_s": step_s})
+            events.write(json.dumps({"v": 1, "t": time.time(), "type": "step", "job_id": job, "step": step,
+                                     "max_steps": steps, "loss": 1.0, "lr": 0.1, "grad_norm": 1.0,
+                                     "tokens_per_s": 1.0}) + "\n")
+            events.flush()
+            if stop["asked"]:
+                report("interrupted", "interrupted", "stopped after a checkpoint", step)
+                return EXIT["interrupted"]
+    except Exception as exc:
+        report("failed", "bug", f"{type(exc).__name__}: {exc}", step, traceback.format_exc(), case=74)
+        return EXIT["bug"]
+    report("done", None, "done", step)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
