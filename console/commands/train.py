@@ -1,0 +1,137 @@
+"""``trainconsole train FILE``: one guarded job in the foreground, outside the queue.
+
+For an operator debugging a file, and for tests that come before the daemon. The job runs in a
+real worker process (``python -m engine.train.worker``), exactly as the daemon runs it; this
+command only writes its spec, follows its events with a progress bar, and reads its report. It
+never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctrl-C kills it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from console.common import load_layout
+from engine.checkpoints import write_json_atomic
+from engine.errors import UsageError
+from engine.events import EventTail
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def build(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("file", metavar="FILE", help="a chat-format .jsonl file")
+    parser.add_argument("--job-id", default=None,
+                        help="name of the run folder under paths.runs (default: fg-<time>); reuse one to resume")
+
+
+def _bar(done: int, total: int, width: int = 28) -> str:
+    filled = int(width * done / total) if total else 0
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+class Progress:
+    """A one-line bar on a terminal; plain lines (every tenth of the run) otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.last_tenth = -1
+        self.open_line = False
+
+    def step(self, event: dict[str, Any]) -> None:
+        step, total = int(event.get("step") or 0), int(event.get("max_steps") or 0)
+        loss = event.get("loss")
+        text = f"step {step}/{total} loss {loss} lr {event.get('lr', 0):.2e} {event.get('tokens_per_s', 0)} tok/s"
+        if self.tty:
+            self.out.write(f"\r{_bar(step, total)} {text}\x1b[K")
+            self.open_line = True
+        else:
+            tenth = 10 * step // total if total else step
+            if tenth == self.last_tenth:
+                return
+            self.last_tenth = tenth
+            self.out.write(text + "\n")
+        self.out.flush()
+
+    def line(self, text: str) -> None:
+        if self.open_line:
+            self.out.write("\n")
+            self.open_line = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+def _show(events: list[dict[str, Any]], progress: Progress) -> None:
+    for event in events:
+        kind = event["type"]
+        if kind == "step":
+            progress.step(event)
+        elif kind == "eval":
+            extra = "".join(f", {k} {event[k]:.2f}" for k in ("accuracy", "think_share") if k in event)
+            progress.line(f"eval at step {event['step']}: loss {event['eval_loss']:.4f}{extra}")
+        elif kind == "alert":
+            case = f"case {event['case']}" if event.get("case") else "alert"
+            progress.line(f"{event['severity']} ({case}): {event['message']}")
+        elif kind == "log":
+            progress.line(event["message"])
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, layout = load_layout(args)
+    data = Path(args.file).expanduser()
+    if not data.is_file():
+        raise UsageError(f"{data}: no such file (give a chat-format .jsonl file)")
+    job_id = args.job_id or time.strftime("fg-%Y%m%d-%H%M%S")
+    run_dir = layout.runs / job_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec_path = run_dir / "spec.json"
+    write_json_atomic(spec_path, {
+        "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
+        "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
+    (run_dir / "report.json").unlink(missing_ok=True)
+    progress = Progress(sys.stderr)
+    progress.line(f"training {data} as {job_id} (log: {run_dir / 'worker.log'})")
+    tail = EventTail(run_dir / "events.jsonl", (run_dir / "events.jsonl").stat().st_size
+                     if (run_dir / "events.jsonl").exists() else 0)
+    with open(run_dir / "worker.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "engine.train.worker", str(spec_path)], cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        interrupts = 0
+        while True:
+            try:
+                while proc.poll() is None:
+                    _show(tail.read_new(), progress)
+                    time.sleep(0.2)
+                break
+            except KeyboardInterrupt:
+                interrupts += 1
+                if interrupts == 1:
+                    progress.line("stopping: the worker checkpoints at the next step (Ctrl-C again to kill it)")
+                    proc.send_signal(signal.SIGTERM)
+                else:
+                    proc.kill()
+    _show(tail.read_new(), progress)
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+    except (OSError, ValueError):
+        progress.line(f"the worker ended with exit code {proc.returncode} and no report; see {run_dir / 'worker.log'}")
+        return 1
+    if report["status"] == "done":
+        progress.line(f"done at step {report['global_step']}: adapter {report['adapter']}")
+        return 0
+    if report["status"] == "interrupted":
+        progress.line(f"stopped at step {report['global_step']} after a checkpoint; run again with "
+                      f"--job-id {job_id} to resume")
+        return 1
+    case = f", case {report['case']}" if report.get("case") else ""
+    progress.line(f"failed ({report['error_class']}{case}): {report['message']}")
+    if report.get("traceback") and report.get("error_class") == "bug":
+        progress.line(f"traceback in {run_dir / 'report.json'}")
+    return 1
