@@ -52,39 +52,68 @@ def recover(store: Any, layout: Layout, notifier: Notifier, events: EventLog, *,
                     + ", ".join(p.name for p in removed[:10]))
 
 
+class _Signals:
+    """Installed first thing, so a SIGHUP or SIGTERM that arrives while we start is not fatal."""
+
+    def __init__(self) -> None:
+        self.pending: str | None = None
+        self.sup: Any = None
+        self.events: EventLog | None = None
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, self._stop)
+        self.previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hup)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _stop(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = signal.Signals(signum).name
+        if self.sup is not None:
+            self.sup.signalled = self.pending
+
+    def _hup(self, signum: int, frame: FrameType | None) -> None:
+        if self.events is not None:
+            self.events.emit("log", level="info",
+                             message="SIGHUP ignored: restart the engine to load a changed config")
+
+
 def run_daemon(cfg: Any) -> int:
     """Run the engine in the foreground until stopped. Returns the exit code."""
-    layout: Layout = cfg.layout()
-    problems = check_writable(layout.folders())
-    if problems:
-        raise TrainconsoleError("the engine cannot start: " + "; ".join(problems), case=46)
-    lock = EngineLock(layout)
-    info = lock.acquire()  # AlreadyRunning (case 48) propagates: one line, exit 1
-    events = EventLog(layout.engine_events)
+    signals = _Signals()
+    signals.install()
     try:
-        notifier = Notifier(events, cfg.guards.alert_command, cfg.guards.alert_min_severity)
-        return _serve(cfg, layout, events, notifier, info.pid)
+        layout: Layout = cfg.layout()
+        problems = check_writable(layout.folders())
+        if problems:
+            raise TrainconsoleError("the engine cannot start: " + "; ".join(problems), case=46)
+        lock = EngineLock(layout)
+        info = lock.acquire()  # AlreadyRunning (case 48) propagates: one line, exit 1
+        events = EventLog(layout.engine_events)
+        signals.events = events
+        try:
+            notifier = Notifier(events, cfg.guards.alert_command, cfg.guards.alert_min_severity)
+            return _serve(cfg, layout, events, notifier, info.pid, signals)
+        finally:
+            lock.release()
+            events.close()
     finally:
-        lock.release()
-        events.close()
+        signals.restore()
 
 
-def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: int) -> int:
+def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: int,
+           signals: _Signals) -> int:
     from engine.store import Store
     from engine.supervise import Supervisor
     from engine.sysmon import Sysmon
 
     store = Store.open(layout, events, policy=cfg.queue)
     sup = Supervisor(cfg, store, events, notifier, Sysmon())
-
-    def on_stop(signum: int, frame: FrameType | None) -> None:
-        sup.signalled = signal.Signals(signum).name
-
-    def on_hup(signum: int, frame: FrameType | None) -> None:
-        events.emit("log", level="info", message="SIGHUP ignored: restart the engine to load a changed config")
-
-    previous = {s: signal.signal(s, on_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    signals.sup = sup
+    sup.signalled = signals.pending
     try:
         _say(f"started (pid {pid}) for {layout.queue}")
         events.emit("log", level="info", message=f"engine started (pid {pid}, config {cfg.source})")
@@ -93,14 +122,12 @@ def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: 
             # Paused by a full disk before a restart: resume on our own once there is room again.
             sup.disk_paused = True
             sup.guard.hold_for_disk(layout.runs, max(64.0, float(cfg.hardware.min_free_disk_mb)),
-                                   from_now=False)
+                                    from_now=False)
         code = sup.run()
         events.emit("log", level="info", message="engine stopped")
         _say("stopped")
         return code
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         notifier.wait(2.0)
         store.close()
 
