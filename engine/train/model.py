@@ -231,7 +231,10 @@ def ensure_builtin(name: str, cache: Path) -> Path:
             if final.exists() or final.is_symlink():
                 aside = models_dir / f".{short}.damaged-{uuid.uuid4().hex[:8]}"
                 final.rename(aside)
-                shutil.rmtree(aside, ignore_errors=True)
+                if aside.is_dir() and not aside.is_symlink():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    aside.unlink()
             staging.rename(final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

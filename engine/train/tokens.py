@@ -300,36 +300,54 @@ def check_usable(stats: TokenStats, max_length: int, source: str = "the data") -
     )
 
 
+def _reusable(cache_dir: Path, key: str) -> TokenCache | None:
+    try:
+        existing = TokenCache.open(cache_dir)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return existing if existing.key == key else None
+
+
 def build_cache(examples: Iterable[Any], tokenizer: Any, max_length: int, long_examples: str,
                 cache_dir: Path, *, key: str, source: str = "the data", chunk: int = CHUNK) -> TokenCache:
     """Tokenize ``examples`` (Example objects, ``{"messages", "line"}`` dicts or message lists) into
     ``cache_dir``, or reuse what is there when its key matches. Streams in chunks: memory holds one
     chunk, never the file. Raises DataError when no example is usable (see ``check_usable``)."""
+    from filelock import FileLock
+
     cache_dir = Path(cache_dir)
-    try:
-        existing = TokenCache.open(cache_dir)
-        if existing.key == key:
-            return existing
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    reused = _reusable(cache_dir, key)
+    if reused is not None:
+        return reused
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = cache_dir.parent / f".{cache_dir.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        stats = _write(staging, examples, tokenizer, max_length, long_examples, chunk)
-        check_usable(stats, max_length, source)
-        sizes = {name: (staging / f"{name}.bin").stat().st_size // np.dtype(dt).itemsize
-                 for name, dt in FILES.items()}
-        meta = {"version": CACHE_VERSION, "key": key, "max_length": max_length,
-                "long_examples": long_examples, "sizes": sizes, "stats": stats.to_dict()}
-        (staging / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        if cache_dir.exists():
-            aside = cache_dir.parent / f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            cache_dir.rename(aside)
-            shutil.rmtree(aside, ignore_errors=True)
-        staging.rename(cache_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    # Two workers tokenizing the same file into the same folder: the second waits, then reuses.
+    with FileLock(str(cache_dir.parent / f".{cache_dir.name}.lock")):
+        reused = _reusable(cache_dir, key)
+        if reused is not None:
+            return reused
+        staging = cache_dir.parent / f".{cache_dir.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            stats = _write(staging, examples, tokenizer, max_length, long_examples, chunk)
+            check_usable(stats, max_length, source)
+            sizes = {name: (staging / f"{name}.bin").stat().st_size // np.dtype(dt).itemsize
+                     for name, dt in FILES.items()}
+            meta = {"version": CACHE_VERSION, "key": key, "max_length": max_length,
+                    "long_examples": long_examples, "sizes": sizes, "stats": stats.to_dict()}
+            with (staging / "meta.json").open("w") as fh:
+                fh.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if cache_dir.exists() or cache_dir.is_symlink():
+                aside = cache_dir.parent / f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}"
+                cache_dir.rename(aside)
+                if aside.is_dir() and not aside.is_symlink():
+                    shutil.rmtree(aside, ignore_errors=True)
+                else:
+                    aside.unlink()
+            staging.rename(cache_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return TokenCache.open(cache_dir)
 
 
