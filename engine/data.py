@@ -24,6 +24,10 @@ from engine.errors import DataError
 __all__ = ["Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
            "TokenStats", "iter_examples", "validate_file"]
 
+# The ``code`` of a rejected file's report, one word per way a file is refused as a whole.
+VERDICT_CODES: Final = ("empty_file", "json_array", "utf16_file", "no_valid_example", "all_dropped",
+                        "too_many_invalid")
+
 # Below this, forking workers costs more than it saves.
 PARALLEL_MIN_BYTES: Final = 32 << 20
 
@@ -99,6 +103,7 @@ class Report:
     path: Path
     verdict: str  # "accepted" | "rejected"
     reason: str  # why rejected ("" when accepted)
+    code: str  # the rejection in one word (VERDICT_CODES), "" when accepted
     case: int | None  # the memo case behind a rejection
     size: int
     lines: int
@@ -119,7 +124,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         """One entry of ``validate --json`` (schema 1)."""
         return {
-            "path": str(self.path), "verdict": self.verdict, "reason": self.reason, "case": self.case,
+            "path": str(self.path), "verdict": self.verdict, "reason": self.reason, "code": self.code,
+            "case": self.case,
             "examples": self.examples, "valid": self.valid, "invalid": self.invalid,
             "truncated": self.truncated, "dropped": self.dropped,
             "tokens": self.tokens.to_json() if self.tokens else {},
@@ -219,7 +225,7 @@ def _most_common(tally: Tally) -> str:
 def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
     examples = tally.valid + tally.invalid
     warnings: list[Warning_] = []
-    reason = ""
+    reason = code = ""
     case: int | None = None
     tokens: TokenStats | None = None
     truncated = dropped = 0
@@ -239,25 +245,30 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
             warnings.append(Warning_(33, f"training.max_length = {t.max_length} is below the shortest "
                                      f"example ({t.shortest} tokens): every example is {done}"))
     if examples == 0:
-        case = 1
+        case, code = 1, "empty_file"
         reason = ("no examples: the file is empty" if size == 0
                   else "no examples: the file holds only blank lines")
-    elif tally.valid == 0 and tally.starts_with_array:
-        case = 4
+    elif tally.valid == 0 and tally.start == "array":
+        case, code = 4, "json_array"
         reason = ("the file is one JSON array, not JSON lines: write one object per line "
                   f"(for example: jq -c '.[]' {path.name} > fixed.jsonl)")
+        tally.problems = tally.problems[:1]  # the rest are the array's lines, not news
+    elif tally.valid == 0 and tally.start == "utf16":
+        case, code = 9, "utf16_file"
+        reason = "the file is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"
+        tally.problems = tally.problems[:1]
     elif tally.valid == 0:
         common = _most_common(tally)
-        case = REASONS[common][0]
+        case, code = REASONS[common][0], "no_valid_example"
         reason = (f"no usable example: all {examples} record(s) are invalid (most often: "
                   f"{REASONS[common][1]}, {tally.reasons[common]}x)")
     elif dropped and dropped >= tally.valid:
-        case = 33
+        case, code = 33, "all_dropped"
         reason = (f"no usable example: every example is longer than training.max_length = "
                   f"{limits.max_length} tokens and data.long_examples = 'drop'")
     elif tally.invalid / examples > limits.max_invalid_fraction:
         common = _most_common(tally)
-        case = REASONS[common][0]
+        case, code = REASONS[common][0], "too_many_invalid"
         reason = (f"{tally.invalid} of {examples} records invalid ({tally.invalid / examples:.1%}), "
                   f"above data.max_invalid_fraction = {limits.max_invalid_fraction:g} (most often: "
                   f"{REASONS[common][1]}, {tally.reasons[common]}x)")
@@ -266,7 +277,8 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
                                  f"{limits.batch_size}: each step sees them all"))
     problems = tuple(Problem(line, REASONS[r][0], r, detail) for line, r, detail in tally.problems)
     return Report(
-        path=path, verdict="rejected" if reason else "accepted", reason=reason, case=case, size=size,
+        path=path, verdict="rejected" if reason else "accepted", reason=reason, code=code, case=case,
+        size=size,
         lines=tally.lines, examples=examples, valid=tally.valid, invalid=tally.invalid,
         truncated=truncated, dropped=dropped, reasons=dict(tally.reasons), problems=problems,
         tokens=tokens, warnings=tuple(warnings))

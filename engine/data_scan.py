@@ -73,7 +73,7 @@ class Tally:
     invalid: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, detail)
-    starts_with_array: bool = False
+    start: str = ""  # what the file opens with: "array", "utf16" or "" (range 0 only)
     tokens: TokenTally | None = None
 
     def bad(self, line: int, reason: str, detail: str) -> None:
@@ -212,12 +212,16 @@ def _all_common(lines: list[bytes]) -> bool:
         return False
 
 
-def _first_char_is_bracket(f: BinaryIO) -> bool:
+def _file_start(f: BinaryIO) -> str:
+    """"array" when the file opens with ``[`` (one JSON array), "utf16" for a UTF-16 byte order
+    mark, else ""."""
     f.seek(0)
     head = f.read(4096)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf16"
     if head.startswith(BOM):
         head = head[len(BOM):]
-    return head.lstrip()[:1] == b"["
+    return "array" if head.lstrip()[:1] == b"[" else ""
 
 
 def scan(path: Path, start: int, end: int, cap: int, max_problems: int,
@@ -248,7 +252,7 @@ def _scan(path: Path, start: int, end: int, cap: int, max_problems: int,
     valid = 0
     with open(path, "rb") as f:
         if start == 0:
-            tally.starts_with_array = _first_char_is_bracket(f)
+            tally.start = _file_start(f)
         for lines, long in blocks(f, start, end, cap, progress):
             for i in long:
                 tally.bad(lineno + i + 1, "line_too_long",
