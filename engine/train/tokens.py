@@ -104,6 +104,16 @@ def _span_to_tokens(enc: Any, start: int, end: int) -> tuple[int, int] | None:
     return (hits[0], hits[-1] + 1) if hits else None
 
 
+def _backend(tokenizer: Any) -> Any:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ConfigError(
+            f"model.base_model: the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
+            "training needs one (a tokenizer.json) to find the assistant tokens"
+        )
+    return backend
+
+
 def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_length: int,
                  long_examples: str) -> tuple[list[tuple[np.ndarray, np.ndarray] | None], TokenStats]:
     """Tokenize a batch of conversations. Each result is ``(input_ids, labels)`` (int32; labels
@@ -113,9 +123,9 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
     stats = TokenStats(examples=len(messages_list))
     if not messages_list:
         return [], stats
+    backend = _backend(tokenizer)
     plain, weights = zip(*(_as_dicts(m) for m in messages_list), strict=True)
     texts, spans, errors = render_batch(list(plain), tokenizer)
-    backend = tokenizer.backend_tokenizer
     encodings = backend.encode_batch([t if t is not None else "" for t in texts], add_special_tokens=False)
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for i, enc in enumerate(encodings):
@@ -143,7 +153,8 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
         if n > max_length:
             ids, labels = ids[:max_length], labels[:max_length]
             stats.truncated += 1
-        trained = int(np.count_nonzero(labels != IGNORE))
+        # Causal LMs predict token t from tokens before it: a label on the first token never trains.
+        trained = int(np.count_nonzero(labels[1:] != IGNORE))
         if not trained:
             stats.dropped_no_labels += 1
             out.append(None)
@@ -170,7 +181,7 @@ def token_counter(tokenizer: Any) -> Any:
     def count(examples: Sequence[Any]) -> list[int]:
         texts, _spans, _errors = render_batch([_as_dicts(e.messages)[0] for e in examples], tokenizer,
                                               spans=False)
-        encs = tokenizer.backend_tokenizer.encode_batch_fast(
+        encs = _backend(tokenizer).encode_batch_fast(
             [t if t is not None else "" for t in texts], add_special_tokens=False)
         return [len(e.ids) if t is not None else 0 for e, t in zip(encs, texts, strict=True)]
 
@@ -180,7 +191,7 @@ def token_counter(tokenizer: Any) -> Any:
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of everything about a tokenizer that changes the tokens we write."""
     digest = hashlib.sha256()
-    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(_backend(tokenizer).to_str().encode())
     digest.update((tokenizer.chat_template or "").encode())
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     return digest.hexdigest()
