@@ -268,3 +268,39 @@ def test_batched_rendering_matches_the_template_exactly(tok: Any, kind: str) -> 
         assert got_ids.tolist() == ref["input_ids"]
         want = [i if m else IGNORE for i, m in zip(ref["input_ids"], ref["assistant_masks"], strict=True)]
         assert got_labels.tolist() == want
+
+
+def _write_jsonl(path: Path, chats: list[list[dict[str, Any]]], bad_line_at: int | None = None) -> None:
+    lines = [json.dumps({"messages": c}) for c in chats]
+    if bad_line_at is not None:
+        lines.insert(bad_line_at, '{"messages": [')
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.edge(3)
+def test_long_examples_in_a_real_file_are_truncated_or_dropped(tok: Any, tmp_path: Path) -> None:
+    from engine.data import iter_examples
+
+    data = tmp_path / "long.jsonl"
+    _write_jsonl(data, _long_chats(), bad_line_at=1)
+    cache = build_cache(iter_examples(data), tok, 128, "truncate", tmp_path / "tokens", key="t",
+                        source=str(data))
+    # line 2 is the broken record (skipped by the gate), line 3 the answer past max_length
+    assert [cache.line(i) for i in range(len(cache))] == [1, 4, 5]
+    assert cache.truncated == 3 and cache.dropped == 1
+    assert all(len(cache[i][0]) <= 128 and (cache[i][1][1:] != IGNORE).any() for i in range(len(cache)))
+
+    dropped = build_cache(iter_examples(data), tok, 128, "drop", tmp_path / "tokens-drop", key="d")
+    assert [dropped.line(i) for i in range(len(dropped))] == [5]
+    assert dropped.stats.dropped_long == 3 and dropped.truncated == 0
+
+
+@pytest.mark.edge(33)
+def test_max_length_below_every_example_in_a_real_file(tok: Any, tmp_path: Path) -> None:
+    from engine.data import iter_examples
+
+    data = tmp_path / "wordy.jsonl"
+    _write_jsonl(data, [[{"role": "user", "content": f"question {i} " + "and more " * 60},
+                         {"role": "assistant", "content": "yes"}] for i in range(5)])
+    with pytest.raises(DataError, match=r"wordy.jsonl: training.max_length 128 is below the shortest example"):
+        build_cache(iter_examples(data), tok, 128, "truncate", tmp_path / "tokens", key="k", source=str(data))
