@@ -14,7 +14,7 @@ import signal
 import sys
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -23,6 +23,7 @@ from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Input
 
 from console import keymap
@@ -37,6 +38,7 @@ from console.widgets.job_detail import JobDetailScreen
 from console.widgets.loss_plot import LossPlot
 from console.widgets.queue_table import QueueTable
 
+W = TypeVar("W", bound=Widget)
 NARROW_BELOW = 100
 MIN_POLL_S = 0.25  # as nvitop: faster refreshes cost CPU and terminal bytes for nothing
 TTY_CHECK_S = 2.0
@@ -80,6 +82,14 @@ class TrainConsole(App[None]):
 
     # --- layout ----------------------------------------------------------------------------
 
+    def _main(self, kind: type[W]) -> W:
+        """A widget of the dashboard, whichever screen is on top (a dialog, the help)."""
+        return self._dashboard.query_one(kind)
+
+    @property
+    def _dashboard(self) -> Screen[Any]:
+        return self.screen_stack[0] if self.screen_stack else self.screen
+
     def compose(self) -> ComposeResult:
         yield EngineState(id="state")
         with Container(id="main"):
@@ -91,13 +101,13 @@ class TrainConsole(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#queue").border_title = "queue"
-        self.query_one("#gauges").border_title = "resources"
-        self.query_one("#loss").border_title = "loss"
-        self.query_one("#alerts").border_title = "alerts"
-        self.query_one("#filter", Input).display = False
+        self._main(QueueTable).border_title = "queue"
+        self._main(Gauges).border_title = "resources"
+        self._main(LossPlot).border_title = "loss"
+        self._main(AlertList).border_title = "alerts"
+        self._main(Input).display = False
         self._set_narrow(self.size.width)
-        self.query_one(QueueTable).focus()
+        self._main(QueueTable).focus()
         self._start_poll()
         if self.watch_terminal:
             self._install_hangup()
@@ -108,8 +118,8 @@ class TrainConsole(App[None]):
 
     def _set_narrow(self, width: int) -> None:
         narrow = width < NARROW_BELOW
-        self.screen.set_class(narrow, "narrow")
-        self.query_one(AlertList).show_header = not narrow
+        self._dashboard.set_class(narrow, "narrow")
+        self._main(AlertList).show_header = not narrow
 
     # --- terminal lifecycle ----------------------------------------------------------------
 
@@ -137,12 +147,14 @@ class TrainConsole(App[None]):
     # --- polling ---------------------------------------------------------------------------
 
     def _start_poll(self) -> None:
+        if not self.screen_stack:
+            return
         if self._polling:
             self._poll_again = True
             return
         self._polling = True
-        table = self.query_one(QueueTable)
-        plot = self.query_one(LossPlot)
+        table = self._main(QueueTable)
+        plot = self._main(LossPlot)
         self._poll(table.selected_id, max(20, plot.content_size.width - 12))
 
     @work(thread=True, exit_on_error=False, group="poll")
@@ -156,6 +168,8 @@ class TrainConsole(App[None]):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self._polling = False
+        if not self.screen_stack:  # a poll that finished while the console was closing
+            return
         if message.snapshot is not None:
             self.apply_snapshot(message.snapshot)
         elif message.error:
@@ -168,14 +182,18 @@ class TrainConsole(App[None]):
         self._poll_timer = self.set_timer(delay, self._start_poll)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
+        first = self._seen_alerts is None
         self.snapshot = snap
-        table = self.query_one(QueueTable)
+        table = self._main(QueueTable)
         with self.batch_update():
             table.apply(snap.jobs)
-            self.query_one(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels)
-            self.query_one(LossPlot).apply(snap.loss)
-            self.query_one(AlertList).apply(snap.alerts)
-            self.query_one(EngineState).apply(snap, self.readonly, table.filter_text)
+            running = next((j.id for j in snap.jobs if j.status == "running"), None)
+            if first and running is not None and table.selected_id != running:
+                table.move_cursor(row=table.get_row_index(running), animate=False)
+            self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels)
+            self._main(LossPlot).apply(snap.loss)
+            self._main(AlertList).apply(snap.alerts)
+            self._main(EngineState).apply(snap, self.readonly, table.filter_text)
         self._toast_new_alerts(snap)
         self._refresh_keys()
         if isinstance(self.screen, JobDetailScreen):
@@ -197,7 +215,7 @@ class TrainConsole(App[None]):
 
     @property
     def selected_job(self) -> JobRow | None:
-        return self.snapshot.job(self.query_one(QueueTable).selected_id)
+        return self.snapshot.job(self._main(QueueTable).selected_id)
 
     def _refresh_keys(self) -> None:
         job = self.selected_job
@@ -211,8 +229,13 @@ class TrainConsole(App[None]):
     def _row_moved(self) -> None:
         self._refresh_keys()
         # The plot follows the cursor; fetch its job's curve now rather than in a second.
-        if self.snapshot.loss is None or self.snapshot.loss.job_id != self.query_one(QueueTable).selected_id:
+        if self.snapshot.loss is None or self.snapshot.loss.job_id != self._main(QueueTable).selected_id:
             self._start_poll()
+
+    @on(DataTable.RowSelected, "#queue")
+    def _row_chosen(self) -> None:
+        # The table takes `enter` for itself; selecting a row is the same request.
+        self.action_detail()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in keymap.MUTATING_ACTIONS and self.readonly:
@@ -246,7 +269,7 @@ class TrainConsole(App[None]):
         try:
             result = getattr(self.client, method)(*args)
         except Exception as exc:  # noqa: BLE001 - the store says why (e.g. job not in that state)
-            self.post_message(ActionDone(f"{label} failed: {exc}", ok=False))
+            self.post_message(ActionDone(str(exc) or f"{label} failed", ok=False))
             return
         if method == "retry_all_failed":
             label = f"retried {result} failed job{'s' if result != 1 else ''}"
@@ -343,34 +366,34 @@ class TrainConsole(App[None]):
             self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval))
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._main(Input)
         box.display = True
-        box.value = self.query_one(QueueTable).filter_text
+        box.value = self._main(QueueTable).filter_text
         box.focus()
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        table = self.query_one(QueueTable)
+        table = self._main(QueueTable)
         table.filter_text = event.value.strip()
         table.apply(self.snapshot.jobs)
-        self.query_one(EngineState).apply(self.snapshot, self.readonly, table.filter_text)
+        self._main(EngineState).apply(self.snapshot, self.readonly, table.filter_text)
         self._refresh_keys()
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self._main(Input)
         box.display = False
-        self.query_one(QueueTable).focus()
+        self._main(QueueTable).focus()
 
     def key_escape(self) -> None:
-        box = self.query_one("#filter", Input)
-        if box.display or self.query_one(QueueTable).filter_text:
+        box = self._main(Input)
+        if box.display or self._main(QueueTable).filter_text:
             box.value = ""
             box.display = False
-            self.query_one(QueueTable).focus()
+            self._main(QueueTable).focus()
 
     def action_acknowledge(self) -> None:
-        alerts = self.query_one(AlertList)
+        alerts = self._main(AlertList)
         key = alerts.selected_key if alerts.has_focus else None
         if key is None:
             key = next((a.key for a in self.snapshot.alerts if not a.acked), None)
@@ -387,14 +410,14 @@ class TrainConsole(App[None]):
             self._start_poll()
 
     def action_log_y(self) -> None:
-        plot = self.query_one(LossPlot)
+        plot = self._main(LossPlot)
         plot.apply(plot.view, log_y=not plot.log_y)
 
     def action_cursor_down(self) -> None:
-        self.query_one(QueueTable).action_cursor_down()
+        self._main(QueueTable).action_cursor_down()
 
     def action_cursor_up(self) -> None:
-        self.query_one(QueueTable).action_cursor_up()
+        self._main(QueueTable).action_cursor_up()
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.readonly))

@@ -126,28 +126,27 @@ class WorkspaceClient:
     def _open_store(self) -> Any:
         from engine.store import Store
 
-        return Store.open(self.layout)
+        # repair=False: reconciling folders is the daemon's business, never a watcher's.
+        return Store.open(self.layout, repair=False)
 
-    def _read_jobs(self) -> tuple[list[Any], bool, Any, str]:
+    def _read_jobs(self) -> tuple[list[Any], bool, dict[str, str], str]:
         if not self.layout.state_db.exists():
-            return [], False, None, "no queue yet: the engine creates it on start"
+            return [], False, {}, "no queue yet: the engine creates it on start"
         store = self._open_store()
         try:
             jobs = list(store.jobs())
             paused = bool(store.paused())
-            now = time.time()
-            reasons = {}
-            reason = getattr(store, "reason", None)
+            try:
+                reasons = {k: str(v) for k, v in store.reasons(time.time(), jobs).items()}
+            except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
+                reasons = {}
             for job in jobs:
-                try:
-                    reasons[job.id] = str(reason(job, now)) if reason is not None else ""
-                except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
+                # Progress and status already say these; the column is for why a job waits.
+                if job.status in ("running", "done", "cancelled"):
                     reasons[job.id] = ""
             return jobs, paused, reasons, ""
         finally:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+            store.close()
 
     def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
         from engine.lock import engine_running, read_pidfile
@@ -223,7 +222,7 @@ class WorkspaceClient:
             rows.append(JobRow(
                 id=job.id, name=str(job.name), priority=str(job.priority), status=str(job.status),
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
-                reason=(reasons or {}).get(job.id, ""), error=str(job.error or ""),
+                reason=reasons.get(job.id, ""), error=str(job.error or ""),
                 error_class=str(job.error_class or ""), created_at=job.created_at,
                 started_at=job.started_at, finished_at=job.finished_at))
         try:
@@ -272,9 +271,7 @@ class WorkspaceClient:
         try:
             return getattr(store, method)(*args)
         finally:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
+            store.close()
 
     def set_priority(self, job_id: str, level: str) -> None:
         self._write("set_priority", job_id, level)

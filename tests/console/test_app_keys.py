@@ -1,0 +1,261 @@
+"""Every key action, pressed through Textual's Pilot on the real app with a scripted client:
+the client (standing in for the store) changes as asked, destructive keys ask first and default
+to No, keys that do not apply are dimmed, and a read-only console refuses every mutation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from textual.pilot import Pilot
+
+from console.app import TrainConsole
+from console.widgets.alerts import AlertList
+from console.widgets.confirm import ConfirmDialog
+from console.widgets.help_screen import HelpScreen
+from console.widgets.job_detail import JobDetailScreen
+from console.widgets.loss_plot import LossPlot
+from console.widgets.queue_table import QueueTable
+from tests.console.fakes import ScriptedClient
+
+
+@asynccontextmanager
+async def console(client: ScriptedClient | None = None, readonly: bool = False,
+                  size: tuple[int, int] = (120, 40)) -> AsyncIterator[tuple[TrainConsole, Pilot[None], ScriptedClient]]:
+    client = client or ScriptedClient()
+    app = TrainConsole(client, poll_interval=0.25, readonly=readonly, watch_terminal=False)
+    async with app.run_test(size=size) as pilot:
+        await app.first_frame.wait()
+        await pilot.pause()
+        yield app, pilot, client
+
+
+async def select(app: TrainConsole, pilot: Pilot[None], job_id: str) -> None:
+    table = app.query_one(QueueTable)
+    table.move_cursor(row=table.get_row_index(job_id))
+    await pilot.pause()
+    assert table.selected_id == job_id
+
+
+async def settle(app: TrainConsole, pilot: Pilot[None]) -> None:
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+async def test_priority_keys_change_the_selected_jobs_priority() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0003")
+        await pilot.press("plus")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].priority == "high"
+        await pilot.press("minus")
+        await settle(app, pilot)
+        await pilot.press("minus")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].priority == "low"
+        await pilot.press("t")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].priority == "high"
+        assert client.calls == [("set_priority", "j0003", "high"), ("set_priority", "j0003", "normal"),
+                                ("set_priority", "j0003", "low"), ("set_priority", "j0003", "high")]
+
+
+async def test_hold_then_release() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0003")
+        await pilot.press("h")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].status == "held"
+        await app.workers.wait_for_complete()
+        await pilot.pause(0.3)  # the next poll shows it held, so `h` now releases
+        await pilot.press("h")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].status == "queued"
+        assert ("release", "j0003") in client.calls
+
+
+async def test_retry_one_and_retry_all_failed() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0005")
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert client.jobs["j0005"].status == "queued"
+    client = ScriptedClient()
+    async with console(client) as (app, pilot, client):
+        await pilot.press("R")
+        await settle(app, pilot)
+        assert ("retry_all_failed",) in client.calls
+        assert client.jobs["j0005"].status == "queued"
+
+
+async def test_keys_that_do_not_apply_are_dimmed_and_do_nothing() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0001")  # done: no priority, hold, retry or cancel
+        for action in ("priority_up", "hold", "retry", "cancel"):
+            assert app.check_action(action, ()) is None, action  # None: shown dimmed
+        await pilot.press("plus", "h", "r", "c")
+        await settle(app, pilot)
+        assert client.calls == []
+        assert not isinstance(app.screen, ConfirmDialog)
+
+
+async def test_cancel_asks_and_defaults_to_no() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0003")
+        await pilot.press("c")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("enter")  # the focused button is No
+        await settle(app, pilot)
+        assert client.jobs["j0003"].status == "queued"
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("escape")
+        await settle(app, pilot)
+        assert client.calls == []
+        await pilot.press("c")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(app, pilot)
+        assert client.jobs["j0003"].status == "cancelled"
+
+
+async def test_pause_and_resume_the_queue() -> None:
+    async with console() as (app, pilot, client):
+        await pilot.press("p")
+        await settle(app, pilot)
+        assert client.paused is True
+        await pilot.pause(0.4)
+        await pilot.press("p")
+        await settle(app, pilot)
+        assert client.paused is False
+        assert client.calls == [("set_paused", True), ("set_paused", False)]
+
+
+async def test_stop_engine_asks_first() -> None:
+    async with console() as (app, pilot, client):
+        await pilot.press("S")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")
+        await settle(app, pilot)
+        assert not client.stop_posted
+        await pilot.press("S")
+        await pilot.pause()
+        await pilot.press("y")
+        await settle(app, pilot)
+        assert client.stop_posted
+
+
+async def test_stop_is_dimmed_when_no_engine_runs() -> None:
+    async with console(ScriptedClient(engine="not running")) as (app, pilot, client):
+        assert app.check_action("stop_engine", ()) is None
+        await pilot.press("S")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmDialog)
+
+
+async def test_filter_narrows_the_table_and_escape_clears_it() -> None:
+    async with console() as (app, pilot, client):
+        table = app.query_one(QueueTable)
+        await pilot.press("slash")
+        await pilot.press(*"broken")
+        await pilot.pause()
+        assert table.row_count == 1 and table.selected_id == "j0005"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert table.has_focus and table.row_count == 1
+        await pilot.press("escape")
+        await pilot.pause()
+        assert table.row_count == 5
+
+
+async def test_acknowledge_alerts() -> None:
+    async with console() as (app, pilot, client):
+        await pilot.press("a")
+        await settle(app, pilot)
+        assert client.acked == {"a2"}  # the newest unacknowledged one
+        await pilot.pause(0.4)
+        assert [a.acked for a in app.query_one(AlertList).alerts] == [True, False]
+        await pilot.press("A")
+        await settle(app, pilot)
+        assert client.acked == {"a1", "a2"}
+
+
+async def test_log_y_toggle_and_help_and_detail_screens() -> None:
+    async with console() as (app, pilot, client):
+        plot = app.query_one(LossPlot)
+        await pilot.press("y")
+        assert plot.log_y is True
+        await pilot.press("y")
+        assert plot.log_y is False
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        await pilot.pause()
+        await select(app, pilot, "j0002")
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, JobDetailScreen) and app.screen.job.id == "j0002"
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("l")
+        await pilot.pause()
+        assert isinstance(app.screen, JobDetailScreen)
+        await pilot.press("q")  # q leaves the detail screen, not the console
+        await pilot.pause()
+        assert not isinstance(app.screen, JobDetailScreen) and app.is_running
+
+
+async def test_vim_keys_move_the_cursor() -> None:
+    async with console() as (app, pilot, client):
+        table = app.query_one(QueueTable)
+        await select(app, pilot, "j0001")
+        await pilot.press("j", "j")
+        assert table.selected_id == "j0003"
+        await pilot.press("k")
+        assert table.selected_id == "j0002"
+
+
+async def test_readonly_hides_and_refuses_every_mutating_key() -> None:
+    async with console(readonly=True) as (app, pilot, client):
+        await select(app, pilot, "j0003")
+        for action in ("priority_up", "priority_down", "priority_top", "hold", "retry", "retry_all",
+                       "cancel", "pause", "stop_engine"):
+            assert app.check_action(action, ()) is False, action  # False: hidden from the footer
+        await pilot.press("plus", "minus", "t", "h", "c", "p", "S", "R")
+        await select(app, pilot, "j0005")
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert client.calls == []
+        assert not isinstance(app.screen, ConfirmDialog)
+        assert app.check_action("detail", ()) is True  # looking is allowed
+
+
+async def test_quit_ends_the_console_only() -> None:
+    async with console() as (app, pilot, client):
+        await pilot.press("q")
+        await pilot.pause()
+        assert not app.is_running
+        assert client.calls == []  # nothing was asked of the engine
+
+
+async def test_palette_lists_the_actions_allowed_now() -> None:
+    async with console(readonly=True) as (app, pilot, client):
+        titles = [cmd.title for cmd in app.get_system_commands(app.screen)]
+        assert "Filter" in titles and "Help" in titles
+        assert "Cancel" not in titles and "Pause" not in titles
+
+
+async def test_a_failing_client_is_shown_not_fatal() -> None:
+    class Broken(ScriptedClient):
+        def snapshot(self, focus: str | None, width: int):  # type: ignore[no-untyped-def]
+            raise OSError("disk gone")
+
+    app = TrainConsole(Broken(), poll_interval=0.25, watch_terminal=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.first_frame.wait()
+        await pilot.pause()
+        assert "disk gone" in app.snapshot.problem
+        assert app.is_running

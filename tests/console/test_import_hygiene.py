@@ -1,0 +1,40 @@
+"""The console's process never imports torch (nor transformers, peft, accelerate): it must start in
+well under a second and stay small, and run on a machine where the training stack is broken."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import ROOT
+
+SCRIPT = r"""
+import asyncio, sys
+from pathlib import Path
+from engine.config import load_config
+from console.app import TrainConsole
+from console.client import WorkspaceClient
+import console.commands.console_cmd, console.commands.demo
+
+cfg = load_config(Path(sys.argv[1]))
+client = WorkspaceClient(cfg)
+
+async def main():
+    app = TrainConsole(client, watch_terminal=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.first_frame.wait()
+        await pilot.press("question_mark")
+        await pilot.pause()
+
+asyncio.run(main())
+heavy = sorted(m for m in ("torch", "transformers", "peft", "accelerate") if m in sys.modules)
+print("HEAVY:" + ",".join(heavy))
+"""
+
+
+def test_console_process_never_imports_torch(workspace: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(workspace / "config.toml")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY:\n" in out.stdout or out.stdout.strip().endswith("HEAVY:"), out.stdout
