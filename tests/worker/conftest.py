@@ -1,110 +1,20 @@
-"""Fixtures for the worker's tests: a workspace config tuned for short runs, chat data the tiny
-model can learn, and helpers to run a job in-process or as a real worker process."""
+"""Fixtures for the worker's tests."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from engine.config import set_value
-from engine.events import read_all
-
-ROOT = Path(__file__).resolve().parents[2]
-
-# Short runs: a few dozen steps at most on the built-in model.
-FAST = {
-    "training.max_steps": 8,
-    "training.batch_size": 4,
-    "training.max_length": 128,
-    "training.save_steps": 4,
-    "training.eval_steps": 4,
-    "training.eval_fraction": 0.1,
-    "training.learning_rate": 0.005,
-    "training.warmup_steps": 0.0,
-    "hardware.device": "cpu",
-    "guards.eval_samples": 4,
-    "guards.min_accuracy": 0.0,
-}
+from tests.worker.wutil import arithmetic, make_spec, new_workspace, run_inprocess, write_jsonl
 
 
-def arithmetic(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                                  {"role": "assistant", "content": f"{a} + {b} = {a + b}"}]})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def job_ws(workspace: Path) -> Callable[..., Path]:
-    """Returns configure(**dotted_overrides) -> config path, starting from FAST."""
-    cfg_path = workspace / "config.toml"
-
-    def configure(**overrides: Any) -> Path:
-        values = {**FAST, **{k.replace("__", "."): v for k, v in overrides.items()}}
-        for key, value in values.items():
-            set_value(cfg_path, key, value)
-        return cfg_path
-
-    configure()
-    return configure
-
-
-def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | None = None) -> Path:
-    from engine.train.worker import write_spec
-
-    return write_spec(ws / "runs" / job_id, job_id=job_id, data_file=data, config=ws / "config.toml",
-                      adapters_dir=ws / "adapters", overrides=overrides)
-
-
-def run_inprocess(spec: Path, fault: str | None = None) -> tuple[int, dict[str, Any]]:
-    """The worker's own entry, in this process (saves a torch import per test)."""
-    from engine.train.worker import run
-
-    old = os.environ.pop("TRAINCONSOLE_FAULT", None)
-    if fault:
-        os.environ["TRAINCONSOLE_FAULT"] = fault
-    try:
-        code = run(spec)
-    finally:
-        os.environ.pop("TRAINCONSOLE_FAULT", None)
-        if old is not None:
-            os.environ["TRAINCONSOLE_FAULT"] = old
-    return code, json.loads((spec.parent / "report.json").read_text())
-
-
-def spawn(spec: Path, fault: str | None = None, **kw: Any) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_FAULT"}
-    if fault:
-        env["TRAINCONSOLE_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "engine.train.worker", str(spec)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
-
-
-def events_of(run_dir: Path, type_: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in read_all(run_dir / "events.jsonl") if type_ is None or e["type"] == type_]
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    """The last logged loss of each step (a resumed run logs some steps twice)."""
-    return {e["step"]: e["loss"] for e in events_of(run_dir, "step")}
-
-
-def alerts(run_dir: Path) -> list[dict[str, Any]]:
-    return events_of(run_dir, "alert")
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
+    """One real 8-step run (checkpoints at 4 and 8, a published adapter), shared read-only: tests
+    copy what they damage. Returns the workspace."""
+    ws = new_workspace(tmp_path_factory.mktemp("finished") / "ws", shared_cache)
+    data = write_jsonl(ws / "data.jsonl", arithmetic(60))
+    code, report = run_inprocess(make_spec(ws, "j0001", data))
+    assert code == 0, report
+    return ws
