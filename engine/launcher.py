@@ -29,8 +29,9 @@ WORKER_MODULE = "engine.train.worker"
 ALLOC_CONF = "expandable_segments:True"
 # Tests force several CPU processes (the torchrun path) on a machine without GPUs.
 NPROC_ENV = "TRAINCONSOLE_NPROC"
-# Fault injection is for tests only: with this glob set, only jobs whose file name matches get
-# TRAINCONSOLE_FAULT, so poison jobs can sit among healthy ones.
+# Fault injection is for tests only: with TRAINCONSOLE_FAULT_JOBS="GLOB", only jobs whose file name
+# matches get TRAINCONSOLE_FAULT, so poison jobs can sit among healthy ones; "GLOB=FAULT;GLOB=FAULT"
+# gives each group its own fault.
 FAULT_ENV = "TRAINCONSOLE_FAULT"
 FAULT_JOBS_ENV = "TRAINCONSOLE_FAULT_JOBS"
 
@@ -82,8 +83,13 @@ def worker_env(plan: DevicePlan, job_name: str, base: Mapping[str, str] | None =
         env["CUDA_VISIBLE_DEVICES"] = plan.visible
     env["PYTHONUNBUFFERED"] = "1"
     only = env.pop(FAULT_JOBS_ENV, None)
-    if only is not None and not fnmatch.fnmatchcase(job_name, only):
-        env.pop(FAULT_ENV, None)
+    if only is not None:
+        fault = env.pop(FAULT_ENV, None)
+        for item in only.split(";"):
+            glob, _, own = item.partition("=")
+            if glob and fnmatch.fnmatchcase(job_name, glob) and (own or fault):
+                env[FAULT_ENV] = own or str(fault)
+                break
     return env
 
 

@@ -54,7 +54,14 @@ class Notifier:
                 return False
             self._sent[key] = now
         severity = severity or severity_for(case)
-        event = self.events.alert(case, message, severity=severity, job_id=job_id, key=key, **extra)
+        try:
+            event = self.events.alert(case, message, severity=severity, job_id=job_id, key=key, **extra)
+        except OSError:
+            # The log's own disk is full or gone: the page below is then the only way out.
+            from engine.events import make_event
+
+            event = make_event("alert", case=case, severity=severity, message=message, job_id=job_id,
+                               key=key, **extra)
         if self.command and SEVERITIES.index(severity) >= self.min_rank:
             self._run_hook(event)
         return True
@@ -67,12 +74,17 @@ class Notifier:
     def _run_hook(self, event: dict[str, Any]) -> None:
         self._threads = [t for t in self._threads if t.is_alive()]
         if len(self._threads) >= MAX_HOOKS_IN_FLIGHT:
-            self.events.emit("log", level="warning",
-                             message=f"alert command skipped: {len(self._threads)} still running")
+            self._log(f"alert command skipped: {len(self._threads)} still running")
             return
         thread = threading.Thread(target=self._hook, args=(event,), name="alert-hook", daemon=True)
         self._threads.append(thread)
         thread.start()
+
+    def _log(self, message: str) -> None:
+        try:
+            self.events.emit("log", level="warning", message=message)
+        except OSError:
+            pass
 
     def _hook(self, event: dict[str, Any]) -> None:
         try:
@@ -80,14 +92,12 @@ class Notifier:
                                   timeout=self.hook_timeout_s, close_fds=True, check=False)
             if done.returncode != 0:
                 err = done.stderr.decode(errors="replace").strip()[-300:]
-                self.events.emit("log", level="warning", message=(
-                    f"alert command {self.command[0]!r} exited {done.returncode}: {err}"))
+                self._log(f"alert command {self.command[0]!r} exited {done.returncode}: {err}")
         except subprocess.TimeoutExpired:
-            self.events.emit("log", level="warning", message=(
-                f"alert command {self.command[0]!r} timed out after {self.hook_timeout_s:.0f}s and was ended"))
+            self._log(f"alert command {self.command[0]!r} timed out after {self.hook_timeout_s:.0f}s "
+                      "and was ended")
         except OSError as exc:
-            self.events.emit("log", level="warning",
-                             message=f"alert command {self.command[0]!r} could not run: {exc}")
+            self._log(f"alert command {self.command[0]!r} could not run: {exc}")
 
     def wait(self, timeout: float = 5.0) -> None:
         """For an orderly exit (and tests): give running hooks a moment to finish."""

@@ -9,6 +9,7 @@ with its traceback and the loop goes on. Durations are monotonic (case 47).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from engine import ingest
+from engine import ingest, store_repair
 from engine.errors import ErrorClass
 from engine.events import EventLog, EventTail
 from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
@@ -85,16 +86,23 @@ class Supervisor:
         self.device_faults: list[float] = []
         self.io_failures = 0
         self.io_retry_at = 0.0
+        self.needs_repair = False
         self._resource_emit_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
 
     def run(self) -> int:
         while True:
-            if self.signalled:
-                self.request_stop(self.signalled)
-                self.signalled = None
-            self.tick()
+            try:
+                if self.signalled:
+                    self.request_stop(self.signalled)
+                    self.signalled = None
+                self.tick()
+            except Exception:  # last resort: nothing a tick meets may end the engine
+                self.io_retry_at = time.monotonic() + IO_BACKOFF_MAX_S / 4
+                with contextlib.suppress(Exception):
+                    self.notifier.alert(None, "engine error in its loop", severity="critical",
+                                        key="engine-loop", traceback=traceback.format_exc())
             if self.stop_requested and self.current is None:
                 return 0
             self._sleep(self.poll_s)
@@ -109,6 +117,11 @@ class Supervisor:
         ok = self._guarded("commands", self._apply_commands)
         if self.current is not None:
             ok = self._guarded("worker", self._watch) and ok
+        if self.needs_repair and time.monotonic() >= self.io_retry_at:
+            # A move the store committed but could not make (EBUSY, EPERM, an immutable file: case
+            # 50) is finished by the store's own repair, retried until it succeeds.
+            ok = self._guarded("finishing file moves", lambda: store_repair.repair(self.store))
+            self.needs_repair = not ok
         if self.current is None and not self.stop_requested and time.monotonic() >= self.io_retry_at:
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
             ok = self._guarded("schedule", self._maybe_start) and ok
@@ -124,6 +137,7 @@ class Supervisor:
             return True
         except (OSError, sqlite3.Error) as exc:
             self.io_failures += 1
+            self.needs_repair = True
             delay = min(IO_BACKOFF_MAX_S, self.poll_s * 2 ** min(self.io_failures, 10))
             self.io_retry_at = time.monotonic() + delay
             vanished = isinstance(exc, OSError) and exc.errno in _VANISHED

@@ -5,7 +5,6 @@ paths run with the real worker on the tiny model in test_daemon_real.py."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import psutil
