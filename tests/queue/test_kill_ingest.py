@@ -1,0 +1,80 @@
+"""SIGKILL an ingesting process at random instants, over and over, then check that every file
+dropped into the inbox became exactly one job, with its bytes intact, and that no temporary file
+or half-finished record is left (cases 41, 51, 52: a kill must neither lose nor double a file)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from engine.ingest import Inbox
+from engine.layout import Layout
+from engine.store import Store
+
+from .conftest import make_layout
+
+CHILD = Path(__file__).with_name("ingest_child.py")
+LANES = 4
+KILLS_PER_LANE = 30
+FILES_PER_CYCLE = 12
+
+
+def _lane(root: Path, seed: int) -> tuple[Layout, dict[str, int], int]:
+    """One queue folder, one ingesting process at a time, killed at a random point each cycle."""
+    rng = random.Random(seed)
+    layout = make_layout(root)
+    expected: dict[str, int] = {}  # sha256 -> how many files carried it (always 1 here)
+    kills = 0
+    n = 0
+    for _cycle in range(KILLS_PER_LANE):
+        for _ in range(FILES_PER_CYCLE):
+            n += 1
+            body = f'{{"messages": [{{"role": "user", "content": "lane {seed} file {n}"}}]}}\n'.encode()
+            folder = layout.incoming_for(rng.choice(["normal", "high", "low"]))
+            (folder / f"f {n} 'x'.jsonl").write_bytes(body)
+            expected[hashlib.sha256(body).hexdigest()] = 1
+        proc = subprocess.Popen([sys.executable, str(CHILD), str(root)], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        proc.stdout.readline()  # past interpreter start-up and the store's repair
+        time.sleep(rng.uniform(0.0, 0.04))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        if proc.returncode == -signal.SIGKILL:
+            kills += 1
+    return layout, expected, kills
+
+
+@pytest.mark.edge(51, 52)
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_kill_minus_9_while_ingesting_neither_loses_nor_doubles(tmp_path: Path) -> None:
+    with ThreadPoolExecutor(LANES) as pool:
+        results = list(pool.map(lambda i: _lane(tmp_path / f"lane{i}", i), range(LANES)))
+    total_kills = sum(r[2] for r in results)
+    assert total_kills >= 100, total_kills
+    for layout, expected, _ in results:
+        with Store.open(layout) as store:  # finishes what the last kill interrupted
+            inbox = Inbox(layout)
+            while inbox.scan(store, stable_s=0.0):
+                pass
+            jobs = store.jobs()
+            assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+        shas = [j.sha256 for j in jobs]
+        assert sorted(shas) == sorted(expected), "a file was lost or doubled"
+        for job in jobs:
+            assert hashlib.sha256(job.path.read_bytes()).hexdigest() == job.sha256
+        data_files = [p for p in layout.jobs.iterdir() if p.name.endswith(".jsonl")]
+        assert len(data_files) == len(jobs)
+        assert [p for p in layout.incoming.rglob("*") if p.is_file()] == []
+        assert [p.name for p in layout.tmp.iterdir()] == []
+        ids = [int(j.id[1:]) for j in jobs]
+        assert len(set(ids)) == len(ids)
