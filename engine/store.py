@@ -30,7 +30,7 @@ import orjson
 from engine import scheduling as sch
 from engine import store_files as sf
 from engine.errors import PERMANENT, DataError, ErrorClass, TrainconsoleError
-from engine.events import EventLog, NullEventLog
+from engine.events import EventLog
 from engine.layout import Layout
 from engine.store_schema import COLUMNS, folder_for, open_database
 from engine.store_schema import SCHEMA_VERSION as SCHEMA_VERSION
@@ -91,6 +91,7 @@ class Store:
         self.policy = policy
         self.clock = clock
         self._rng = rng
+        self._own_events = False
 
     @classmethod
     def open(cls, layout: Layout, events: EventLog | None = None, *,
@@ -99,8 +100,10 @@ class Store:
         """``repair=False`` skips the folder reconciliation (for quick read-only callers such as
         ``trainconsole status``); a corrupt database is set aside and rebuilt either way."""
         conn, problem, aside = open_database(layout)
-        store = cls(conn, layout, events or NullEventLog(), policy or sch.DefaultPolicy(), clock,
-                    rng or random.Random())
+        # Without a log given, events still go to the engine's: a rebuild must never pass unsaid.
+        store = cls(conn, layout, events if events is not None else EventLog(layout.engine_events),
+                    policy or sch.DefaultPolicy(), clock, rng or random.Random())
+        store._own_events = events is None
         if problem is not None:
             store.events.alert(
                 58, f"job database {layout.state_db} {problem}; kept as {aside} and rebuilt from the "
@@ -113,6 +116,8 @@ class Store:
 
     def close(self) -> None:
         self._conn.close()
+        if self._own_events:
+            self.events.close()
 
     def __enter__(self) -> Store:
         return self
