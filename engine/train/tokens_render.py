@@ -6,6 +6,12 @@ renderer, one compiled template for the whole batch). A template without them is
 prefix: the assistant turn k is what the conversation up to k adds after the generation prompt of
 the conversation before k. That only works when each rendering is a prefix of the next; a template
 for which it is not gets a ConfigError rather than a guess.
+
+Jinja costs about as much as tokenizing, so most conversations skip it: when a template only ever
+prints message content (checked on its syntax tree), what it renders around the contents depends on
+the role sequence alone. That "skeleton" is found once per role sequence by rendering two unlike
+probe contents, then filled by string joins; the first conversation of each role sequence in a
+batch is still rendered by the template and compared, and any difference distrusts the template.
 """
 
 from __future__ import annotations
