@@ -30,7 +30,10 @@ class NonFinite(Exception):
 
     def __init__(self, step: int, loss: float, grad_norm: float | None, where: str = "loss") -> None:
         self.step, self.loss, self.grad_norm, self.where = step, loss, grad_norm, where
-        self.case = 64 if (math.isnan(loss) or (grad_norm is not None and math.isnan(grad_norm))) else 65
+        # The loss names the case when it is the culprit; a finite loss with a bad gradient norm
+        # takes the norm's kind.
+        culprit = loss if not math.isfinite(loss) or grad_norm is None else grad_norm
+        self.case = 64 if math.isnan(culprit) else 65
         super().__init__(f"non-finite {where} at step {step}: loss {loss}, grad norm {grad_norm}")
 
 
