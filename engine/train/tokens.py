@@ -111,6 +111,12 @@ def _backend(tokenizer: Any) -> Any:
             f"model.base_model: the tokenizer ({type(tokenizer).__name__}) is not a fast tokenizer; "
             "training needs one (a tokenizer.json) to find the assistant tokens"
         )
+    # A tokenizer.json may carry its own truncation or padding; the length policy here is ours, and
+    # the transformers wrapper clears these per call as well.
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
     return backend
 
 

@@ -304,3 +304,12 @@ def test_max_length_below_every_example_in_a_real_file(tok: Any, tmp_path: Path)
                          {"role": "assistant", "content": "yes"}] for i in range(5)])
     with pytest.raises(DataError, match=r"wordy.jsonl: training.max_length 128 is below the shortest example"):
         build_cache(iter_examples(data), tok, 128, "truncate", tmp_path / "tokens", key="k", source=str(data))
+
+
+def test_truncation_saved_in_the_tokenizer_does_not_cut_silently(tok: Any) -> None:
+    from transformers import AutoTokenizer
+
+    other = AutoTokenizer.from_pretrained(tok.name_or_path)
+    other.backend_tokenizer.enable_truncation(8)
+    results, stats = encode_batch(_long_chats()[2:3], other, 128, "truncate")
+    assert stats.truncated == 1 and stats.longest > 128 and len(results[0][0]) == 128  # type: ignore[index]
