@@ -79,6 +79,7 @@ class TrainConsole(App[None]):
         self._binding_state: tuple[Any, ...] = ()
         self._seen_alerts: set[str] | None = None
         self._ppid = os.getppid()
+        self.follow = True  # the cursor follows the running job until the operator moves it
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -107,7 +108,9 @@ class TrainConsole(App[None]):
         self._main(AlertList).border_title = "alerts"
         self._main(Input).display = False
         self._set_narrow(self.size.width)
-        self._main(QueueTable).focus()
+        table = self._main(QueueTable)
+        table.focus()
+        table.on_user_move = self._stop_following
         self._start_poll()
         if self.watch_terminal:
             self._install_hangup()
@@ -188,7 +191,8 @@ class TrainConsole(App[None]):
         with self.batch_update():
             table.apply(snap.jobs)
             running = next((j.id for j in snap.jobs if j.status == "running"), None)
-            if first and running is not None and table.selected_id != running:
+            if (first or self.follow) and running is not None and table.shows(running) \
+                    and table.selected_id != running:
                 table.move_cursor(row=table.get_row_index(running), animate=False)
             self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels)
             self._main(LossPlot).apply(snap.loss)
@@ -418,6 +422,17 @@ class TrainConsole(App[None]):
 
     def action_cursor_up(self) -> None:
         self._main(QueueTable).action_cursor_up()
+
+    def _stop_following(self) -> None:
+        self.follow = False
+
+    def action_follow(self) -> None:
+        self.follow = True
+        running = next((j.id for j in self.snapshot.jobs if j.status == "running"), None)
+        table = self._main(QueueTable)
+        if running is not None and table.shows(running) and table.selected_id != running:
+            table.move_cursor(row=table.get_row_index(running), animate=False)
+        self.notify("following the running job", timeout=2)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.readonly))

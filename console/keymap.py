@@ -41,6 +41,7 @@ KEYMAP: tuple[Key, ...] = (
     Key("a", "acknowledge", "ack alert", show=False),
     Key("A", "acknowledge_all", "ack all alerts", show=False),
     Key("y", "log_y", "log-y", show=False),
+    Key("f", "follow", "follow running job", show=False),
     Key("j", "cursor_down", "down", show=False),
     Key("k", "cursor_up", "up", show=False),
 )

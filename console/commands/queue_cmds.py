@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.layout import Layout
-    from engine.store import Job, Store
+    from engine.store import Store
 
 STATUS_SCHEMA = 1
 
@@ -60,28 +60,16 @@ def _open(args: argparse.Namespace, *, repair: bool = True) -> tuple[Layout, Sto
 
 
 def _engine_state(layout: Layout) -> dict[str, Any]:
-    try:
-        from engine.lock import engine_running, read_pidfile
-    except ImportError:  # pragma: no cover - the lock module ships with the engine
-        return {"state": "unknown", "pid": None, "started_at": None}
+    if not layout.pidfile.exists():  # the common "no engine" answer, without psutil's import cost
+        return {"state": "stopped", "pid": None, "started_at": None}
+    from engine.lock import engine_running, read_pidfile
+
     info = engine_running(layout)
     if info is not None:
         return {"state": "running", "pid": info.pid, "started_at": info.started_at or None}
     stale = read_pidfile(layout)
     return {"state": "stale" if stale is not None else "stopped",
             "pid": stale.pid if stale is not None else None, "started_at": None}
-
-
-def _job_json(job: Job, reason: str, max_attempts: int) -> dict[str, Any]:
-    from engine.store_files import display
-
-    return {
-        "id": job.id, "name": display(job.name), "status": job.status, "priority": job.priority,
-        "reason": reason, "attempts": job.attempts, "max_attempts": max_attempts,
-        "next_attempt_at": job.next_attempt_at, "error_class": job.error_class, "error": job.error,
-        "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
-        "step": job.step, "max_steps": job.max_steps, "path": str(job.path),
-    }
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -91,36 +79,28 @@ def _status(args: argparse.Namespace) -> int:
 
     cfg, layout = load_layout(args)
     engine = _engine_state(layout)
+    jobs: list[dict[str, Any]] = []
+    paused = False
     if layout.state_db.exists():
         from engine.store import Store
 
         with Store.open(layout, policy=cfg.queue, repair=False) as store:
-            now = time.time()
-            jobs = store.jobs()
-            reasons = store.reasons(now, jobs)
-            paused = store.paused()
-    else:
-        jobs, reasons, paused = [], {}, False
+            paused, jobs = store.snapshot(time.time())
     counts = {s: 0 for s in ("queued", "held", "running", "done", "failed", "cancelled")}
     for job in jobs:
-        counts[job.status] = counts.get(job.status, 0) + 1
+        counts[job["status"]] = counts.get(job["status"], 0) + 1
     if args.json:
-        doc = {
-            "schema": STATUS_SCHEMA, "engine": engine, "paused": paused, "queue": str(layout.queue),
-            "counts": counts,
-            "jobs": [_job_json(j, reasons.get(j.id, j.status), cfg.queue.max_attempts) for j in jobs],
-        }
+        doc = {"schema": STATUS_SCHEMA, "engine": engine, "paused": paused, "queue": str(layout.queue),
+               "counts": counts, "jobs": jobs}
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
         return 0
-    _print_status(engine, paused, counts, jobs, reasons, args.all, cfg.queue.max_attempts)
+    _print_status(engine, paused, counts, jobs, args.all)
     return 0
 
 
-def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int], jobs: list[Job],
-                  reasons: dict[str, str], show_all: bool, max_attempts: int) -> None:
-    from engine.store_files import display
-
+def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int],
+                  jobs: list[dict[str, Any]], show_all: bool) -> None:
     state = engine["state"]
     if state == "running":
         head = f"engine: running (pid {engine['pid']})"
@@ -131,8 +111,8 @@ def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int], 
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
     print(head)
     print(f"queue:  {'PAUSED' if paused else 'active'}; {summary}")
-    active = [j for j in jobs if j.status in ("running", "queued", "held")]
-    finished = [j for j in jobs if j.status not in ("running", "queued", "held")]
+    active = [j for j in jobs if j["status"] in ("running", "queued", "held")]
+    finished = [j for j in jobs if j["status"] not in ("running", "queued", "held")]
     hidden = 0
     if not show_all and len(finished) > 10:
         hidden = len(finished) - 10
@@ -142,14 +122,14 @@ def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int], 
         print("Drop .jsonl files into the inbox, or `trainconsole add FILE`.")
         return
     print()
-    names = [display(j.name) for j in rows]
-    width = min(40, max(4, *(len(n) for n in names)))
+    width = min(40, max(4, *(len(j["name"]) for j in rows)))
     print(f"{'ID':<7} {'STATUS':<9} {'PRIO':<6} {'TRIES':<5} {'NAME':<{width}}  REASON")
-    for job, name in zip(rows, names, strict=True):
+    for job in rows:
+        name = job["name"]
         shown = name if len(name) <= width else name[: width - 1] + "…"
-        tries = f"{job.attempts}/{max_attempts}"
-        print(f"{job.id:<7} {job.status:<9} {job.priority:<6} {tries:<5} {shown:<{width}}  "
-              f"{reasons.get(job.id, job.status)}")
+        tries = f"{job['attempts']}/{job['max_attempts']}"
+        print(f"{job['id']:<7} {job['status']:<9} {job['priority']:<6} {tries:<5} {shown:<{width}}  "
+              f"{job['reason']}")
     if hidden:
         print(f"({hidden} older finished jobs not shown; `trainconsole status --all` lists them)")
 

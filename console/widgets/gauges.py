@@ -34,15 +34,16 @@ def _num(value: float | None, unit: str) -> str:
 
 def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
     name = (gpu.name or "GPU").replace("NVIDIA ", "")
-    head = Text(f"GPU{gpu.index} ", style="bold") + Text(
-        f"{name[: max(4, width - 20)]} {_num(gpu.temp_c, '°C')} {_num(gpu.power_w, 'W')}")
-    bar_w = max(3, (width - 24) // 2)
+    tail = f" {_num(gpu.temp_c, '°C')} {_num(gpu.power_w, 'W')}"
+    head = Text(f"GPU{gpu.index} ", style="bold") + Text(name[: max(4, width - 6 - len(tail))] + tail)
+    bar_w = max(4, width - 17)
     util = None if gpu.util_pct is None else gpu.util_pct / 100
     mem = (None if gpu.mem_used_mb is None or not gpu.mem_total_mb
            else gpu.mem_used_mb / gpu.mem_total_mb)
-    line = (Text("util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4} mem ")
-            + bar(mem, bar_w) + Text(f" {_gb(gpu.mem_used_mb)}"))
-    return [head, line]
+    mem_text = f"{_gb(gpu.mem_used_mb)[:-1]}/{_gb(gpu.mem_total_mb)}"
+    return [head,
+            Text(" util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4}"),
+            Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
 
 
 def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int) -> Text:

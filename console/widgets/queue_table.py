@@ -3,7 +3,10 @@ rows are never rebuilt: each DataTable update redraws the table, the console's l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rich.text import Text
+from textual import events
 from textual.widgets import DataTable
 
 from console.snapshot import JobRow
@@ -42,6 +45,40 @@ class QueueTable(DataTable[str | Text]):
         super().__init__(cursor_type="row", zebra_stripes=False, **kwargs)  # type: ignore[arg-type]
         self.filter_text = ""
         self._shown: dict[str, tuple[str | Text, ...]] = {}
+        self.on_user_move: Callable[[], None] | None = None
+
+    # The operator moving the cursor (keys or mouse) stops the cursor following the running job.
+    def _user_moved(self) -> None:
+        if self.on_user_move is not None:
+            self.on_user_move()
+
+    def action_cursor_up(self) -> None:
+        self._user_moved()
+        super().action_cursor_up()
+
+    def action_cursor_down(self) -> None:
+        self._user_moved()
+        super().action_cursor_down()
+
+    def action_page_up(self) -> None:
+        self._user_moved()
+        super().action_page_up()
+
+    def action_page_down(self) -> None:
+        self._user_moved()
+        super().action_page_down()
+
+    def action_scroll_top(self) -> None:
+        self._user_moved()
+        super().action_scroll_top()
+
+    def action_scroll_bottom(self) -> None:
+        self._user_moved()
+        super().action_scroll_bottom()
+
+    async def _on_click(self, event: events.Click) -> None:
+        self._user_moved()
+        await super()._on_click(event)
 
     def on_mount(self) -> None:
         for label, key in COLUMNS:
@@ -74,6 +111,9 @@ class QueueTable(DataTable[str | Text]):
                         changed = True
             self._shown[job_id] = row
         return changed
+
+    def shows(self, job_id: str | None) -> bool:
+        return job_id is not None and job_id in self._shown
 
     @property
     def selected_id(self) -> str | None:

@@ -31,6 +31,7 @@ async def console(client: ScriptedClient | None = None, readonly: bool = False,
 
 
 async def select(app: TrainConsole, pilot: Pilot[None], job_id: str) -> None:
+    app.follow = False  # as when the operator moves the cursor
     table = app.query_one(QueueTable)
     table.move_cursor(row=table.get_row_index(job_id))
     await pilot.pause()
@@ -208,14 +209,19 @@ async def test_log_y_toggle_and_help_and_detail_screens() -> None:
         assert not isinstance(app.screen, JobDetailScreen) and app.is_running
 
 
-async def test_vim_keys_move_the_cursor() -> None:
+async def test_vim_keys_move_the_cursor_and_stop_following() -> None:
     async with console() as (app, pilot, client):
         table = app.query_one(QueueTable)
-        await select(app, pilot, "j0001")
+        assert table.selected_id == "j0002" and app.follow  # starts on the running job
         await pilot.press("j", "j")
-        assert table.selected_id == "j0003"
+        assert table.selected_id == "j0004" and not app.follow
+        await pilot.pause(0.4)  # a poll does not pull the cursor back
+        assert table.selected_id == "j0004"
         await pilot.press("k")
-        assert table.selected_id == "j0002"
+        assert table.selected_id == "j0003"
+        await pilot.press("f")
+        await pilot.pause()
+        assert table.selected_id == "j0002" and app.follow
 
 
 async def test_readonly_hides_and_refuses_every_mutating_key() -> None:
