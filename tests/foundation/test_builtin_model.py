@@ -209,3 +209,11 @@ def test_lora_visibly_learns_a_toy_task(tiny_model: Path) -> None:
         losses.append(loss.item())
     first, last = sum(losses[:5]) / 5, sum(losses[-10:]) / 10
     assert last < first - 1.0, (first, last)
+
+
+def test_resolve_base_model_from_the_shipped_config(workspace: Path, tiny_model: Path) -> None:
+    from engine.config import load_config
+
+    cfg = load_config(workspace / "config.toml")
+    assert cfg.model.base_model == "builtin:tiny-chat"
+    assert resolve_base_model(cfg) == tiny_model
