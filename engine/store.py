@@ -510,37 +510,26 @@ class Store:
     # -- reasons ----------------------------------------------------------------------------------
 
     def reasons(self, now: float | None = None, jobs: list[Job] | None = None) -> dict[str, str]:
-        """squeue-style REASON for every job, computed in one pass."""
+        """squeue-style REASON for every job (or those given), computed in one pass."""
+        from engine.store_view import ranks, reason_text
+
         now = self.clock() if now is None else now
         jobs = self.jobs() if jobs is None else jobs
         paused = self.paused()
         running = sum(1 for j in jobs if j.status == "running")
-        pol = self.policy
-        ready = sorted((j for j in jobs if j.status == "queued"
-                        and sch.is_due(j.next_attempt_at, now, pol.backoff_max_s)),
-                       key=lambda j: sch.order_key(j.priority, j.queued_at, j.seq, now, pol.aging_s))
-        rank = {j.id: i for i, j in enumerate(ready)}
-        out = {}
-        for job in jobs:
-            out[job.id] = self._reason(job, now, paused, rank.get(job.id, 0) + running)
-        return out
+        rank = ranks([(j.id, j.priority, j.queued_at, j.seq, j.next_attempt_at) for j in jobs
+                      if j.status == "queued"], now, self.policy)
+        return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
+                                  error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
+                                  now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
+                                  policy=self.policy)
+                for j in jobs}
 
     def reason(self, job: Job, now: float | None = None) -> str:
         return self.reasons(now).get(job.id, job.status)
 
-    def _reason(self, job: Job, now: float, paused: bool, ahead: int) -> str:
-        if job.status == "running":
-            return "running" if job.step is None else f"running (step {job.step}/{job.max_steps or '?'})"
-        if job.status == "held":
-            return "held"
-        if job.status == "failed":
-            return f"failed: {job.error_class}: {job.error}"
-        if job.status in ("done", "cancelled"):
-            return job.status
-        if paused:
-            return "paused"
-        due = sch.due_at(job.next_attempt_at, now, self.policy.backoff_max_s)
-        if due is not None and due > now:
-            when = time.strftime("%H:%M:%S", time.localtime(due))
-            return f"waiting for retry at {when} (attempt {job.attempts + 1}/{self.policy.max_attempts})"
-        return f"priority ({ahead} ahead)" if ahead else "next"
+    def snapshot(self, now: float | None = None) -> tuple[bool, list[dict[str, Any]]]:
+        """(paused, every job as a JSON-ready dict with its reason): the fast path for status."""
+        from engine.store_view import snapshot
+
+        return snapshot(self, self.clock() if now is None else now)

@@ -61,6 +61,8 @@ def name_from_hex(text: str) -> str:
 
 def display(name: str) -> str:
     """A name safe to print and to put in JSON: invalid bytes and control characters escaped."""
+    if name.isprintable() and (name.isascii() or not any(0xDC80 <= ord(c) <= 0xDCFF for c in name)):
+        return name  # the common case, without a per-character pass
     raw = os.fsencode(name).decode("utf-8", "backslashreplace")
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in raw)
 
