@@ -57,7 +57,7 @@ def test_build_leaves_no_staging_and_is_reused(tiny_model: Path) -> None:
     assert not [p for p in tiny_model.parent.iterdir() if ".staging-" in p.name or ".damaged-" in p.name]
 
 
-def test_loads_offline_with_auto_classes(tiny_model: Path) -> None:
+def test_loads_offline_with_auto_classes(tiny_model: Path, tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import torch
@@ -72,7 +72,7 @@ def test_loads_offline_with_auto_classes(tiny_model: Path) -> None:
         print(out.shape[1] > ids["input_ids"].shape[1])
         """
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tiny_model / "nohub")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home")}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "True"
