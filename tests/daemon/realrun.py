@@ -1,0 +1,53 @@
+"""Checks shared by the tests that train the real tiny model under the daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoints as ckpt
+from engine.events import read_all
+from engine.layout import Layout
+
+# Real worker runs: the watchdog floor must cover a save and the end of a job on a busy 2-core box.
+REAL: dict[str, Any] = {"guards.hang_floor_s": 30.0, "guards.hang_multiple": 20.0}
+
+
+def step_trail(layout: Layout, job_id: str) -> list[int]:
+    return [e["step"] for e in read_all(layout.job_events(job_id))
+            if e["type"] == "step" and isinstance(e.get("step"), int)]
+
+
+def worst_step_loss(trail: list[int]) -> int:
+    """The most steps ever redone after a restart: the highest step reached before a restart minus
+    the step the next attempt resumed from (its first logged step minus one)."""
+    worst = 0
+    high = 0
+    for prev, step in zip([0, *trail], trail, strict=False):
+        if step <= prev:  # a new attempt started over from a checkpoint
+            worst = max(worst, high - (step - 1))
+        high = max(high, step)
+    return worst
+
+
+def assert_checkpoints_sound(layout: Layout) -> int:
+    """Every ``checkpoint-N`` folder verifies; no staging leftovers outside quarantine."""
+    count = 0
+    for run_dir in layout.runs.iterdir():
+        root = run_dir / "checkpoints"
+        for _, path in ckpt.list_checkpoints(root):
+            verdict = ckpt.verify(path, fingerprint=None)
+            assert isinstance(verdict, ckpt.Checkpoint), f"corrupt checkpoint {path}: {verdict}"
+            count += 1
+    return count
+
+
+def leftover_temp_files(layout: Layout) -> list[Path]:
+    found = [p for p in layout.runs.rglob(".staging-*") if "quarantine" not in p.parts]
+    found += list(layout.adapters.glob(".staging-*"))
+    found += [p for p in layout.runs.rglob("*.tmp")]
+    try:
+        found += list(layout.tmp.iterdir())
+    except FileNotFoundError:
+        pass
+    return found
