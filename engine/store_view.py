@@ -22,6 +22,14 @@ _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "nex
          "max_steps", "size", "sha256")
 
 
+def _shown(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return display(os.fsdecode(raw))
+    return text if text.isprintable() else display(text)
+
+
 def reason_text(status: str, *, step: int | None, max_steps: int | None, error_class: str | None,
                 error: str | None, next_attempt_at: float | None, attempts: int, now: float,
                 paused: bool, ahead: int, policy: sch.QueuePolicy) -> str:
@@ -71,12 +79,14 @@ def snapshot(store: Store, now: float) -> tuple[bool, list[dict[str, Any]]]:
     for r in rows:
         (seq, job_id, name, filename, priority, status, attempts, next_at, eclass, error, created,
          _queued, started, finished, step, max_steps, size, sha) = r
+        if status == "done" or status == "cancelled":
+            reason = status  # most rows in a long-lived queue: skip the general path
+        else:
+            reason = reason_text(status, step=step, max_steps=max_steps, error_class=eclass, error=error,
+                                 next_attempt_at=next_at, attempts=attempts, now=now, paused=paused,
+                                 ahead=rank.get(job_id, 0) + running, policy=policy)
         out.append({
-            "id": job_id, "name": display(os.fsdecode(bytes(name))), "status": status,
-            "priority": priority,
-            "reason": reason_text(status, step=step, max_steps=max_steps, error_class=eclass, error=error,
-                                  next_attempt_at=next_at, attempts=attempts, now=now, paused=paused,
-                                  ahead=rank.get(job_id, 0) + running, policy=policy),
+            "id": job_id, "name": _shown(name), "status": status, "priority": priority, "reason": reason,
             "attempts": attempts, "max_attempts": policy.max_attempts, "next_attempt_at": next_at,
             "error_class": eclass, "error": error, "created_at": created, "started_at": started,
             "finished_at": finished, "step": step, "max_steps": max_steps, "size": size,
