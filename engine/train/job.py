@@ -64,6 +64,17 @@ class TrainJob:
         self.faults = faults if faults is not None else Injector()
         self.plan: StepPlan | None = None
         self.step = 0
+        self.hooks: Hooks | None = None
+
+    @property
+    def current_step(self) -> int:
+        """The last completed optimiser step, as far as this process knows."""
+        return max(self.step, self.hooks.ended if self.hooks else 0)
+
+    @property
+    def training_started(self) -> bool:
+        """Whether an optimiser step has begun (an OOM before that happened while loading)."""
+        return self.hooks is not None and self.hooks.begun > 0
 
     def log(self, message: str) -> None:
         self.events.emit("log", level="info", message=message, job_id=self.job_id)
@@ -130,6 +141,7 @@ class TrainJob:
                           collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
                           lr=lr_now, rollbacks=rollbacks, early=resume.extra.get("early") if resume else None,
                           stop_flag=self.stop_flag)
+            self.hooks = hooks
             try:
                 self._train_once(cfg, base, parent, plan, hooks, cache, train_idx, eval_idx, resume,
                                  use_cpu=use_cpu, bf16=bf16, grad_ckpt=grad_ckpt)

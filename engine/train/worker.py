@@ -121,7 +121,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
     except BaseException as exc:  # the top: everything is classified and reported
         if isinstance(exc, SystemExit):
             raise
-        loading = job is None or job.plan is None or job.step == 0
+        loading = job is None or not job.training_started
         cls, case = classify(exc, loading=loading)
         if isinstance(exc, KeyboardInterrupt):
             cls, case = ErrorClass.INTERRUPTED, None
@@ -130,7 +130,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
         if not isinstance(exc, TrainconsoleError) or cls == ErrorClass.BUG:
             report["traceback"] = "".join(traceback.format_exception(exc))
         if job is not None:
-            report.update(global_step=job.step, max_steps=job.plan.max_steps if job.plan else 0)
+            report.update(global_step=job.current_step, max_steps=job.plan.max_steps if job.plan else 0)
         code = EXIT_CODES[cls]
         if events is not None:
             try:

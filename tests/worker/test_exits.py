@@ -1,0 +1,139 @@
+"""Every way a worker can fail leaves a classified exit and a report, never just a traceback.
+The faults here cannot happen for real on a CPU box (GPU OOM, a GPU fault) or would need a code
+defect, so each is INJECTED through TRAINCONSOLE_FAULT at the narrowest boundary, raising the
+same exception type the real thing raises, in the middle of a real training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.errors import EXIT_CODES, ErrorClass
+from engine.train.worker import classify
+from tests.worker.wutil import alerts, arithmetic, make_spec, new_workspace, run_inprocess, spawn, write_jsonl
+
+
+@pytest.fixture
+def short_job(tmp_path: Path, shared_cache: Path) -> Path:
+    ws = new_workspace(tmp_path / "ws", shared_cache, training__max_steps=3, training__save_steps=2,
+                       training__eval_fraction=0.0)
+    return make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(20)))
+
+
+BUGS = [("UnboundLocalError", 71), ("NameError", 72), ("AttributeError", 73), ("KeyError", 74),
+        ("IndexError", 75), ("TypeError", 76), ("ValueError", 77), ("ZeroDivisionError", 78),
+        ("RecursionError", 79)]
+
+
+@pytest.mark.parametrize(("name", "case"), BUGS, ids=[b[0] for b in BUGS])
+def test_exception_in_our_code_is_a_bug_with_its_traceback(short_job: Path, name: str, case: int,
+                                                           request: pytest.FixtureRequest) -> None:
+    request.node.add_marker(pytest.mark.edge(case))
+    code, report = run_inprocess(short_job, f"raise:{name}@2")  # injected
+    assert code == EXIT_CODES[ErrorClass.BUG]
+    assert report["status"] == "failed" and report["error_class"] == "bug" and report["case"] == case
+    assert report["message"].startswith(f"{name}: ") and "(injected by TRAINCONSOLE_FAULT" in report["message"]
+    assert report["traceback"] and f"{name}:" in report["traceback"] and "faults.py" in report["traceback"]
+    assert report["global_step"] == 1 and report["max_steps"] == 3
+    assert [a["case"] for a in alerts(short_job.parent)] == [case]
+
+
+# Mark the parametrized cases for the coverage check (it reads marks off the function).
+test_exception_in_our_code_is_a_bug_with_its_traceback = pytest.mark.edge(71, 72, 73, 74, 75, 76, 77, 78, 79)(
+    test_exception_in_our_code_is_a_bug_with_its_traceback)
+
+
+@pytest.mark.edge(80, 24)
+def test_memory_error_is_reported_as_host_oom(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "raise:MemoryError@2")  # injected
+    assert code == EXIT_CODES[ErrorClass.OOM]
+    assert report["error_class"] == "oom" and report["case"] == 80 and report["traceback"]
+
+
+@pytest.mark.edge(21)
+def test_injected_gpu_oom_while_loading_the_model(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "oom@0")  # injected: torch.OutOfMemoryError at load
+    assert code == EXIT_CODES[ErrorClass.OOM] and report["case"] == 21
+    assert "CUDA out of memory" in report["message"]
+
+
+@pytest.mark.edge(23)
+def test_injected_gpu_oom_during_training(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "oom@3")  # injected: torch.OutOfMemoryError at step 3
+    assert code == EXIT_CODES[ErrorClass.OOM] and report["case"] == 23
+    assert report["global_step"] == 2
+    # The checkpoint before it is intact, so the daemon's retry resumes from step 2.
+    assert (short_job.parent / "checkpoints" / "checkpoint-2" / "manifest.json").is_file()
+
+
+@pytest.mark.edge(29, 36)
+def test_injected_oom_above_a_batch_size_is_cured_by_a_smaller_micro_batch(short_job: Path) -> None:
+    # Fragmentation or a batch too large: injected as an OOM while the micro-batch is above 2.
+    code, report = run_inprocess(short_job, "oom_above_batch:2@1")
+    assert code == EXIT_CODES[ErrorClass.OOM] and report["error_class"] == "oom"
+    spec = make_spec(short_job.parent.parent.parent, "j0001", short_job.parent.parent.parent / "data.jsonl",
+                     overrides={"batch_size": 2, "gradient_accumulation": 2})
+    code, report = run_inprocess(spec, "oom_above_batch:2@1")
+    assert code == 0 and report["status"] == "done"
+
+
+@pytest.mark.edge(28)
+def test_injected_device_fault_is_a_device_error(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "device@2")  # injected: torch.AcceleratorError
+    assert code == EXIT_CODES[ErrorClass.DEVICE] and report["case"] == 28
+
+
+@pytest.mark.edge(25)
+def test_injected_full_disk_is_disk_full(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "enospc@2")  # injected: OSError(ENOSPC)
+    assert code == EXIT_CODES[ErrorClass.DISK_FULL] and report["case"] == 25
+
+
+@pytest.mark.edge(70)
+def test_injected_hang_stops_the_heartbeat(short_job: Path) -> None:
+    import json
+    import time
+
+    proc = spawn(short_job, "hang@2")
+    try:
+        beat = short_job.parent / "heartbeat.json"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(beat.read_text())["step"] == 1:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        first = json.loads(beat.read_text())
+        time.sleep(2.0)
+        assert json.loads(beat.read_text()) == first and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_classification_table() -> None:
+    import errno
+
+    import torch
+
+    assert classify(torch.OutOfMemoryError("x"), loading=True) == (ErrorClass.OOM, 21)
+    assert classify(RuntimeError("CUDA error: unspecified launch failure"), loading=False) == (
+        ErrorClass.DEVICE, 28)
+    assert classify(OSError(errno.EIO, "I/O error"), loading=False) == (ErrorClass.TRANSIENT, 44)
+    assert classify(PermissionError(errno.EACCES, "denied"), loading=False) == (ErrorClass.TRANSIENT, 46)
+    assert classify(RuntimeError("something else"), loading=False) == (ErrorClass.BUG, None)
+
+
+def test_worker_process_exit_code_and_report_for_a_bad_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text("{not json")
+    proc = spawn(spec)
+    proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CODES[ErrorClass.CONFIG]
+    import json
+
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["error_class"] == "config" and "spec" in report["message"]
