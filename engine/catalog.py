@@ -62,10 +62,10 @@ _ALL: Final[tuple[Case, ...]] = (
           "example count compared with the effective batch when total steps are computed",
           "The job trains: total steps round up, so a lone example is one smaller batch, never zero "
           "steps; the count is shown in the validation report."),
-    _case(3, "Extremely long sequences (> max_length, require truncation)", "info", False,
+    _case(3, "Extremely long sequences (> max_length, require truncation)", "info", True,
           "token length of each rendered example against training.max_length",
-          "Over-long examples are truncated or dropped per data.long_examples and counted; one left "
-          "with no assistant token after truncation is dropped, never trained with all-masked labels."),
+          "Over-long examples are truncated or dropped per data.long_examples, counted, and noted in "
+          "one alert per job; one left with no assistant token is dropped, never trained on."),
     _case(4, "Malformed JSON (syntax errors, missing fields)", "warning", True,
           "each line parsed on its own with orjson; a whole-file JSON array is recognised",
           "The bad line is skipped and reported by line number and reason; past "
@@ -272,13 +272,13 @@ _ALL: Final[tuple[Case, ...]] = (
           "none needed: no shell ever sees a file name",
           "Any name works (spaces, quotes, newlines, unicode, a leading dash): argv lists and paths "
           "only."),
-    _case(56, "Files with no extension (not .jsonl)", "info", True,
+    _case(56, "Files with no extension (not .jsonl)", "warning", True,
           "ingest accepts *.jsonl only",
           "Other files are left in place with one notice per file, not one per scan."),
     _case(57, "Empty failed queue (no files to retry)", "info", False,
           "retry --all-failed counts the failed jobs",
           "Answers plainly that there is nothing to retry, exit 0."),
-    _case(58, "Queue metadata corrupted", "critical", True,
+    _case(58, "Queue metadata corrupted", "warning", True,
           "PRAGMA integrity_check when the store opens",
           "The database is moved aside (kept, never deleted) and rebuilt from the queue folders."),
     _case(59, "Priority inversion (low priority starves high)", "info", False,
@@ -297,9 +297,10 @@ _ALL: Final[tuple[Case, ...]] = (
     _case(62, "Negative global_step (corrupted state)", "warning", True,
           "the manifest's global step checked when a checkpoint is verified",
           "The checkpoint is quarantined with an alert; resume uses the newest good one."),
-    _case(63, "global_step > max_steps (already trained)", "info", False,
+    _case(63, "global_step > max_steps (already trained)", "info", True,
           "resume step compared with the job's max steps",
-          "The job completes without training and its adapter is published as is."),
+          "The job completes without training, publishing the adapter from that checkpoint, with an "
+          "info alert."),
     _case(64, "Loss is NaN (training diverged)", "critical", True,
           "loss and grad norm checked finite every step (logging_nan_inf_filter off)",
           "Stop at once and save nothing; roll back to the last good checkpoint and retry with "
@@ -318,7 +319,7 @@ _ALL: Final[tuple[Case, ...]] = (
     _case(68, "Think tag percentage = 100% (model not learning)", "warning", True,
           "share of held-out generations that are only a think tag, at each evaluation",
           "An alert when the share passes guards.think_tag_max_share."),
-    _case(69, "Accuracy = 0% (model completely broken)", "critical", True,
+    _case(69, "Accuracy = 0% (model completely broken)", "warning", True,
           "accuracy on a held-out sample by generation, at each evaluation",
           "An alert when accuracy falls below guards.min_accuracy."),
     _case(70, "Training speed = 0 (hang/freeze)", "critical", True,
@@ -360,9 +361,9 @@ _ALL: Final[tuple[Case, ...]] = (
           "A record nested deep enough to recurse is an invalid record with its own reason, never "
           "an exception out of the validator; elsewhere, as case 71."),
     _case(80, "MemoryError (Python out of memory)", "warning", True,
-          "line size capped by data.max_line_bytes; RAM sampled by the daemon",
-          "A line past the cap is skipped as invalid, read in bounded memory; memory exhaustion in a "
-          "worker is a resource error (case 24)."),
+          "line size capped by data.max_line_bytes; MemoryError caught at the worker's top",
+          "A line past the cap is skipped as invalid, read in bounded memory; a MemoryError in a "
+          "worker is classified as OOM and walks the OOM ladder (case 23)."),
 )
 
 CASES: Final[dict[int, Case]] = {case.number: case for case in _ALL}
@@ -394,8 +395,9 @@ def render_markdown() -> str:
         "<!-- Generated from engine/catalog.py by `make docs`; edit the catalogue, not this file. -->",
         "",
         "The numbered failure cases of the original memo (its \"comprehensive edge cases\" list), "
-        "each with how trainconsole detects it and the behaviour we chose. Severity is that of the "
-        "alert the case raises (and the default for any alert carrying its number); "
+        "each with how trainconsole detects it and the behaviour we chose. Severity is the default "
+        "for alerts carrying the case's number; where the outcome differs, the alert says so (a "
+        "job that will be retried is a warning, the same job out of attempts is critical). "
         "`guards.alert_min_severity` decides which alerts also run `guards.alert_command`. "
         "Alert \"no\" means the case is answered on the command line or in a validation report "
         "instead.",
