@@ -82,11 +82,12 @@ class TrainJob:
     def run(self) -> Outcome:
         import warnings
 
-        from transformers.utils import logging as hf_logging
+        from transformers.utils import logging as hf_logging_module
 
         from engine.config import load_config
 
         # The worker's stdout is a log file, not a terminal: no progress bars or advice to upgrade.
+        hf_logging: Any = hf_logging_module
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning)
