@@ -134,12 +134,28 @@ class Inbox:
         if seen.settled or now - seen.since < stable_s:
             return None
         source = Path(target if target is not None else path)
-        sha, size, same = self._hash(source, sig)
+        try:
+            sha, size, same = self._hash(source, sig)
+        except FileNotFoundError:
+            return None  # deleted between the look and the read (case 51): nothing to do
+        except OSError as exc:
+            seen.settled = True
+            self._notice(events, path, "unreadable", 50, f"{shown} cannot be read ({exc.strerror}); "
+                         "left where it is (check its permissions)")
+            return None
         if not same:
             self._seen[path] = _Seen((size, 0, 0, 0), now)  # changed while we read it: wait again
             return None
-        job = store.add_job(name, Path(path) if not link else source, sha, size, priority,
-                            force=not dedupe, move=not link)
+        # A hard link shares its inode with a file elsewhere that may be edited later: copy it.
+        copy = link or st.st_nlink > 1
+        try:
+            job = store.add_job(name, source if link else Path(path), sha, size, priority,
+                                force=not dedupe, move=not copy)
+        except OSError as exc:
+            seen.settled = True
+            self._notice(events, path, "unmovable", 50, f"{shown} cannot be moved into the queue "
+                         f"({exc.strerror}); left where it is (check the inbox folder's permissions)")
+            return None
         if job is None:
             seen.settled = True
             dup = store.duplicate_of(sha)
@@ -148,7 +164,7 @@ class Inbox:
                          "again (use `trainconsole add --force FILE` to queue a second copy)",
                          severity="info")
             return None
-        if link:
+        if copy:
             try:
                 os.unlink(path)  # the content is now the engine's own copy; the link has served
             except OSError:
@@ -178,10 +194,7 @@ class Inbox:
         import hashlib
 
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags)
-        except OSError:
-            return "", 0, False
+        fd = os.open(path, flags)  # an unreadable file raises: the caller tells the operator
         digest = hashlib.sha256()
         size = 0
         try:

@@ -251,11 +251,18 @@ class Store:
                 self._take_by_move(src, dest)
             else:
                 row["sha256"], row["size"] = sf.copy_into(src, dest, self.layout.tmp)
-        except FileNotFoundError as exc:
+        except BaseException as exc:
+            if move and dest.exists() and not src.exists():
+                return self._commit_intent(row)  # the file did arrive; only a later step failed
+            if src.exists():
+                with contextlib.suppress(OSError):
+                    dest.unlink()  # a partial take: the source is still the one true copy
             with self._write():
                 self._conn.execute("DELETE FROM intents WHERE seq=?", (seq,))
-            raise DataError(f"{sf.display(name)}: the file vanished before it could be queued",
-                            case=51) from exc
+            if isinstance(exc, FileNotFoundError) and not src.exists():
+                raise DataError(f"{sf.display(name)}: the file vanished before it could be queued",
+                                case=51) from exc
+            raise
         return self._commit_intent(row)
 
     def _take_by_move(self, src: Path, dest: Path) -> None:

@@ -283,3 +283,44 @@ def test_module_level_scan_keeps_state_between_calls(layout: Layout, store: Stor
     assert len(scan(layout, store, Cfg, events)) == 1
     assert scan(layout, store, Cfg, events) == []
     assert len(notices(layout, 56)) == 1
+
+
+@pytest.mark.edge(52)
+def test_a_hard_link_is_copied_so_later_edits_elsewhere_change_nothing(layout: Layout, store: Store, inbox,
+                                                                       events: EventLog) -> None:
+    box, mono = inbox
+    original = write_job_file(layout.queue / "elsewhere" / "work.jsonl")
+    os.link(original, layout.incoming / "work.jsonl")
+    (job_id,) = settle(box, mono, store, events)
+    job = store.require(job_id)
+    before = job.path.read_bytes()
+    with open(original, "ab") as fh:  # the user keeps editing their file in place
+        fh.write(b'{"messages": []}\n')
+    assert job.path.read_bytes() == before and hash_file(job.path)[0] == job.sha256
+    assert not (layout.incoming / "work.jsonl").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: permissions cannot be provoked")
+def test_an_unreadable_file_gets_one_notice_and_stays(layout: Layout, store: Store, inbox,
+                                                      events: EventLog) -> None:
+    box, mono = inbox
+    path = write_job_file(layout.incoming / "locked.jsonl")
+    path.chmod(0)
+    assert settle(box, mono, store, events, scans=4) == []
+    assert len([a for a in alerts(layout) if "cannot be read" in str(a["message"])]) == 1
+    assert path.exists()
+
+
+def test_a_failed_move_leaves_no_half_record(layout: Layout, store: Store, tmp_path: Path) -> None:
+    """A move that fails for a reason other than a vanished file (here: the destination name is
+    taken by a folder) leaves the source, no job, and no intent that would block a later try."""
+    src = write_job_file(layout.incoming / "x.jsonl")
+    sha, size = hash_file(src)
+    (layout.jobs / "j0001--x.jsonl").mkdir()
+    with pytest.raises(OSError):
+        store.add_job("x.jsonl", src, sha, size, move=True)
+    assert src.exists() and store.jobs() == []
+    assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+    (layout.jobs / "j0001--x.jsonl").rmdir()
+    job = store.add_job("x.jsonl", src, sha, size, move=True)
+    assert job is not None and job.id == "j0002"
