@@ -32,7 +32,7 @@ from engine import store_files as sf
 from engine.errors import PERMANENT, DataError, ErrorClass, TrainconsoleError
 from engine.events import EventLog
 from engine.layout import Layout
-from engine.store_schema import COLUMNS, folder_for, open_database
+from engine.store_schema import COLUMNS, folder_for, open_database, unavailable
 from engine.store_schema import SCHEMA_VERSION as SCHEMA_VERSION
 
 STATUSES = ("queued", "held", "running", "done", "failed", "cancelled")
@@ -99,7 +99,10 @@ class Store:
              repair: bool = True, rng: random.Random | None = None) -> Store:
         """``repair=False`` skips the folder reconciliation (for quick read-only callers such as
         ``trainconsole status``); a corrupt database is set aside and rebuilt either way."""
-        conn, problem, aside = open_database(layout)
+        try:
+            conn, problem, aside = open_database(layout)
+        except OSError as exc:
+            raise unavailable(layout.state_db, exc) from exc
         # Without a log given, events still go to the engine's: a rebuild must never pass unsaid.
         store = cls(conn, layout, events if events is not None else EventLog(layout.engine_events),
                     policy or sch.DefaultPolicy(), clock, rng or random.Random())

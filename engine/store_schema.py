@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import store_files as sf
-from engine.errors import ConfigError
+from engine.errors import ConfigError, TrainconsoleError, TransientError
 from engine.layout import Layout
 
 SCHEMA_VERSION = 1
@@ -110,7 +110,7 @@ def _corruption(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"cannot be examined ({exc.strerror})"
+        raise unavailable(path, exc) from exc
     if not os.path.isfile(path) or os.path.islink(path):
         return "is not a regular file"
     if st.st_size == 0:
@@ -119,7 +119,7 @@ def _corruption(path: Path) -> str | None:
         with open(path, "rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
+        raise unavailable(path, exc) from exc
     if head != _HEADER:
         return "is not an SQLite database"
     try:
@@ -130,6 +130,8 @@ def _corruption(path: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
+        if not _is_corruption(exc):
+            raise unavailable(path, exc) from exc
         return f"is unreadable ({exc})"
     if rows != [("ok",)]:
         return "failed its integrity check (" + "; ".join(str(r[0]) for r in rows[:3]) + ")"
@@ -139,6 +141,18 @@ def _corruption(path: Path) -> str | None:
             f"({SCHEMA_VERSION}); upgrade trainconsole, or move the file away to rebuild it"
         )
     return None
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    """Damage, as opposed to a locked, read-only or full disk, which must never cost the file."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
+        not name and not isinstance(exc, sqlite3.OperationalError))
+
+
+def unavailable(path: Path, exc: BaseException) -> TrainconsoleError:
+    return TransientError(f"{path}: the job database cannot be opened ({exc}); check the queue "
+                          "folder's permissions and free space", case=46)
 
 
 @contextlib.contextmanager
@@ -170,6 +184,8 @@ def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path 
     try:
         return _create(path), None, None
     except sqlite3.DatabaseError as exc:
+        if not _is_corruption(exc):
+            raise unavailable(path, exc) from exc
         # Damage quick_check missed but schema setup hit: same treatment.
         with _rebuild_lock(layout):
             aside = _move_aside(path)

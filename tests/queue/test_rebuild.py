@@ -137,3 +137,27 @@ def test_a_database_from_a_newer_version_is_refused_not_destroyed(layout: Layout
     with pytest.raises(ConfigError, match="newer than this trainconsole"):
         Store.open(layout)
     assert layout.state_db.is_file()
+
+
+def test_a_locked_database_is_waited_for_never_set_aside(layout: Layout, tmp_path: Path) -> None:
+    """A writer holding the lock is not damage: the opener waits (busy timeout), and the file
+    stays. Only SQLITE_CORRUPT / SQLITE_NOTADB count as damage."""
+    import sqlite3
+
+    from engine.store_schema import _is_corruption
+
+    Store.open(layout).close()
+    holder = sqlite3.connect(layout.state_db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        busy = sqlite3.connect(layout.state_db, timeout=0.05)
+        with pytest.raises(sqlite3.OperationalError) as info:
+            busy.execute("BEGIN IMMEDIATE")
+        busy.close()
+        assert not _is_corruption(info.value)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with Store.open(layout) as st:
+        assert st.jobs() == []
+    assert not [p for p in layout.queue.iterdir() if "corrupt" in p.name]
