@@ -66,6 +66,15 @@ class Inbox:
         taken: list[Job] = []
         for priority in _PRIORITY_DIRS:
             folder = self.layout.incoming_for(priority)
+            real = os.path.realpath(folder)
+            if os.path.commonpath([root, real]) != root:
+                # A priority folder replaced by a link to elsewhere would make us move other
+                # people's files into the queue: refuse it.
+                self._notice(events, str(folder), "folder-outside", 54,
+                             f"inbox folder {folder} leads outside the queue folder (to {real}); not "
+                             "scanned (make it a plain folder)")
+                present.add(str(folder))
+                continue
             try:
                 entries = list(os.scandir(folder))
             except FileNotFoundError:
@@ -99,10 +108,11 @@ class Inbox:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             return None  # gone between listing and looking
+        if name in ("high", "low") and Path(path).parent == self.layout.incoming:
+            return None  # a priority folder: scanned in its own right (or refused, if a link out)
         if stat.S_ISDIR(st.st_mode):
-            if entry.name not in ("high", "low") or Path(path).parent != self.layout.incoming:
-                self._notice(events, path, "dir", 56, f"{shown}: a folder in the inbox is not scanned; "
-                             "put .jsonl files directly in incoming/, incoming/high/ or incoming/low/")
+            self._notice(events, path, "dir", 56, f"{shown}: a folder in the inbox is not scanned; "
+                         "put .jsonl files directly in incoming/, incoming/high/ or incoming/low/")
             return None
         link = stat.S_ISLNK(st.st_mode)
         target: str | None = None

@@ -324,3 +324,16 @@ def test_a_failed_move_leaves_no_half_record(layout: Layout, store: Store, tmp_p
     (layout.jobs / "j0001--x.jsonl").rmdir()
     job = store.add_job("x.jsonl", src, sha, size, move=True)
     assert job is not None and job.id == "j0002"
+
+
+@pytest.mark.edge(54)
+def test_a_priority_folder_linked_outside_the_queue_is_not_scanned(layout: Layout, store: Store, inbox,
+                                                                   events: EventLog, tmp_path: Path) -> None:
+    box, mono = inbox
+    elsewhere = tmp_path / "someone-elses"
+    victim = write_job_file(elsewhere / "theirs.jsonl")
+    os.rmdir(layout.incoming_for("high"))
+    os.symlink(elsewhere, layout.incoming_for("high"))
+    assert settle(box, mono, store, events) == []
+    assert victim.exists() and store.jobs() == []
+    assert len([a for a in notices(layout, 54) if "outside the queue folder" in str(a["message"])]) == 1
