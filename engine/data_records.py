@@ -97,7 +97,13 @@ def _kind(value: object) -> str:
 
 
 def _short(value: object, limit: int = 40) -> str:
-    text = repr(value)
+    """A bounded quote of a value: never the repr of a whole (possibly huge or deep) container."""
+    if isinstance(value, str):
+        text = repr(value[:limit])
+    elif isinstance(value, dict | list):
+        return f"{_kind(value)} of {len(value)}"
+    else:
+        text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -248,7 +254,8 @@ def diagnose(line: bytes) -> RecordError:
     if lone:
         return RecordError("lone_surrogate", f"lone surrogate escape {lone.group().decode()} at byte "
                            f"{lone.start() + 1}: it encodes no character")
-    if _depth(line) > MAX_DEPTH:
+    # The byte walk is Python-speed: only take it when there are enough brackets to matter.
+    if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
         return RecordError("too_deep", f"nesting deeper than {MAX_DEPTH} levels")
     flags = _Flags()
     try:

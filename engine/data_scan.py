@@ -362,10 +362,15 @@ _JOB: dict[str, Any] = {}
 def _work(bounds: tuple[int, int]) -> Tally:
     job = _JOB
     shared = job["shared"]
+    unsent = 0
 
     def progress(n: int) -> None:
-        with shared.get_lock():
-            shared.value += n
+        nonlocal unsent
+        unsent += n
+        if unsent >= 4 << 20:  # the shared counter's lock, taken every few MB rather than per block
+            with shared.get_lock():
+                shared.value += unsent
+            unsent = 0
 
     return scan(job["path"], bounds[0], bounds[1], job["cap"], job["max_problems"], job["counter"],
                 job["max_length"], progress)

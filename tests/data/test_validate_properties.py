@@ -77,6 +77,9 @@ lines = st.one_of(
     st.builds(lambda cut: VALID[:cut], st.integers(0, len(VALID))),
     st.sampled_from([b"", b" ", b"\r", b"\xef\xbb\xbf", b"[", b"NaN", b"\x00", b'"\\ud800"', b"1e999"]),
     st.builds(lambda n: b"[" * n + b"]" * n, st.integers(1000, 1100)),
+    # Deep but within orjson's limit: parsed, then refused without any recursion of ours.
+    st.builds(lambda n: b'{"messages": [{"role": "user", "content": ' + b'{"a":' * n + b"1" + b"}" * n
+              + b'}, {"role": "assistant", "content": "x"}]}', st.integers(900, 1030)),
 )
 files = st.builds(lambda ls, sep, tail: sep.join(ls) + tail, st.lists(lines, max_size=12),
                   st.sampled_from([b"\n", b"\r\n"]), st.sampled_from([b"", b"\n", b"\r\n"]))
