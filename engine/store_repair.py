@@ -71,7 +71,7 @@ def _reconcile_folders(store: Store) -> None:
         expected = folder_for(layout, status)
         actual = where.get(filename)
         if actual is not None and actual != expected:
-            store._move_files(job_id, filename, actual, expected)
+            _move_under_lock(store, job_id, filename)
         if status == "failed" and not (layout.failed / sf.report_name(filename)).exists():
             import orjson
 
@@ -81,3 +81,18 @@ def _reconcile_folders(store: Store) -> None:
             with contextlib.suppress(OSError):
                 sf.atomic_write(layout.failed / sf.report_name(filename), text.encode("utf-8", "replace"),
                                 layout.tmp)
+
+
+def _move_under_lock(store: Store, job_id: str, filename: str) -> None:
+    """Move a file to where the database says it belongs, holding the write lock and re-reading
+    the status, so a status change by another process cannot slip between the look and the move."""
+    layout = store.layout
+    with store._write():
+        row = store._conn.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return
+        expected = folder_for(layout, row[0])
+        for folder in (layout.jobs, layout.done, layout.failed):
+            if folder != expected and (folder / filename).exists():
+                store._move_files(job_id, filename, folder, expected)
+                break
