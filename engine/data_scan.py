@@ -354,6 +354,9 @@ def split_ranges(path: Path, size: int, parts: int) -> list[tuple[int, int]]:
     return list(zip(cuts[:-1], cuts[1:], strict=False))
 
 
+RANGES_PER_WORKER = 4
+MIN_RANGE = 8 << 20
+
 # What a forked worker needs; set in the parent just before forking, so nothing is pickled
 # (a tokenizer object need not be picklable).
 _JOB: dict[str, Any] = {}
@@ -380,7 +383,10 @@ def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: i
                   counter: TokenCounter | None = None, max_length: int = 0,
                   progress: Progress | None = None) -> Tally:
     """The same tally as ``scan(path, 0, size, ...)``, from ``workers`` processes."""
-    ranges = split_ranges(path, size, workers)
+    # A few ranges per worker, handed out as workers free up: a core slowed by other work then
+    # takes fewer of them instead of holding up the whole file.
+    parts = max(workers, min(workers * RANGES_PER_WORKER, size // MIN_RANGE))
+    ranges = split_ranges(path, size, parts)
     if len(ranges) < 2:
         return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
     ctx = multiprocessing.get_context("fork")
@@ -388,7 +394,7 @@ def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: i
     _JOB.update(path=path, cap=cap, max_problems=max_problems, counter=counter,
                 max_length=max_length, shared=shared)
     try:
-        with ctx.Pool(len(ranges)) as pool:
+        with ctx.Pool(min(workers, len(ranges))) as pool:
             pending = pool.map_async(_work, ranges, chunksize=1)
             seen = 0
             while not pending.ready():
