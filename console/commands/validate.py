@@ -69,20 +69,25 @@ class Bar:
         self.name, self.total, self.out = name, max(total, 1), out
         self.done = 0
         self.start = self.last = time.monotonic()
+        self._draw(self.start)  # at once: a large file should show it is being read
+
 
     def __call__(self, n: int) -> None:
         self.done += n
         now = time.monotonic()
         if now - self.last < 0.2 and self.done < self.total:
             return
+        self._draw(now)
+
+    def _draw(self, now: float) -> None:
         self.last = now
         rate = self.done / max(now - self.start, 1e-6)
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        left = f"{(self.total - self.done) / rate:,.0f}s left" if rate > 0 else "starting"
         share = min(self.done / self.total, 1.0)
         filled = int(share * 30)
         self.out.write(f"\r{self.name[-30:]} [{'#' * filled}{'.' * (30 - filled)}] "
                        f"{self.done / 2**20:,.0f}/{self.total / 2**20:,.0f} MB "
-                       f"{rate / 2**20:,.0f} MB/s, {left:,.0f}s left ")
+                       f"{rate / 2**20:,.0f} MB/s, {left} ")
         self.out.flush()
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from console.commands.validate import Bar
+from console.commands.validate import PROGRESS_MIN_BYTES, Bar
 from engine.config import set_value
 from tests.helpers import ROOT, run_cli
 
@@ -144,6 +146,36 @@ def test_paths_that_are_not_regular_files_are_usage_errors(workspace: Path, kind
 
 def test_no_files_is_a_usage_error(workspace: Path) -> None:
     assert run_cli("validate", cwd=workspace).returncode == 2
+
+
+def test_a_large_file_on_a_terminal_shows_progress_on_stderr_only(workspace: Path) -> None:
+    big = workspace / "big.jsonl"
+    line = json.dumps({"messages": [{"role": "user", "content": "q" * 400},
+                                    {"role": "assistant", "content": "a" * 600}]}).encode() + b"\n"
+    big.write_bytes(line * ((PROGRESS_MIN_BYTES + (1 << 20)) // len(line)))
+    main, child = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "console.cli", "validate", "--json", "--no-tokens",
+                               str(big)], cwd=workspace, stdout=subprocess.PIPE, stderr=child,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        os.close(child)
+        child = -1
+        seen = b""
+        while select.select([main], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(main)
+        if child >= 0:
+            os.close(child)
+    assert done.returncode == 0
+    assert b"MB/s" in seen and b"big.jsonl" in seen
+    assert json.loads(done.stdout)["files"][0]["verdict"] == "accepted"  # stdout: JSON only
 
 
 def test_progress_bar_shows_bytes_rate_and_time_left() -> None:
