@@ -385,8 +385,8 @@ def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: i
     """The same tally as ``scan(path, 0, size, ...)``, from ``workers`` processes."""
     # A few ranges per worker, handed out as workers free up: a core slowed by other work then
     # takes fewer of them instead of holding up the whole file.
-    parts = max(workers, min(workers * RANGES_PER_WORKER, size // MIN_RANGE))
-    ranges = split_ranges(path, size, parts)
+    n_ranges = max(workers, min(workers * RANGES_PER_WORKER, size // MIN_RANGE))
+    ranges = split_ranges(path, size, n_ranges)
     if len(ranges) < 2:
         return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
     ctx = multiprocessing.get_context("fork")
