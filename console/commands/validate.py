@@ -2,7 +2,21 @@
 
 Exit 0 when every file is accepted, 1 when any is rejected, 2 for a usage mistake (a missing path,
 a folder, a FIFO or another non-regular file: each named, none ever opened, so a FIFO cannot hang
-us). Token statistics use the configured model's tokenizer; torch is never imported here."""
+us). Token statistics use the configured model's tokenizer; torch is never imported here.
+
+``--json`` prints one object (schema 1; keys are only ever added)::
+
+    {"schema": 1, "files": [{
+        "path", "verdict": "accepted" | "rejected",
+        "reason": why rejected ("" when accepted), "code": the rejection in one word
+            (empty_file, json_array, utf16_file, no_valid_example, all_dropped, too_many_invalid),
+        "case": the memo case of the rejection or null,
+        "examples": non-blank lines, "valid", "invalid", "truncated", "dropped",
+        "tokens": {"examples", "min", "mean", "max", "max_length", "over_max_length"} or {},
+        "problems": [{"line", "case", "reason", "message"}, ...]  (the first data.max_problems),
+        "reasons": {reason code: count}, "warnings": [{"case", "message"}], "bytes", "lines"}]}
+
+Reason codes and their cases are ``engine.data.REASONS``."""
 
 from __future__ import annotations
 
