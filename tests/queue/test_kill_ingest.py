@@ -24,7 +24,7 @@ from .conftest import make_layout
 CHILD = Path(__file__).with_name("ingest_child.py")
 LANES = 4
 KILLS_PER_LANE = 30
-FILES_PER_CYCLE = 12
+FILES_PER_CYCLE = 4
 
 
 def _lane(root: Path, seed: int) -> tuple[Layout, dict[str, int], int]:
@@ -34,7 +34,9 @@ def _lane(root: Path, seed: int) -> tuple[Layout, dict[str, int], int]:
     expected: dict[str, int] = {}  # sha256 -> how many files carried it (always 1 here)
     kills = 0
     n = 0
-    for _cycle in range(KILLS_PER_LANE):
+    cycles = 0
+    while kills < KILLS_PER_LANE and cycles < 4 * KILLS_PER_LANE:
+        cycles += 1
         for _ in range(FILES_PER_CYCLE):
             n += 1
             body = f'{{"messages": [{{"role": "user", "content": "lane {seed} file {n}"}}]}}\n'.encode()
@@ -45,7 +47,8 @@ def _lane(root: Path, seed: int) -> tuple[Layout, dict[str, int], int]:
                                 stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         proc.stdout.readline()  # past interpreter start-up and the store's repair
-        time.sleep(rng.uniform(0.0, 0.04))
+        # Kill anywhere in the child's work; a child that finished first does not count as a kill.
+        time.sleep(rng.uniform(0.0, 0.03))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         if proc.returncode == -signal.SIGKILL:
