@@ -1,0 +1,110 @@
+"""kill -9 at random moments of real training, and poison jobs among healthy ones.
+
+Both are slow by nature (each kill costs a worker restart: importing torch and loading the model);
+`make chaos` runs 200 kills with TRAINCONSOLE_CHAOS_KILLS=200, CI runs 30."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from engine.config import load_config
+from engine.launcher import WORKER_MODULE
+from tests.daemon.harness import FAST, TINY, configure, drop, start_daemon, store_jobs, wait_for
+from tests.daemon.realrun import REAL, assert_checkpoints_sound, leftover_temp_files, step_trail, worst_step_loss
+
+
+def _workers_under(runs: Path) -> list[int]:
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if WORKER_MODULE in cmd and cmd[-1].startswith(str(runs)):
+            pids.append(proc.pid)
+    return pids
+
+
+@pytest.mark.slow
+@pytest.mark.edge(41, 42, 43)
+def test_chaos_kill_9_of_worker_and_daemon_at_random_points(workspace: Path, tiny_model: Path) -> None:
+    kills = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "30"))
+    seed = int(os.environ.get("TRAINCONSOLE_CHAOS_SEED", str(int(time.time()))))
+    rng = random.Random(seed)
+    save_steps = 2
+    config = configure(workspace, {**FAST, **TINY, **REAL, "training.max_steps": 16,
+                                   "training.save_steps": save_steps, "queue.max_attempts": 100})
+    layout = load_config(config).layout()
+    dropped = [drop(workspace, f"chaos-{i}.jsonl").name for i in range(2)]
+    daemon = start_daemon(config)
+    log: list[str] = []
+    try:
+        for n in range(kills):
+            if all(j.status == "done" for j in store_jobs(config)):
+                dropped.append(drop(workspace, f"chaos-{len(dropped)}.jsonl").name)
+            wait_for(lambda: any(j.status == "running" and j.pid for j in store_jobs(config)), 180,
+                     f"a running worker (seed {seed}, kill {n})")
+            time.sleep(rng.uniform(0.0, 6.0))
+            running = [j for j in store_jobs(config) if j.status == "running" and j.pid]
+            target = rng.choice(["worker", "worker", "daemon", "both"])
+            if target in ("worker", "both") and running:
+                for pid in _workers_under(layout.runs):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            if target in ("daemon", "both"):
+                os.kill(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+                daemon = start_daemon(config)
+            log.append(f"{n}:{target}@{running[0].step if running else '-'}")
+            jobs = store_jobs(config)
+            assert sorted(j.name for j in jobs) == sorted(dropped), f"seed {seed}: {log}"
+        wait_for(lambda: all(j.status == "done" for j in store_jobs(config)), 600,
+                 f"every job done (seed {seed}, {log})")
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(120)
+    jobs = store_jobs(config)
+    assert len(jobs) == len(dropped) and len({j.sha256 for j in jobs}) == len(dropped)
+    assert all(j.status == "done" for j in jobs)
+    for job in jobs:
+        assert (layout.done / job.path.name).exists()
+        loss = worst_step_loss(step_trail(layout, job.id))
+        assert loss <= save_steps, f"{job.id} went back {loss} steps (seed {seed}, {log})"
+    assert_checkpoints_sound(layout)
+    assert not leftover_temp_files(layout), f"seed {seed}"
+    assert not _workers_under(layout.runs)
+
+
+@pytest.mark.slow
+@pytest.mark.edge(60, 71)
+def test_five_poison_jobs_among_twenty_healthy(workspace: Path, tiny_model: Path) -> None:
+    """Poison jobs kill their worker every time (SIGKILL, no report): each fails after exactly
+    max_attempts, every healthy job finishes, and the one daemon never restarts."""
+    max_attempts = 2
+    config = configure(workspace, {**FAST, **TINY, **REAL, "training.max_steps": 1,
+                                   "queue.max_attempts": max_attempts})
+    names = [f"healthy-{i:02d}.jsonl" for i in range(20)]
+    names[3:3] = [f"poison-{i}.jsonl" for i in range(5)]
+    for name in names:
+        drop(workspace, name, n=8)
+    daemon = start_daemon(config, env={"TRAINCONSOLE_FAULT_JOBS": "poison-*=crash@0"})
+    started = psutil.Process(daemon.pid).create_time()
+    try:
+        wait_for(lambda: len(store_jobs(config)) == 25 and
+                 all(j.status in ("done", "failed") for j in store_jobs(config)), 1200, "all jobs finished")
+        assert daemon.poll() is None and psutil.Process(daemon.pid).create_time() == started
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(120)
+    for job in store_jobs(config):
+        if job.name.startswith("poison"):
+            assert job.status == "failed" and job.attempts == max_attempts, job
+        else:
+            assert job.status == "done" and job.attempts == 1, job
