@@ -17,7 +17,13 @@ import pytest
 from engine.config import load_config
 from engine.launcher import WORKER_MODULE
 from tests.daemon.harness import FAST, TINY, configure, drop, start_daemon, store_jobs, wait_for
-from tests.daemon.realrun import REAL, assert_checkpoints_sound, leftover_temp_files, step_trail, worst_step_loss
+from tests.daemon.realrun import (
+    REAL,
+    assert_checkpoints_sound,
+    leftover_temp_files,
+    step_trail,
+    worst_step_loss,
+)
 
 
 def _workers_under(runs: Path) -> list[int]:

@@ -17,7 +17,13 @@ from engine.errors import ErrorClass
 from engine.events import read_all
 from engine.launcher import launcher_for
 from tests.daemon.harness import FAST, TINY, Harness, configure, drop, start_daemon, store_jobs, wait_for
-from tests.daemon.realrun import REAL, assert_checkpoints_sound, leftover_temp_files, step_trail, worst_step_loss
+from tests.daemon.realrun import (
+    REAL,
+    assert_checkpoints_sound,
+    leftover_temp_files,
+    step_trail,
+    worst_step_loss,
+)
 
 
 def real(ws: Path, values: dict | None = None) -> Harness:
