@@ -11,7 +11,9 @@ never loses or doubles a file:
   ``str`` with surrogate escapes end to end, no shell is ever involved, and the engine's copy gets
   a sanitised name (case 55);
 - a file is taken only once its size, mtime and inode have stayed the same for ``queue.stable_s``
-  (measured on the monotonic clock, so a wall-clock jump neither rushes nor stalls it);
+  (measured on the monotonic clock, so a wall-clock jump neither rushes nor stalls it) and, on
+  Linux, no process has it open for writing; hidden names (``.name``, how rsync and editors stage
+  a transfer) are passed over in silence;
 - a name not ending in ``.jsonl`` is left in place with one notice per file, not one per scan (56);
 - an accepted file is renamed into ``jobs/`` (copied, fsynced and renamed across filesystems) via
   the store's intent record, so a kill at any instant is completed or undone at the next open, and
@@ -110,6 +112,8 @@ class Inbox:
             return None  # gone between listing and looking
         if name in ("high", "low") and Path(path).parent == self.layout.incoming:
             return None  # a priority folder: scanned in its own right (or refused, if a link out)
+        if name.startswith("."):
+            return None  # hidden: by convention a transfer in progress (rsync, editors); not ours
         if stat.S_ISDIR(st.st_mode):
             self._notice(events, path, "dir", 56, f"{shown}: a folder in the inbox is not scanned; "
                          "put .jsonl files directly in incoming/, incoming/high/ or incoming/low/")
@@ -209,7 +213,7 @@ class Inbox:
         size = 0
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode) or _open_for_writing(fd):
                 return "", 0, False
             with os.fdopen(fd, "rb", closefd=False) as fh:
                 while chunk := fh.read(1 << 20):
@@ -228,6 +232,44 @@ class Inbox:
             return
         self._noticed.add(key)
         events.alert(case, message, severity=severity, key=f"inbox-{kind}-{sf.name_to_hex(path)[:64]}")
+
+
+_LEASE_PROBE: bool | None = None
+
+
+def _open_for_writing(fd: int) -> bool:
+    """Whether any process holds the file open for writing (Linux): a read lease is refused with
+    EAGAIN exactly then. This catches a slow copy that pauses longer than ``queue.stable_s``.
+
+    A lease held when a writer opens the file makes the kernel send us SIGIO, whose default action
+    ends the process; the lease is dropped at once, and SIGIO is ignored first. Where that cannot
+    be done (not the main thread, not Linux), the stability wait alone decides."""
+    global _LEASE_PROBE
+    import fcntl
+
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    if setlease is None:
+        return False
+    if _LEASE_PROBE is None:
+        import signal
+        import threading
+
+        _LEASE_PROBE = False
+        if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGIO"):
+            try:
+                if signal.getsignal(signal.SIGIO) in (signal.SIG_DFL, signal.SIG_IGN):
+                    signal.signal(signal.SIGIO, signal.SIG_IGN)
+                    _LEASE_PROBE = True
+            except (ValueError, OSError):
+                pass
+    if not _LEASE_PROBE:
+        return False
+    try:
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN  # EACCES, EINVAL (not ours, NFS, ...): cannot tell
+    fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
+    return False
 
 
 _INBOXES: dict[Path, Inbox] = {}

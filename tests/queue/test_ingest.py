@@ -79,6 +79,26 @@ def test_a_file_still_being_written_is_not_taken(layout: Layout, store: Store, i
     assert hash_file(job.path)[0] == job.sha256
 
 
+def test_a_file_held_open_by_its_writer_waits_however_long_the_pause(layout: Layout, store: Store, inbox,
+                                                                      events: EventLog) -> None:
+    box, mono = inbox
+    path = write_job_file(layout.incoming / "slow-copy.jsonl")
+    writer = open(path, "ab")  # noqa: SIM115 - a copy that has stalled mid-way
+    try:
+        assert settle(box, mono, store, events, scans=6) == []  # stable for 9 s, but still open
+    finally:
+        writer.close()
+    assert len(settle(box, mono, store, events)) == 1
+
+
+def test_hidden_files_are_transfers_in_progress_and_passed_over_silently(layout: Layout, store: Store,
+                                                                         inbox, events: EventLog) -> None:
+    box, mono = inbox
+    write_job_file(layout.incoming / ".data.jsonl.Xa8f3q")  # rsync's staging name
+    write_job_file(layout.incoming / ".hidden.jsonl")
+    assert settle(box, mono, store, events) == [] and alerts(layout) == []
+
+
 @pytest.mark.edge(54)
 @pytest.mark.timeout(30)
 def test_symlink_loops_and_escapes_are_refused_once(layout: Layout, store: Store, inbox, events: EventLog,
@@ -145,7 +165,7 @@ def test_any_name_works(layout: Layout, store: Store, inbox, events: EventLog) -
     names = [
         "with space.jsonl", "quote's \"double\".jsonl", "new\nline.jsonl", "-rf --leading-dash.jsonl",
         "$(touch pwned) `x`; rm -rf ~.jsonl", "ünïcødé 训练 🚀.jsonl", "back\\slash.jsonl",
-        "tab\tand\rcr.jsonl", "bad\udcff\udcfebytes.jsonl", "*?[glob].jsonl", ".hidden.jsonl",
+        "tab\tand\rcr.jsonl", "bad\udcff\udcfebytes.jsonl", "*?[glob].jsonl", "dots..in..name.jsonl.jsonl",
         ("x" * 240) + ".jsonl",
     ]
     for name in names:
