@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from engine.data_records import REASONS, Example, Message, RecordError
-from engine.data_scan import Progress, Tally, TokenCounter, iter_records, scan, scan_parallel
+from engine.data_scan import COMPRESSED, Progress, Tally, TokenCounter, iter_records, scan, scan_parallel
 from engine.errors import DataError
 
 __all__ = ["Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
            "TokenStats", "iter_examples", "validate_file"]
 
 # The ``code`` of a rejected file's report, one word per way a file is refused as a whole.
-VERDICT_CODES: Final = ("empty_file", "json_array", "utf16_file", "no_valid_example", "all_dropped",
-                        "too_many_invalid")
+VERDICT_CODES: Final = ("empty_file", "json_array", "utf16_file", "compressed_file", "no_valid_example",
+                        "all_dropped", "too_many_invalid")
 
 # Below this, forking workers costs more than it saves.
 PARALLEL_MIN_BYTES: Final = 32 << 20
@@ -152,8 +152,7 @@ class Report:
         out += [f"  line {p.line} (case {p.case}, {p.reason}): {p.message}" for p in self.problems]
         hidden = self.invalid - len(self.problems)
         if hidden > 0:
-            out.append(f"  ... and {hidden} more invalid line(s) (data.max_problems lists the first "
-                       f"{len(self.problems)})")
+            out.append(f"  ... and {hidden} more invalid line(s)")
         return "\n".join(out)
 
 
@@ -211,7 +210,8 @@ def validate_file(path: Path, cfg: object = None, *, tokenizer: TokenCounter | N
             tally = scan_parallel(path, size, n, limits.max_line_bytes, limits.max_problems,
                                   tokenizer, limits.max_length, progress)
         else:
-            tally = scan(path, 0, size, limits.max_line_bytes, limits.max_problems, tokenizer,
+            # To the end, whatever stat said: some readable files (in /proc) report size 0.
+            tally = scan(path, 0, 1 << 62, limits.max_line_bytes, limits.max_problems, tokenizer,
                          limits.max_length, progress)
     except OSError as exc:
         raise DataError(f"{path}: read failed ({exc.strerror or exc})") from None
@@ -253,6 +253,11 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
         reason = ("the file is one JSON array, not JSON lines: write one object per line "
                   f"(for example: jq -c '.[]' {path.name} > fixed.jsonl)")
         tally.problems = tally.problems[:1]  # the rest are the array's lines, not news
+    elif tally.valid == 0 and tally.start in COMPRESSED.values():
+        case, code = 9, "compressed_file"
+        reason = (f"the file is {tally.start}-compressed, not JSON lines; decompress it first "
+                  "(e.g. gunzip, unzip, zstd -d)")
+        tally.problems = tally.problems[:1]
     elif tally.valid == 0 and tally.start == "utf16":
         case, code = 9, "utf16_file"
         reason = "the file is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)"

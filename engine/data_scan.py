@@ -212,13 +212,21 @@ def _all_common(lines: list[bytes]) -> bool:
         return False
 
 
+# Magic numbers of the archives a data file most often arrives in by mistake.
+COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2",
+              b"\xfd7zXZ\x00": "xz"}
+
+
 def _file_start(f: BinaryIO) -> str:
     """"array" when the file opens with ``[`` (one JSON array), "utf16" for a UTF-16 byte order
-    mark, else ""."""
+    mark, "gzip" (etc.) for a compressed file, else ""."""
     f.seek(0)
     head = f.read(4096)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf16"
+    for magic, kind in COMPRESSED.items():
+        if head.startswith(magic):
+            return kind
     if head.startswith(BOM):
         head = head[len(BOM):]
     return "array" if head.lstrip()[:1] == b"[" else ""
