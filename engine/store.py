@@ -19,6 +19,7 @@ import contextlib
 import os
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,8 @@ class Store:
         self.clock = clock
         self._rng = rng
         self._own_events = False
+        # One connection may serve several threads (a console's poller): one transaction at a time.
+        self._lock = threading.RLock()
 
     @classmethod
     def open(cls, layout: Layout, events: EventLog | None = None, *,
@@ -134,16 +137,18 @@ class Store:
     def _write(self) -> Iterator[list[Callable[[], None]]]:
         """One short write transaction; callbacks appended to the yielded list run after commit."""
         after: list[Callable[[], None]] = []
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield after
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
-        for func in after:
-            func()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield after
+                self._conn.execute("COMMIT")
+            except BaseException:
+                # Also after a failed COMMIT (I/O error, disk full): never leave a transaction open.
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise
+            for func in after:
+                func()
 
     def _row(self, job_id: str) -> dict[str, Any]:
         cur = self._conn.execute(f"SELECT {','.join(COLUMNS)} FROM jobs WHERE id=?", (job_id,))

@@ -62,13 +62,14 @@ def ranks(items: list[tuple[str, str, float, int, float | None]], now: float,
 def snapshot(store: Store, now: float) -> tuple[bool, list[dict[str, Any]]]:
     """(paused, jobs in id order), read in one short transaction."""
     conn = store._conn
-    conn.execute("BEGIN")
-    try:
-        rows = conn.execute(f"SELECT {','.join(_COLS)} FROM jobs ORDER BY seq").fetchall()
-        flag = conn.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("COMMIT")
+    with store._lock:
+        conn.execute("BEGIN")
+        try:
+            rows = conn.execute(f"SELECT {','.join(_COLS)} FROM jobs ORDER BY seq").fetchall()
+            flag = conn.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("COMMIT")
     paused = bool(flag and flag[0] == "1")
     policy = store.policy
     folders = {s: os.fspath(folder_for(store.layout, s)) + os.sep

@@ -40,11 +40,21 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sqlite3
+
     handler = {
         "status": _status, "add": _add, "retry": _retry, "priority": _priority,
         "hold": _hold, "release": _release, "cancel": _cancel,
     }[args.command]
-    return handler(args)
+    try:
+        return handler(args)
+    except OSError as exc:  # a full disk or a read-only queue folder is the operator's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"trainconsole: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"trainconsole: the job database failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def _open(args: argparse.Namespace, *, repair: bool = True) -> tuple[Layout, Store]:
