@@ -60,6 +60,9 @@ class ResourceGuard:
         self.last_sample: Any = None
         self._last_mono: float | None = None
         self._active: set[str] = set()
+        # Swap activity is a rate between two samples: prime it, so the first check can see
+        # thrashing that is already under way when the engine starts.
+        sysmon.sample(())
 
     def paths(self) -> list[Path]:
         return [self.layout.queue, self.layout.runs, self.layout.adapters]

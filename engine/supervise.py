@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from engine import ingest, store_repair
+from engine import ingest, store_files, store_repair
 from engine.errors import ErrorClass
 from engine.events import EventLog, EventTail
 from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
@@ -38,6 +38,7 @@ STACK_WAIT_S = 3.0
 IO_BACKOFF_MAX_S = 60.0
 RESOURCE_EVENT_S = 30.0
 _VANISHED = {errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EHOSTDOWN}
+_LOCKED = {errno.EPERM, errno.EACCES, errno.EBUSY, errno.ETXTBSY}
 
 
 @dataclass
@@ -114,22 +115,25 @@ class Supervisor:
 
     def tick(self) -> None:
         failed_before = self.io_failures
+        due = time.monotonic() >= self.io_retry_at  # phases that failed wait out their back-off
         ok = self._guarded("commands", self._apply_commands)
         if self.current is not None:
             ok = self._guarded("worker", self._watch) and ok
-        if self.needs_repair and time.monotonic() >= self.io_retry_at:
+        if self.needs_repair and due:
             # A move the store committed but could not make (EBUSY, EPERM, an immutable file: case
             # 50) is finished by the store's own repair, retried until it succeeds.
-            ok = self._guarded("finishing file moves", lambda: store_repair.repair(self.store))
-            self.needs_repair = not ok
-        if self.current is None and not self.stop_requested and time.monotonic() >= self.io_retry_at:
+            repaired = self._guarded("finishing file moves", lambda: store_repair.repair(self.store))
+            self.needs_repair = not repaired
+            ok = repaired and ok
+        if self.current is None and not self.stop_requested and due:
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
             ok = self._guarded("schedule", self._maybe_start) and ok
-        if ok and failed_before and self.io_failures == failed_before:
+        if ok and due and failed_before and self.io_failures == failed_before:
             self.io_failures = 0
             self.notifier.forget("io")
-            self.notifier.alert(None, "the engine's folders are readable again; work continues",
+            self.notifier.alert(None, "the engine's folders are usable again; work continues",
                                 severity="info", key="io-ok")
+            self.notifier.forget("io-ok")
 
     def _guarded(self, phase: str, func: Callable[[], Any]) -> bool:
         try:
@@ -140,9 +144,13 @@ class Supervisor:
             self.needs_repair = True
             delay = min(IO_BACKOFF_MAX_S, self.poll_s * 2 ** min(self.io_failures, 10))
             self.io_retry_at = time.monotonic() + delay
-            vanished = isinstance(exc, OSError) and exc.errno in _VANISHED
-            case = 45 if vanished else 44
-            what = "a folder or file the engine needs is gone" if vanished else "an I/O error"
+            code = exc.errno if isinstance(exc, OSError) else None
+            if code in _VANISHED:
+                case, what = 45, "a folder or file the engine needs is gone"
+            elif code in _LOCKED:
+                case, what = 50, "a file could not be moved or removed (locked, busy or immutable)"
+            else:
+                case, what = 44, "an I/O error"
             self.notifier.alert(case, f"{what} while {phase}: {exc}; retrying in {delay:.0f}s "
                                       f"(check that {self.layout.queue} is mounted and healthy)",
                                 severity="critical", key="io")
@@ -219,8 +227,11 @@ class Supervisor:
         for name in ("report.json", "heartbeat.json", "stacks.txt"):
             (run_dir / name).unlink(missing_ok=True)  # this attempt's files only
         if not job.path.exists():
-            if not self.layout.jobs.is_dir():
-                raise FileNotFoundError(errno.ENOENT, "the queue's jobs folder is gone", str(self.layout.jobs))
+            if not (job.path.parent / store_files.sidecar_name(job.id)).exists():
+                # The job's sidecar went with it: the folder itself is gone or unmounted (45), not
+                # the file. Back off without using the job's attempts; it is not the job's fault.
+                raise FileNotFoundError(errno.ENOENT, "the queue's jobs folder is gone or empty "
+                                        "(an unmounted share?)", str(job.path.parent))
             self.store.start(job.id)
             message = f"the engine's copy of the data, {job.path}, is missing; retrying with back-off"
             self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, message)
