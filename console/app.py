@@ -178,11 +178,14 @@ class TrainConsole(App[None]):
         elif message.error:
             self.apply_snapshot(Snapshot(**{**self.snapshot.__dict__, "problem": message.error}))
         self.first_frame.set()
-        delay = 0.0 if self._poll_again else self.poll_interval
-        self._poll_again = False
         if self._poll_timer is not None:
             self._poll_timer.stop()
-        self._poll_timer = self.set_timer(delay, self._start_poll)
+            self._poll_timer = None
+        if self._poll_again:  # an action asked for fresh data while this poll ran
+            self._poll_again = False
+            self.call_later(self._start_poll)
+        else:
+            self._poll_timer = self.set_timer(self.poll_interval, self._start_poll)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         first = self._seen_alerts is None

@@ -9,6 +9,7 @@ so any number of consoles can watch one engine at once.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from console.series import downsample, ema_debiased
+from console.series import Ema, downsample
 from console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
 from engine.events import EventTail
 from engine.sysmon import Sysmon
@@ -57,19 +58,25 @@ class _Series:
 
     steps: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    smooth: list[float] = field(default_factory=list)
+    ema: Ema = field(default_factory=Ema)
     eval_steps: list[float] = field(default_factory=list)
     eval_loss: list[float] = field(default_factory=list)
     recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=30))  # (t, step)
 
     def add_step(self, step: float, loss: float, t: float) -> None:
-        while self.steps and self.steps[-1] >= step:
-            self.steps.pop()
-            self.loss.pop()
+        if self.steps and self.steps[-1] >= step:
+            cut = bisect.bisect_left(self.steps, step)
+            del self.steps[cut:], self.loss[cut:]
+            # The average restarts from the kept points: rollbacks are rare, steps are not.
+            self.ema = Ema()
+            self.smooth = [self.ema.add(v) for v in self.loss]
         self.steps.append(step)
         self.loss.append(loss)
+        self.smooth.append(self.ema.add(loss))
         if len(self.steps) > MAX_POINTS:
-            del self.steps[: len(self.steps) - MAX_POINTS]
-            del self.loss[: len(self.loss) - MAX_POINTS]
+            extra = len(self.steps) - MAX_POINTS
+            del self.steps[:extra], self.loss[:extra], self.smooth[:extra]
         self.recent.append((t, step))
 
     def add_eval(self, step: float, loss: float) -> None:
@@ -83,11 +90,12 @@ class _Series:
         if len(self.recent) < 2:
             return None
         (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
-        return (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+        # A burst read at once (a history written long ago) says nothing about the current pace.
+        return (s1 - s0) / (t1 - t0) if t1 - t0 >= 1.0 and s1 > s0 else None
 
     def view(self, job_id: str, width: int) -> LossView:
         tx, ty = downsample(self.steps, self.loss, width)
-        sx, sy = downsample(self.steps, ema_debiased(self.loss), width)
+        sx, sy = downsample(self.steps, self.smooth, width)
         ex, ey = downsample(self.eval_steps, self.eval_loss, width)
         return LossView(job_id, tuple(tx), tuple(ty), tuple(sx), tuple(sy), tuple(ex), tuple(ey),
                         last_loss=self.loss[-1] if self.loss else None,

@@ -8,7 +8,9 @@ and its last point, in step order.
 
 from __future__ import annotations
 
+import bisect
 import math
+import operator
 from collections.abc import Sequence
 
 
@@ -33,25 +35,51 @@ def ema_debiased(values: Sequence[float], beta: float = 0.9) -> list[float]:
 
 def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
     """At most about ``3 * width`` points: for each of ``width`` equal spans of x, the points with
-    the smallest and largest y and the last point, in x order. Non-finite y values are dropped
-    (a plot cannot draw them); fewer points than columns are returned unchanged."""
+    the smallest and largest y and the last point, in x order. Non-finite values are dropped (a
+    plot cannot draw them); fewer points than columns are returned unchanged.
+
+    It runs every refresh on the whole history, so the work per point is C-level (slices, min,
+    max, bisect) and the Python loop is per column."""
     if len(xs) != len(ys):
         raise ValueError(f"xs and ys differ in length: {len(xs)} != {len(ys)}")
-    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(y) and math.isfinite(x)]
-    if width < 1 or len(pairs) <= 3 * max(width, 1):
-        return [p[0] for p in pairs], [p[1] for p in pairs]
-    lo, hi = pairs[0][0], pairs[-1][0]
+    if all(map(math.isfinite, ys)) and all(map(math.isfinite, xs)):
+        px, py = list(xs), list(ys)
+    else:
+        kept = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
+        px, py = [p[0] for p in kept], [p[1] for p in kept]
+    n = len(px)
+    if width < 1 or n <= 3 * width:
+        return px, py
+    if not all(map(operator.le, px, px[1:])):
+        order = sorted(range(n), key=px.__getitem__)
+        px, py = [px[i] for i in order], [py[i] for i in order]
+    lo, hi = px[0], px[-1]
     span = (hi - lo) or 1.0
     keep: list[int] = []
-    column_start = 0
-    current = 0
-    for i in range(1, len(pairs) + 1):
-        col = min(width - 1, int((pairs[i][0] - lo) / span * width)) if i < len(pairs) else -1
-        if col != current or i == len(pairs):
-            chunk = range(column_start, i)
-            lowest = min(chunk, key=lambda j: pairs[j][1])
-            highest = max(chunk, key=lambda j: pairs[j][1])
-            keep.extend(sorted({lowest, highest, i - 1}))
-            column_start = i
-            current = col
-    return [pairs[j][0] for j in keep], [pairs[j][1] for j in keep]
+    start = 0
+    for column in range(1, width + 1):
+        end = n if column == width else bisect.bisect_left(px, lo + span * column / width, start)
+        if end <= start:
+            continue
+        segment = py[start:end]
+        lowest = start + segment.index(min(segment))
+        highest = start + segment.index(max(segment))
+        keep.extend(sorted({lowest, highest, end - 1}))
+        start = end
+    return [px[i] for i in keep], [py[i] for i in keep]
+
+
+class Ema:
+    """``ema_debiased`` one point at a time, for a series that grows every step."""
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = beta
+        self.acc = 0.0
+        self.n = 0
+
+    def add(self, value: float) -> float:
+        if not math.isfinite(value):
+            return value
+        self.n += 1
+        self.acc = self.beta * self.acc + (1.0 - self.beta) * value
+        return self.acc / (1.0 - self.beta**self.n)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from console.snapshot import Snapshot, format_duration
+from console.snapshot import Snapshot, format_age
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "stopped": "bold red",
                "not running": "bold red"}
@@ -19,7 +19,7 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
     if engine.pid is not None:
         out += Text(f"  pid {engine.pid}")
     if engine.uptime_s is not None:
-        out += Text(f"  up {format_duration(engine.uptime_s)}")
+        out += Text(f"  up {format_age(engine.uptime_s)}")
     if engine.step_rate is not None:
         out += Text(f"  {engine.step_rate:.2f} step/s")
     if snap.paused and engine.state != "paused":

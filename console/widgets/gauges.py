@@ -4,6 +4,7 @@ then RAM, swap and free disk. A fixed-size text block, redrawn only when its tex
 from __future__ import annotations
 
 from rich.text import Text
+from textual.containers import Vertical
 from textual.widgets import Static
 
 from engine.sysmon import GpuSample, Sample
@@ -46,11 +47,11 @@ def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
             Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
 
 
-def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int) -> Text:
+def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int) -> list[Text]:
     width = max(20, width)
     out: list[Text] = []
     if sample is None:
-        return Text("sampling…", style="dim")
+        return [Text("sampling…", style="dim")]
     if sample.gpu_state == "ok" and sample.gpus:
         for gpu in sample.gpus:
             out += gpu_lines(gpu, width)
@@ -68,19 +69,27 @@ def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str]
     swap_style = "bold red" if sample.swap_in_mb_s >= 1.0 else ""
     out.append(Text(f"swap {_gb(sample.swap_used_mb)} used, in ")
                + Text(f"{sample.swap_in_mb_s:.1f} MB/s", style=swap_style))
+    # Folders on one filesystem share a line (same free space to the megabyte).
+    by_free: dict[int, list[str]] = {}
     for path, free in sample.disk_free_mb.items():
-        label = labels.get(path, path)
-        style = "bold red" if free < 1024 else ""
-        out.append(Text(f"disk {label:<6}") + Text(f"{_gb(free)} free", style=style))
-    return Text("\n").join(out)
+        by_free.setdefault(int(free), []).append(labels.get(path, path))
+    for free_mb, names in by_free.items():
+        style = "bold red" if free_mb < 1024 else ""
+        out.append(Text(f"disk {'+'.join(names):<6} ") + Text(f"{_gb(free_mb)} free", style=style))
+    return out
 
 
-class Gauges(Static):
-    """Fixed size: a new sample never changes the layout, so only this widget repaints."""
+class Gauges(Vertical):
+    """One line widget per gauge: when RAM moves, one line goes to the terminal, not the panel.
+    Lines are fixed-size, so an update never needs a layout pass."""
+
+    DEFAULT_CSS = """
+    Gauges > Static { height: 1; }
+    """
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__("", **kwargs)  # type: ignore[arg-type]
-        self._last: Text | None = None
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._lines: list[Text] = []
         self._args: tuple[Sample | None, str, dict[str, str]] = (None, "", {})
 
     def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str]) -> None:
@@ -90,9 +99,20 @@ class Gauges(Static):
     def on_resize(self) -> None:
         self._draw()
 
+    @property
+    def text(self) -> str:
+        return "\n".join(line.plain for line in self._lines)
+
     def _draw(self) -> None:
-        text = render_gauges(*self._args, width=self.content_size.width or 36)
-        if self._last is not None and text == self._last:
+        lines = render_gauges(*self._args, width=self.content_size.width or 36)
+        if lines == self._lines:
             return
-        self._last = text
-        self.update(text, layout=False)
+        widgets = list(self.query_children(Static))
+        if len(widgets) != len(lines):
+            self.remove_children()
+            self.mount_all([Static(line) for line in lines])
+        else:
+            for widget, new, old in zip(widgets, lines, self._lines, strict=True):
+                if new != old:
+                    widget.update(new, layout=False)
+        self._lines = lines

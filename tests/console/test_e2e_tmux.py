@@ -81,7 +81,7 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
         assert "01-arithmetic.jsonl" in screen and "02-reverse-words.jsonl" in screen
         assert "03-broken.jsonl" in screen and "failed" in screen
         assert "queue" in screen and "resources" in screen
-        assert "RAM" in screen and "disk queue" in screen
+        assert "RAM" in screen and "disk queue" in screen  # queue+runs when on one disk
         assert "no GPU: training on CPU" in screen or "GPU0" in screen
         assert "critical" in screen
         # The plot with its legend (a toast for the critical alert may cover it for a few seconds).
