@@ -17,7 +17,7 @@ import sqlite3
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +348,13 @@ class Supervisor:
         outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
                            hung_for_s=run.hung_for_s, stopped_by_us=run.stopping,
                            log_tail=self._log_tail(run) if report is None else "")
+        if outcome.error_class in (ErrorClass.BUG, ErrorClass.TRANSIENT):
+            # A full disk surfaces in many disguises (torch.save's "unexpected pos", a torn write):
+            # the filesystem, not the message, says whether the attempt was the disk's fault (25).
+            free = self.guard.sysmon.sample([run.run_dir]).disk_free_mb.get(str(run.run_dir))
+            if free is not None and free < self.checkpoint_mb(run.run_dir):
+                outcome = replace(outcome, error_class=ErrorClass.DISK_FULL, case=25, message=(
+                    f"{outcome.message} (only {free:.2f} MB free on {run.run_dir}: treated as a full disk)"))
         apply_outcome(self, run, outcome)
         self.current = None
 

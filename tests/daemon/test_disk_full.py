@@ -1,0 +1,64 @@
+"""A real full disk (case 25): the runs folder on a 2 MB tmpfs, filled from outside so the second
+checkpoint of a real training run does not fit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine import checkpoints as ckpt
+from tests.daemon.harness import TINY, Harness, drop
+from tests.daemon.realrun import REAL
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+@pytest.mark.edge(25)
+def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: Path, tiny_model: Path,
+                                                                      small_disk: Path) -> None:
+    from engine.launcher import launcher_for
+
+    h = Harness(workspace, {**TINY, **REAL, "training.max_steps": 4, "paths.runs": str(small_disk / "runs"),
+                            "paths.adapters": str(small_disk / "adapters")}, launcher_factory=launcher_for)
+    try:
+        drop(workspace, "a.jsonl")
+        h.run_until(lambda: h.sup.current is not None, timeout=60)
+        ckpts = h.layout.run_dir(h.jobs()[0].id) / "checkpoints"
+        # Once the first checkpoint exists, fill the disk from outside, leaving less than a save needs.
+        h.run_until(lambda: bool(ckpt.list_checkpoints(ckpts)), timeout=240)
+        filler = small_disk / "filler"
+        free = shutil.disk_usage(small_disk).free
+        filler.write_bytes(b"\0" * max(0, free - 40 * 1024))
+        h.run_until(lambda: h.store.paused() or h.jobs()[0].status != "running", timeout=240)
+        job = h.jobs()[0]
+        assert h.store.paused() and job.status == "queued", (job.status, job.error)
+        assert job.error_class == "disk_full" and job.attempts == 0  # not charged
+        assert any(a["case"] == 25 and "paused" in a["message"] for a in h.alerts())
+        # The checkpoint saved before the disk filled is intact.
+        for _, path in ckpt.list_checkpoints(ckpts):
+            assert isinstance(ckpt.verify(path, fingerprint=None), ckpt.Checkpoint)
+        filler.unlink()  # space comes back: the engine resumes by itself
+        h.sup.guard._last_mono = None
+        h.run_until(lambda: h.jobs()[0].status == "done", timeout=240)
+        assert not h.store.paused()
+    finally:
+        h.close()
