@@ -11,7 +11,6 @@ dictionary lookups for records of the usual shape."""
 from __future__ import annotations
 
 import gc
-import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -397,6 +396,8 @@ def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: i
     ranges = split_ranges(path, size, n_ranges)
     if len(ranges) < 2:
         return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
+    import multiprocessing  # only here: most validations are one process
+
     ctx = multiprocessing.get_context("fork")
     shared = ctx.Value("q", 0)
     _JOB.update(path=path, cap=cap, max_problems=max_problems, counter=counter,
