@@ -1,0 +1,169 @@
+"""Recovery benchmark: how fast and how cheaply the engine gets a killed job training again.
+
+A real daemon trains the built-in tiny model; this process plays the operator and the kernel.
+
+  resume_s_after_kill_minus_load  from a worker's SIGKILL to its first resumed step, minus the
+                                  model load (the baseline, measured in the same run: a fresh
+                                  worker's start to its first step); target < 3 s
+  steps_lost_over_interval        steps redone after the kill over the checkpoint interval
+                                  (save_steps); at most 1
+  daemon_rss_mb                   the daemon's resident memory while a job trains; target < 60
+  land_to_worker_s                a file renamed into the inbox to its worker process existing,
+                                  with queue.stable_s = 0.2; target < 1 s
+
+    python bench/recovery.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psutil  # noqa: E402
+
+from engine.config import default_config_text, load_config, set_value  # noqa: E402
+from engine.events import read_all  # noqa: E402
+from engine.store import Store  # noqa: E402
+
+SAVE_STEPS = 2
+
+
+def _chat(n: int, tag: str) -> str:
+    rows = [json.dumps({"messages": [{"role": "user", "content": f"{tag} {i} plus {i}?"},
+                                     {"role": "assistant", "content": f"{2 * i}."}]}) for i in range(n)]
+    return "\n".join(rows) + "\n"
+
+
+def _workspace(base: Path, cache: Path, max_steps: int) -> Path:
+    config = base / "config.toml"
+    config.write_text(default_config_text().replace('cache = ".cache"', f'cache = "{cache}"'))
+    for key, value in {"queue.poll_s": 0.1, "queue.stable_s": 0.2, "queue.backoff_s": 0.0,
+                       "queue.max_attempts": 20, "hardware.min_free_ram_mb": 0, "hardware.min_free_disk_mb": 0,
+                       "training.max_steps": max_steps, "training.epochs": 0, "training.batch_size": 2,
+                       "training.max_length": 128, "training.save_steps": SAVE_STEPS,
+                       "training.eval_steps": 10000, "training.eval_fraction": 0.0,
+                       "guards.eval_samples": 0, "guards.hang_floor_s": 60.0}.items():
+        set_value(config, key, value)
+    return config
+
+
+def _drop(base: Path, name: str, tag: str) -> float:
+    inbox = base / "queue" / "incoming"
+    inbox.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".{name}"
+    tmp.write_text(_chat(24, tag))
+    landed = time.monotonic()
+    os.replace(tmp, inbox / name)
+    return landed
+
+
+def _worker_for(runs: Path) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "engine.train.worker" in cmd and cmd[-1].startswith(str(runs)):
+            return proc
+    return None
+
+
+def _steps(layout: Any, job_id: str) -> list[tuple[float, int]]:
+    return [(float(e["t"]), int(e["step"])) for e in read_all(layout.job_events(job_id))
+            if e["type"] == "step" and isinstance(e.get("step"), int)]
+
+
+def _wait(cond: Any, timeout: float, what: str, poll: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(poll)
+    raise SystemExit(f"bench/recovery: timed out waiting for {what}")
+
+
+def run(quick: bool) -> dict[str, float]:
+    kills = 1 if quick else 3
+    base = Path(tempfile.mkdtemp(prefix="tc-bench-recovery-"))
+    cache = Path(os.environ.get("TRAINCONSOLE_TEST_CACHE", base / "cache"))
+    config = _workspace(base, cache, max_steps=8 + 8 * kills)
+    cfg = load_config(config)
+    layout = cfg.layout()
+    log = open(base / "daemon.log", "ab")  # noqa: SIM115
+    daemon = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "daemon"],
+                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait(lambda: (layout.queue / "engine.pid").exists(), 60, "the daemon", 0.05)
+        time.sleep(0.5)  # first inbox scans done: the landing is timed against a warm loop
+        landed = _drop(base, "bench.jsonl", "bench")
+        worker = _wait(lambda: _worker_for(layout.runs), 30, "the worker")
+        land_to_worker = time.monotonic() - landed
+        with Store.open(layout, repair=False) as store:
+            job_id = store.jobs()[0].id
+        started_wall = worker.create_time()
+        first = _wait(lambda: _steps(layout, job_id), 300, "the first step", 0.05)
+        load_s = first[0][0] - started_wall  # baseline: process start to first step, no kill
+        rss = []
+        resume, lost = [], []
+        for k in range(kills):
+            target = 4 + 8 * k + 3
+            _wait(lambda t=target: any(s >= t for _, s in _steps(layout, job_id)), 300, f"step {target}", 0.05)
+            rss.append(psutil.Process(daemon.pid).memory_info().rss / 2**20)
+            before = _steps(layout, job_id)
+            reached = max(s for _, s in before)
+            victim = _worker_for(layout.runs)
+            assert victim is not None
+            killed_wall = time.time()
+            victim.send_signal(signal.SIGKILL)
+            seen = len(before)
+            after = _wait(lambda: _steps(layout, job_id)[seen:] or None, 300, "a resumed step", 0.05)
+            t_first, s_first = after[0]
+            resume.append((t_first - killed_wall) - load_s)
+            lost.append((reached - (s_first - 1)) / SAVE_STEPS)
+        _wait(lambda: (layout.done / "").exists() and any(layout.done.glob("*.jsonl")), 300, "the job done", 0.1)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(120)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+    return {
+        "resume_s_after_kill_minus_load": round(statistics.median(resume), 3),
+        "steps_lost_over_interval": round(max(lost), 3),
+        "daemon_rss_mb": round(max(rss), 1),
+        "land_to_worker_s": round(land_to_worker, 3),
+        "load_s_baseline": round(load_s, 3),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one kill instead of three (under 2 minutes)")
+    args = parser.parse_args()
+    metrics = run(args.quick)
+    targets = {"resume_s_after_kill_minus_load": "< 3", "steps_lost_over_interval": "<= 1",
+               "daemon_rss_mb": "< 60", "land_to_worker_s": "< 1", "load_s_baseline": "(baseline)"}
+    print(f"{'metric':<34} {'value':>10}  target")
+    for key, value in metrics.items():
+        print(f"{key:<34} {value:>10}  {targets[key]}")
+    out = ROOT / "bench" / "results" / "recovery.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "recovery", "quick": args.quick, "metrics": metrics}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
