@@ -83,6 +83,10 @@ def _steps(layout: Any, job_id: str) -> list[tuple[float, int]]:
             if e["type"] == "step" and isinstance(e.get("step"), int)]
 
 
+def _new_steps(layout: Any, job_id: str, seen: int) -> Any:
+    return lambda: _steps(layout, job_id)[seen:] or None
+
+
 def _wait(cond: Any, timeout: float, what: str, poll: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,8 +130,7 @@ def run(quick: bool) -> dict[str, float]:
             assert victim is not None
             killed_wall = time.time()
             victim.send_signal(signal.SIGKILL)
-            seen = len(before)
-            after = _wait(lambda: _steps(layout, job_id)[seen:] or None, 300, "a resumed step", 0.05)
+            after = _wait(_new_steps(layout, job_id, len(before)), 300, "a resumed step", 0.05)
             t_first, s_first = after[0]
             resume.append((t_first - killed_wall) - load_s)
             lost.append((reached - (s_first - 1)) / SAVE_STEPS)
