@@ -64,7 +64,8 @@ def main() -> int:
                 name, _, arg = kind.partition(":")
                 batch = int(over.get("batch_size", 4))
                 if name == "oom" or (name == "oom_above_batch" and batch > int(arg)):
-                    report("failed", "oom", "CUDA out of memory (injected)", step, case=23)
+                    report("failed", "oom", "CUDA out of memory (injected)", step,
+                           case=int(os.environ.get("FAKE_OOM_CASE", "23")))
                     return EXIT["oom"]
                 if name == "hang":
                     while True:

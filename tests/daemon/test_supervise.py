@@ -59,6 +59,20 @@ def test_gpu_oom_walks_down_the_ladder_keeping_the_effective_batch(harness: Harn
     assert len(alerts) == 2 and "rung 1" in alerts[0]["message"] and "rung 2" in alerts[1]["message"]
 
 
+@pytest.mark.edge(22)
+def test_oom_while_tokenizing_takes_the_same_ladder(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tokenization runs on the CPU into a memory-mapped cache before the model is on a device, so
+    a GPU OOM cannot happen there; a worker that reports one anyway (case 22) gets the same ladder,
+    and the alert carries its case."""
+    monkeypatch.setenv("TRAINCONSOLE_FAULT", "oom_above_batch:2@1")
+    monkeypatch.setenv("FAKE_OOM_CASE", "22")
+    drop(harness.ws, "a.jsonl")
+    harness.run_until(lambda: [j.status for j in harness.jobs()] == ["done"])
+    job = harness.jobs()[0]
+    assert job.overrides["batch_size"] == 2 and job.overrides["oom_rung"] == 1
+    assert [a["case"] for a in harness.alerts() if a["case"] in (22, 23)] == [22]
+
+
 @pytest.mark.edge(23)
 def test_oom_past_the_last_rung_is_a_clear_failure(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINCONSOLE_FAULT", "oom@1")  # OOM at any batch size
