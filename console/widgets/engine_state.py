@@ -21,7 +21,7 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
     if engine.uptime_s is not None:
         out += Text(f"  up {format_age(engine.uptime_s)}")
     if engine.step_rate is not None:
-        out += Text(f"  {engine.step_rate:.2f} step/s")
+        out += Text(f"  {engine.step_rate:.3g} step/s")
     if snap.paused and engine.state != "paused":
         out += Text("  queue paused", style="yellow")
     counts = snap.counts()

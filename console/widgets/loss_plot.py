@@ -5,10 +5,15 @@ a spike survives and a long run costs what a short one does. Redrawn only when t
 from __future__ import annotations
 
 import math
+import time
 
 from textual_plotext import PlotextPlot
 
 from console.snapshot import LossView
+
+# While a job trains the curve changes every refresh; building the plot is the console's largest
+# single cost, and a trend drawn every 2 s reads the same. A new job, log-y or a resize draw at once.
+GROWTH_REDRAW_S = 2.0
 
 
 class LossPlot(PlotextPlot):
@@ -17,6 +22,7 @@ class LossPlot(PlotextPlot):
         self.view: LossView | None = None
         self.log_y = False
         self._drawn: tuple[LossView | None, bool] | None = None
+        self._drawn_at = 0.0
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -31,7 +37,13 @@ class LossPlot(PlotextPlot):
     def _draw(self) -> None:
         if self._drawn == (self.view, self.log_y):
             return
+        before = self._drawn[0] if self._drawn is not None else None
+        same_curve = (before is not None and self.view is not None and before.job_id == self.view.job_id
+                      and self._drawn is not None and self._drawn[1] == self.log_y)
+        if same_curve and time.monotonic() - self._drawn_at < GROWTH_REDRAW_S:
+            return  # the next refresh draws it
         self._drawn = (self.view, self.log_y)
+        self._drawn_at = time.monotonic()
         plt = self.plt
         plt.clear_figure()
         view = self.view

@@ -107,7 +107,9 @@ class QueueTable(DataTable[str | Text]):
             else:
                 for (_, col), new, before in zip(COLUMNS, row, old, strict=True):
                     if new != before:
-                        self.update_cell(job_id, col, new, update_width=True)
+                        # Re-measuring columns costs a layout pass: only when the text grew.
+                        grew = len(str(new)) > len(str(before))
+                        self.update_cell(job_id, col, new, update_width=grew)
                         changed = True
             self._shown[job_id] = row
         return changed
