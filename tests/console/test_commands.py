@@ -1,0 +1,127 @@
+"""The two console commands as an operator meets them: `trainconsole demo` sets up once, and the
+console opened in a real pseudo terminal ends cleanly when that terminal goes away (SIGHUP), rather
+than spinning on a dead tty; without a terminal it says what to use instead."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from console.commands.demo import MARKER, demo_files, prepare
+from engine.config import load_config
+from engine.data import validate_file
+from tests.helpers import ROOT, run_cli
+
+
+def test_demo_data_is_two_good_files_and_one_broken() -> None:
+    import tempfile
+
+    verdicts = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in demo_files():
+            path = Path(tmp) / name
+            path.write_bytes(data)
+            verdicts[name] = validate_file(path).verdict
+    assert verdicts == {"01-arithmetic.jsonl": "accepted", "02-reverse-words.jsonl": "accepted",
+                        "03-broken.jsonl": "rejected"}
+
+
+@pytest.mark.edge(4)
+def test_demo_prepare_queues_once_with_a_small_training_config(tmp_path: Path) -> None:
+    root = tmp_path / "demo-workspace"
+    config, queued = prepare(root)
+    assert queued and (root / MARKER).exists()
+    cfg = load_config(config)
+    assert cfg.model.base_model == "builtin:tiny-chat" and cfg.training.max_steps == 60
+    incoming = sorted(p.name for p in cfg.layout().incoming.iterdir() if p.is_file())
+    assert incoming == ["01-arithmetic.jsonl", "02-reverse-words.jsonl", "03-broken.jsonl"]
+    assert "learning_rate" in config.read_text() and "#" in config.read_text()  # comments kept
+    _, again = prepare(root)
+    assert not again  # a second `trainconsole demo` attaches instead of queueing twice
+
+
+def test_demo_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("x")
+    out = run_cli("demo", "--dir", str(tmp_path / "f"), "--no-console", cwd=tmp_path)
+    assert out.returncode == 2 and "not a folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_console_without_a_terminal_says_what_to_use(workspace: Path) -> None:
+    out = run_cli("--config", str(workspace / "config.toml"), "--readonly")
+    assert out.returncode == 2
+    assert "needs a terminal" in out.stderr and "trainconsole status" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_refresh_faster_than_a_quarter_second_is_refused(workspace: Path) -> None:
+    out = run_cli("--config", str(workspace / "config.toml"), "--readonly", "--refresh", "0.1")
+    assert out.returncode == 2 and "--refresh" in out.stderr
+
+
+def _spawn_in_pty(workspace: Path) -> tuple[subprocess.Popen[bytes], int]:
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = dict(os.environ, TERM="xterm-256color", PYTHONPATH=str(ROOT))
+    env.pop("TRAINCONSOLE_CONFIG", None)
+
+    def own_terminal() -> None:
+        # A session leader with the pty as its controlling terminal, as under sshd: closing the
+        # master hangs the terminal up and the kernel sends SIGHUP.
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(workspace / "config.toml"),
+                             "--readonly"], stdin=slave, stdout=slave, stderr=slave, cwd=workspace, env=env,
+                            preexec_fn=own_terminal)
+    os.close(slave)
+    return proc, master
+
+
+def _read_until(master: int, marker: bytes, timeout: float = 60.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(master, 65536)
+            except OSError:
+                break
+    assert marker in seen, seen[-2000:]
+    return seen
+
+
+def test_console_exits_when_its_terminal_hangs_up(workspace: Path) -> None:
+    proc, master = _spawn_in_pty(workspace)
+    try:
+        _read_until(master, b"engine not running")
+        os.close(master)  # the SSH link drops
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_console_exits_on_sighup(workspace: Path) -> None:
+    proc, master = _spawn_in_pty(workspace)
+    try:
+        _read_until(master, b"engine not running")
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
