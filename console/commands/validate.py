@@ -6,7 +6,8 @@ us). Token statistics use the configured model's tokenizer; torch is never impor
 
 ``--json`` prints one object (schema 1; keys are only ever added)::
 
-    {"schema": 1, "files": [{
+    {"schema": 1, "tokens_skipped": why there are no token statistics ("" when there are),
+     "files": [{
         "path", "verdict": "accepted" | "rejected",
         "reason": why rejected ("" when accepted), "code": the rejection in one word
             (empty_file, json_array, utf16_file, compressed_file, no_valid_example, all_dropped,
@@ -120,12 +121,13 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     counter = None
+    skipped = "--no-tokens"
     if not args.no_tokens:
         from engine.data_tokenizer import token_counter_for
 
-        counter, why = token_counter_for(cfg)
+        counter, skipped = token_counter_for(cfg)
         if counter is None:
-            print(f"trainconsole: token statistics skipped: {why}", file=sys.stderr)
+            print(f"trainconsole: token statistics skipped: {skipped}", file=sys.stderr)
     reports = []
     tty = sys.stderr.isatty()
     for given in args.files:
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(report.render(), flush=True)
     if args.json:
-        json.dump({"schema": 1, "files": [r.to_json() for r in reports]}, sys.stdout,
-                  indent=2)
+        json.dump({"schema": 1, "files": [r.to_json() for r in reports],
+                   "tokens_skipped": skipped}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 0 if all(r.accepted for r in reports) else 1

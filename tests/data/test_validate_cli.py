@@ -118,6 +118,18 @@ def test_validate_never_imports_torch(workspace: Path, tiny_model: Path) -> None
     assert done.stdout.split() == ["0", "False", "True"], done.stderr
 
 
+def test_a_broken_tokenizer_skips_token_statistics_with_a_note(workspace: Path) -> None:
+    model = workspace / "my-model"
+    model.mkdir()
+    (model / "tokenizer.json").write_text("{not json")
+    set_value(workspace / "config.toml", "model.base_model", str(model))
+    done = run_cli("validate", "--json", str(CORPUS / "sharegpt.jsonl"), cwd=workspace)
+    assert done.returncode == 0, done.stderr
+    out = _json(done)
+    assert out["files"][0]["tokens"] == {} and "tokenizer.json" in out["tokens_skipped"]
+    assert "token statistics skipped" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_without_a_config_file_defaults_are_used_and_said(tmp_path: Path) -> None:
     done = run_cli("validate", "--no-tokens", str(CORPUS / "sharegpt.jsonl"), cwd=tmp_path)
     assert done.returncode == 0
