@@ -25,8 +25,8 @@ __all__ = ["Example", "Limits", "Message", "Problem", "REASONS", "Report", "Toke
            "TokenStats", "iter_examples", "validate_file"]
 
 # The ``code`` of a rejected file's report, one word per way a file is refused as a whole.
-VERDICT_CODES: Final = ("empty_file", "json_array", "utf16_file", "compressed_file", "no_valid_example",
-                        "all_dropped", "too_many_invalid")
+VERDICT_CODES: Final = ("empty_file", "json_array", "pretty_printed", "utf16_file", "compressed_file",
+                        "no_valid_example", "all_dropped", "too_many_invalid")
 
 # Below this, forking workers costs more than it saves.
 PARALLEL_MIN_BYTES: Final = 32 << 20
@@ -253,6 +253,11 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
         reason = ("the file is one JSON array, not JSON lines: write one object per line "
                   f"(for example: jq -c '.[]' {path.name} > fixed.jsonl)")
         tally.problems = tally.problems[:1]  # the rest are the array's lines, not news
+    elif tally.valid == 0 and tally.start == "pretty":
+        case, code = 4, "pretty_printed"
+        reason = ("the records span several lines (pretty-printed JSON): write each record on one line "
+                  f"(for example: jq -c . {path.name} > fixed.jsonl)")
+        tally.problems = tally.problems[:1]
     elif tally.valid == 0 and tally.start in COMPRESSED.values():
         case, code = 9, "compressed_file"
         reason = (f"the file is {tally.start}-compressed, not JSON lines; decompress it first "

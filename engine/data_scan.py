@@ -72,7 +72,7 @@ class Tally:
     invalid: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     problems: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, detail)
-    start: str = ""  # what the file opens with: "array", "utf16" or "" (range 0 only)
+    start: str = ""  # what the file opens with (see _file_start; range 0 only)
     tokens: TokenTally | None = None
 
     def bad(self, line: int, reason: str, detail: str) -> None:
@@ -217,8 +217,8 @@ COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "z
 
 
 def _file_start(f: BinaryIO) -> str:
-    """"array" when the file opens with ``[`` (one JSON array), "utf16" for a UTF-16 byte order
-    mark, "gzip" (etc.) for a compressed file, else ""."""
+    """"array" when the file opens with ``[`` (one JSON array), "pretty" when with ``{`` alone on
+    its line, "utf16" for a UTF-16 byte order mark, "gzip" (etc.) for a compressed file, else ""."""
     f.seek(0)
     head = f.read(4096)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -228,7 +228,12 @@ def _file_start(f: BinaryIO) -> str:
             return kind
     if head.startswith(BOM):
         head = head[len(BOM):]
-    return "array" if head.lstrip()[:1] == b"[" else ""
+    head = head.lstrip()
+    if head[:1] == b"[":
+        return "array"
+    if head.split(b"\n", 1)[0].strip() == b"{":  # an object opened alone on its line: pretty-printed
+        return "pretty"
+    return ""
 
 
 def scan(path: Path, start: int, end: int, cap: int, max_problems: int,

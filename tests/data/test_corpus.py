@@ -83,6 +83,12 @@ def test_a_whole_file_json_array_is_recognised_with_advice(name: str) -> None:
     assert len(report.problems) <= 1  # not one complaint per line of the array
 
 
+@pytest.mark.edge(4)
+def test_pretty_printed_records_are_recognised_with_advice() -> None:
+    report = check("pretty_printed.jsonl")
+    assert "pretty-printed" in report.reason and "jq -c ." in report.reason
+
+
 @pytest.mark.edge(4, 77)
 def test_numbers_too_large_to_convert_are_their_own_reason() -> None:
     report = check("big_numbers.jsonl")
