@@ -95,8 +95,8 @@ class TrainConsole(App[None]):
         yield EngineState(id="state")
         with Container(id="main"):
             yield QueueTable(id="queue")
-            yield Gauges(id="gauges")
             yield LossPlot(id="loss")
+            yield Gauges(id="gauges")
             yield AlertList(id="alerts")
         yield Input(placeholder="filter jobs (enter keeps it, escape clears)", id="filter")
         yield Footer()
