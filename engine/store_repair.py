@@ -66,7 +66,18 @@ def _reconcile_folders(store: Store) -> None:
                     where[entry.name] = folder
         except OSError:
             continue
-    rows = store._conn.execute("SELECT id, filename, status, attempts, history, name FROM jobs").fetchall()
+    with store._lock:  # rows and intents from one snapshot: a file being added is in one of them
+        store._conn.execute("BEGIN")
+        try:
+            rows = store._conn.execute("SELECT id, filename, status, attempts, history, name FROM jobs").fetchall()
+            pending = {r[0] for r in store._conn.execute("SELECT id FROM intents")}
+        finally:
+            store._conn.execute("COMMIT")
+    known = {r[1] for r in rows}
+    for filename, folder in where.items():
+        job_id = sf.job_id_of(filename)
+        if job_id is not None and filename not in known and job_id not in pending:
+            _adopt(store, folder, job_id, filename)
     for job_id, filename, status, attempts, history, name_b in rows:
         expected = folder_for(layout, status)
         actual = where.get(filename)
@@ -96,3 +107,26 @@ def _move_under_lock(store: Store, job_id: str, filename: str) -> None:
             if folder != expected and (folder / filename).exists():
                 store._move_files(job_id, filename, folder, expected)
                 break
+
+
+def _adopt(store: Store, folder: Path, job_id: str, filename: str) -> None:
+    """A job file the database does not know (its record was lost with a power cut after the
+    file's rename was already durable): take it back, as a rebuild would."""
+    import time
+
+    from engine.store_schema import FOLDER_STATUS, row_for_file
+
+    layout = store.layout
+    default = dict((getattr(layout, name), status) for name, status in FOLDER_STATUS)[folder]
+    row = row_for_file(layout, folder, default, job_id, folder / filename, time.time())
+    if row is None:
+        return
+    with store._write():
+        if store._conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
+            return
+        store._conn.execute(f"INSERT INTO jobs({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})",
+                            row)
+        store._conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) WHERE key='next_seq'",
+                            (int(job_id[1:]) + 1,))
+    store.events.emit("log", level="warning", job_id=job_id,
+                      message=f"{job_id}: its file {folder / filename} had no record; taken back as {row[7]}")

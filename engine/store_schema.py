@@ -254,12 +254,62 @@ def _find_sidecar(layout: Layout, job_id: str, first: Path) -> dict[str, Any] | 
     return None
 
 
+def _dumps(value: Any, default: str) -> str:
+    import orjson
+
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError):
+        return default
+
+
+def _num(value: Any, kind: type[int] | type[float], default: Any) -> Any:
+    try:
+        return kind(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def row_for_file(layout: Layout, folder: Path, default_status: str, job_id: str, path: Path,
+                 now: float) -> tuple[Any, ...] | None:
+    """A job row for one data file, from its folder and sidecar. A sidecar edited by hand or
+    garbled costs only its own fields, never the rebuild."""
+    meta = _find_sidecar(layout, job_id, folder) or {}
+    status = default_status
+    side_status = meta.get("status")
+    if folder == layout.jobs and side_status == "held":
+        status = "held"
+    if folder == layout.failed and side_status == "cancelled":
+        status = "cancelled"
+    try:
+        name = sf.name_from_hex(str(meta["name_hex"]))
+    except (KeyError, ValueError):
+        name = path.name.split("--", 1)[-1]
+    sha, size = meta.get("sha256"), meta.get("size")
+    if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int):
+        try:
+            sha, size = sf.hash_file(path)
+        except OSError:
+            return None
+    priority = meta.get("priority") if meta.get("priority") in ("high", "normal", "low") else "normal"
+    created = _num(meta.get("created_at"), float, now)
+    overrides = meta.get("overrides") if isinstance(meta.get("overrides"), dict) else {}
+    history = meta.get("history") if isinstance(meta.get("history"), list) else []
+    error_class, error = meta.get("error_class"), meta.get("error")
+    return (
+        int(job_id[1:]), job_id, os.fsencode(name), path.name, sha, size, priority, status,
+        max(0, _num(meta.get("attempts"), int, 0)), None,
+        error_class if isinstance(error_class, str) else None, error if isinstance(error, str) else None,
+        _dumps(overrides, "{}"), _dumps(history, "[]"),
+        created, _num(meta.get("queued_at"), float, created),
+        None, now if status in ("done", "failed", "cancelled") else None, None, None, None, None,
+    )
+
+
 def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
     """Insert one job per data file found in jobs/, done/ and failed/; returns how many. Ids come
     from the file names, so they survive; the next id is past every id seen (runs/ included), so
     none is reused."""
-    import orjson
-
     now = time.time()
     rows: list[tuple[Any, ...]] = []
     strays: list[tuple[Path, str]] = []
@@ -281,35 +331,10 @@ def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
                 if folder_name == "jobs":
                     strays.append((Path(entry.path), fname))
                 continue
-            seq = int(job_id[1:])
-            highest = max(highest, seq)
-            meta = _find_sidecar(layout, job_id, folder) or {}
-            status = default_status
-            side_status = meta.get("status")
-            if folder_name == "jobs" and side_status == "held":
-                status = "held"
-            if folder_name == "failed" and side_status == "cancelled":
-                status = "cancelled"
-            try:
-                name = sf.name_from_hex(str(meta["name_hex"]))
-            except (KeyError, ValueError):
-                name = fname.split("--", 1)[-1]
-            sha, size = meta.get("sha256"), meta.get("size")
-            if not isinstance(sha, str) or not isinstance(size, int):
-                try:
-                    sha, size = sf.hash_file(Path(entry.path))
-                except OSError:
-                    continue
-            priority = meta.get("priority") if meta.get("priority") in ("high", "normal", "low") else "normal"
-            created = float(meta.get("created_at") or now)
-            rows.append((
-                seq, job_id, os.fsencode(name), fname, sha, size, priority, status,
-                int(meta.get("attempts") or 0), None, meta.get("error_class"), meta.get("error"),
-                orjson.dumps(meta.get("overrides") or {}).decode(),
-                orjson.dumps(meta.get("history") or []).decode(),
-                created, float(meta.get("queued_at") or created),
-                None, now if status in ("done", "failed", "cancelled") else None, None, None, None, None,
-            ))
+            highest = max(highest, int(job_id[1:]))
+            row = row_for_file(layout, folder, default_status, job_id, Path(entry.path), now)
+            if row is not None:
+                rows.append(row)
     conn.execute("BEGIN IMMEDIATE")
     try:
         marks = ",".join("?" * len(COLUMNS))

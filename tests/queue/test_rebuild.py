@@ -161,3 +161,43 @@ def test_a_locked_database_is_waited_for_never_set_aside(layout: Layout, tmp_pat
     with Store.open(layout) as st:
         assert st.jobs() == []
     assert not [p for p in layout.queue.iterdir() if "corrupt" in p.name]
+
+
+@pytest.mark.edge(58)
+def test_a_job_file_without_a_record_is_taken_back_at_open(layout: Layout, tmp_path: Path, clock: Clock,
+                                                           policy: Policy) -> None:
+    """Power cut after the file's rename became durable but before the record did."""
+    import sqlite3
+
+    with Store.open(layout, policy=policy, clock=clock) as st:
+        keep = add(st, tmp_path, "keep.jsonl")
+        lost = add(st, tmp_path, "lost record.jsonl", priority="high")
+    conn = sqlite3.connect(layout.state_db)
+    conn.execute("DELETE FROM jobs WHERE id=?", (lost,))
+    conn.execute("UPDATE meta SET value='2' WHERE key='next_seq'")  # as if the allocation was lost too
+    conn.commit()
+    conn.close()
+    with Store.open(layout, policy=policy, clock=clock) as st:
+        job = st.require(lost)
+        assert (job.name, job.priority, job.status) == ("lost record.jsonl", "high", "queued")
+        assert st.require(keep).status == "queued"
+        assert add(st, tmp_path, "next.jsonl") == "j0003"  # never reuses the adopted id
+
+
+@pytest.mark.edge(58)
+def test_garbled_sidecars_cost_only_their_own_fields(layout: Layout, tmp_path: Path, clock: Clock,
+                                                     policy: Policy) -> None:
+    with Store.open(layout, policy=policy, clock=clock) as st:
+        a = add(st, tmp_path, "a.jsonl")
+        b = add(st, tmp_path, "b.jsonl")
+        sha_b = st.require(b).sha256
+    import json
+
+    (layout.jobs / f"{a}.json").write_text(json.dumps({"id": a, "attempts": "many", "history": {"x": 1},
+                                                       "priority": "urgent", "sha256": 5, "created_at": []}))
+    (layout.jobs / f"{b}.json").write_bytes(b"\x00\xff not json")
+    layout.state_db.write_bytes(b"junk" * 100)
+    with Store.open(layout, policy=policy, clock=clock) as st:
+        ja, jb = st.require(a), st.require(b)
+        assert (ja.attempts, ja.priority, ja.history) == (0, "normal", ())
+        assert jb.sha256 == sha_b and jb.name.endswith(".jsonl")
