@@ -14,7 +14,7 @@ MARKER = ".demo-queued"
 # Small enough to train on a laptop CPU in a minute or two, loud enough to show a falling curve.
 DEMO_SETTINGS: dict[str, object] = {
     "training.max_steps": 60,
-    "training.learning_rate": 2e-3,
+    "training.learning_rate": 8e-3,  # the built-in model has random weights: it needs a push
     "training.batch_size": 4,
     "training.max_length": 128,
     "training.eval_steps": 15,
