@@ -284,6 +284,15 @@ class Store:
             sf.copy_into(src, dest, self.layout.tmp)
             os.unlink(src)
             sf.fsync_dir(src.parent)
+        else:
+            import stat
+
+            if not stat.S_ISREG(os.lstat(dest).st_mode):
+                # Swapped for a link (or anything else) after it was examined: put it back, where
+                # the inbox's rules for links apply; a job never points outside the queue.
+                os.rename(dest, src)
+                raise DataError(f"{sf.display(str(src))} was replaced while it was being queued; "
+                                "it will be looked at again", case=54)
         sf.fsync_dir(dest.parent)
 
     def _commit_intent(self, row: dict[str, Any]) -> Job:

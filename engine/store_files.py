@@ -132,8 +132,17 @@ def copy_into(src: Path, dst: Path, tmp_dir: Path) -> tuple[str, int]:
     size = 0
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{tmp_prefix()}{dst.name}.{time.monotonic_ns()}.part"
+    # No link followed, no blocking open (a FIFO swapped in would hang us), regular files only.
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    import stat
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        from engine.errors import DataError
+
+        raise DataError(f"{display(str(src))} is not a regular file; not queued")
     try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+        with os.fdopen(fd, "rb") as fin, open(tmp, "xb") as fout:
             while chunk := fin.read(1 << 20):
                 digest.update(chunk)
                 size += len(chunk)

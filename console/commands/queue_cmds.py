@@ -171,8 +171,9 @@ def _add(args: argparse.Namespace) -> int:
                 bad += 1
                 continue
             try:
-                sha, size = hash_file(path)
-                job = store.add_job(path.name, path, sha, size, args.priority, force=args.force)
+                real = Path(os.path.realpath(path))  # a link names the file the operator means
+                sha, size = hash_file(real)
+                job = store.add_job(path.name, real, sha, size, args.priority, force=args.force)
             except TrainconsoleError as exc:
                 print(f"trainconsole: {exc.message}", file=sys.stderr)
                 bad += 1

@@ -357,3 +357,21 @@ def test_a_priority_folder_linked_outside_the_queue_is_not_scanned(layout: Layou
     assert settle(box, mono, store, events) == []
     assert victim.exists() and store.jobs() == []
     assert len([a for a in notices(layout, 54) if "outside the queue folder" in str(a["message"])]) == 1
+
+
+@pytest.mark.edge(54)
+def test_a_file_swapped_for_a_link_at_the_last_moment_is_put_back(layout: Layout, store: Store,
+                                                                  tmp_path: Path) -> None:
+    """The race an attacker would need: examined as a regular file, a link to a file outside by the
+    time it is renamed. The job store never keeps a link; it goes back to the inbox."""
+    from engine.errors import DataError
+
+    outside = write_job_file(tmp_path / "outside" / "secret.jsonl")
+    path = write_job_file(layout.incoming / "swap.jsonl")
+    sha, size = hash_file(path)
+    path.unlink()
+    os.symlink(outside, path)
+    with pytest.raises(DataError, match="replaced"):
+        store.add_job("swap.jsonl", path, sha, size, move=True)
+    assert os.path.islink(path) and store.jobs() == []
+    assert [p for p in layout.jobs.iterdir()] == []
