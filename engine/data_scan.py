@@ -5,22 +5,28 @@ in several processes when the file is large.
 Why not ``for line in file``: it would hold a gigabyte line in memory, and ``str.splitlines``
 would also break records on U+2028 and friends, which are legal inside JSON strings. Why not
 ``json.loads`` per line: at a few microseconds per record the standard library is the
-bottleneck; orjson parses in about a third of the time and the checks below are kept to a few
-dictionary lookups for records of the usual shape."""
+bottleneck; orjson is several times faster, and the record checks (engine/data_records.py) have
+a fast path for records of the usual shape that keeps the work per record in C."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
-from engine.data_records import Example, Message, RecordError, diagnose, parse_record
+from engine.data_records import (
+    Example,
+    Message,
+    RecordError,
+    all_common,
+    diagnose,
+    fast_messages,
+    parse_record,
+)
 
 BLOCK = 1 << 16  # small enough that a block's parsed records are still in cache when checked
 BOM = b"\xef\xbb\xbf"
@@ -151,66 +157,6 @@ def blocks(f: BinaryIO, start: int, end: int, cap: int,
         yield [b"".join(pending)], []
 
 
-def _fast_messages(record: Any) -> list[Any] | None:
-    """The message list when the record has the common valid shape, else None (slow path)."""
-    if type(record) is not dict:
-        return None
-    msgs = record.get("messages")
-    if type(msgs) is not list or not msgs:
-        return None
-    learn = False
-    for m in msgs:
-        if type(m) is not dict or len(m) != 2:
-            return None
-        c = m.get("content")
-        if type(c) is not str:
-            return None
-        r = m.get("role")
-        if r == "assistant":
-            if c and not c.isspace():
-                learn = True
-        elif r != "user" and r != "system":
-            return None
-    return msgs if learn else None
-
-
-_FAST_ROLES = frozenset(("system", "user", "assistant"))
-_STR = frozenset((str,))
-_TWO = frozenset((2,))
-_ASSISTANT = {"assistant"}
-_messages_of = itemgetter("messages")
-_role_of = itemgetter("role")
-_content_of = itemgetter("content")
-_last = itemgetter(-1)
-
-
-def _all_common(lines: list[bytes]) -> bool:
-    """True when every line of a block is a valid record of the usual shape: messages of exactly
-    role and content, roles system/user/assistant, string contents, ending with a non-blank
-    assistant turn. Checked with map() over the whole block so the work per record stays in C;
-    a block with anything else (a bad line, a blank, a weight, ShareGPT keys) takes the per-line
-    path, which reaches the same verdicts one record at a time."""
-    # No type() pass over records or messages is needed: orjson gives only dict, list, str,
-    # numbers, bools and None, and indexing any of them but a dict with a string raises TypeError
-    # (a non-list "messages" fails in chain() or in the role lookup the same way).
-    try:
-        lists = list(map(_messages_of, map(orjson.loads, lines)))
-        if not all(lists):
-            return False
-        flat = list(chain.from_iterable(lists))
-        if not _FAST_ROLES.issuperset(map(_role_of, flat)) or not _TWO.issuperset(map(len, flat)):
-            return False
-        if not _STR.issuperset(map(type, map(_content_of, flat))):
-            return False
-        last = list(map(_last, lists))
-        if set(map(_role_of, last)) != _ASSISTANT:
-            return False
-        finals = list(map(_content_of, last))
-        return all(finals) and not any(map(str.isspace, finals))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return False
-
-
 # Magic numbers of the archives a data file most often arrives in by mistake.
 COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2",
               b"\xfd7zXZ\x00": "xz"}
@@ -258,7 +204,7 @@ def _scan(path: Path, start: int, end: int, cap: int, max_problems: int,
         tally.tokens = TokenTally(max_length)
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
-    fast = _fast_messages
+    fast = fast_messages
     batch: list[Example] = []
     lineno = 0
     valid = 0
@@ -266,7 +212,7 @@ def _scan(path: Path, start: int, end: int, cap: int, max_problems: int,
         if start == 0:
             tally.start = _file_start(f)
         for lines, long in blocks(f, start, end, cap, progress):
-            if counter is None and not long and _all_common(lines):
+            if counter is None and not long and all_common(lines):
                 lineno += len(lines)
                 valid += len(lines)
                 continue
@@ -332,7 +278,7 @@ def iter_records(path: Path, cap: int) -> Iterator[Example | tuple[int, RecordEr
                     if line.strip():
                         yield lineno, diagnose(line)
                     continue
-                msgs = _fast_messages(record)
+                msgs = fast_messages(record)
                 if msgs is not None:
                     yield Example(lineno, [Message(m["role"], m["content"]) for m in msgs])
                     continue
