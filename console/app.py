@@ -78,6 +78,7 @@ class TrainConsole(App[None]):
         self._poll_timer: Timer | None = None
         self._binding_state: tuple[Any, ...] = ()
         self._seen_alerts: set[str] | None = None
+        self._toasted: set[tuple[str | None, int | None]] = set()
         self._ppid = os.getppid()
         self.follow = True  # the cursor follows the running job until the operator moves it
 
@@ -213,6 +214,10 @@ class TrainConsole(App[None]):
             return
         for alert in snap.alerts:
             if alert.key not in self._seen_alerts and alert.severity == "critical" and not alert.acked:
+                # The worker and the daemon may both report one failure: one toast for it.
+                if (alert.job_id, alert.case) in self._toasted:
+                    continue
+                self._toasted.add((alert.job_id, alert.case))
                 case = f"case {alert.case}: " if alert.case is not None else ""
                 self.notify(f"{alert.job_id or 'engine'}: {case}{alert.message}", title="critical alert",
                             severity="error", timeout=10)

@@ -33,6 +33,15 @@ def _web_driver() -> bool:
     return "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
 
 
+def _shown_config(path: Path) -> str:
+    """The --config an operator must repeat to reach this engine again ("" for ./config.toml)."""
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return f" --config {path}"
+    return "" if str(rel) == "config.toml" else f" --config {rel}"
+
+
 def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refresh: float) -> int:
     if refresh < MIN_REFRESH_S:
         raise UsageError(f"--refresh {refresh}: must be at least {MIN_REFRESH_S} seconds")
@@ -57,8 +66,9 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
                        readonly=readonly, watch_terminal=interactive)
     app.run()
     if engine_running(layout) is not None:
-        print("console closed; the engine keeps training (`trainconsole stop` stops it, "
-              "`trainconsole` reopens this view)")
+        shown = _shown_config(path)
+        print(f"console closed; the engine keeps training (`trainconsole{shown} stop` stops it, "
+              f"`trainconsole{shown}` reopens this view)")
     return 0
 
 

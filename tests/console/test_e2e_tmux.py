@@ -90,7 +90,7 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
         assert "Traceback" not in screen
         tmux("send-keys", "-t", "demo", "q")
         after = tmux.wait_for("CONSOLE-EXITED 0", timeout=30)
-        assert "the engine keeps training" in after
+        assert "the engine keeps training" in after and "--config" in after
         status = run_cli("--config", str(demo_dir / "config.toml"), "status", timeout=60)
         assert "not running" not in status.stdout.split("\n", 1)[0]  # q left the engine running
     finally:
