@@ -48,21 +48,33 @@ class _Seen:
     sig: tuple[int, int, int, int]  # size, mtime_ns, inode, device
     since: float  # monotonic time the signature was first seen
     settled: bool = False  # a decision was made (refused, duplicate): wait for a change
+    digest: Any = None  # a hash in progress, carried across scans for a large file
+    offset: int = 0
 
 
 class Inbox:
     """Remembers, between scans, what each file looked like and what it has been told about, so
     stability is measured and notices are given once."""
 
-    def __init__(self, layout: Layout, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, layout: Layout, clock: Callable[[], float] = time.monotonic,
+                 hash_budget_s: float = 0.25, hash_budget_bytes: int | None = None) -> None:
+        """Hashing is spread over scans, at most ``hash_budget_s`` (and ``hash_budget_bytes``) per
+        scan, so a huge file (a sparse terabyte costs the same to read) never stalls the daemon's
+        loop: commands, heartbeats and the watchdog keep their pace."""
         self.layout = layout
         self.clock = clock
+        self.hash_budget_s = hash_budget_s
+        self.hash_budget_bytes = hash_budget_bytes
+        self._time_left = 0.0
+        self._budget_left = 0
         self._seen: dict[str, _Seen] = {}
         self._noticed: set[tuple[str, str]] = set()
 
     def scan(self, store: Store, stable_s: float = 1.0, dedupe: bool = True,
              events: EventLog | None = None) -> list[Job]:
         events = events or NullEventLog()
+        self._time_left = self.hash_budget_s  # time spent reading, not moving: many small files
+        self._budget_left = self.hash_budget_bytes if self.hash_budget_bytes is not None else 1 << 62
         root = os.path.realpath(self.layout.queue)
         present: set[str] = set()
         taken: list[Job] = []
@@ -149,7 +161,10 @@ class Inbox:
             return None
         source = Path(target if target is not None else path)
         try:
-            sha, size, same = self._hash(source, sig)
+            hashed = self._hash(source, sig, seen)
+            if hashed is None:
+                return None  # a large file, hashed over several scans
+            sha, size, same = hashed
         except FileNotFoundError:
             return None  # deleted between the look and the read (case 51): nothing to do
         except OSError as exc:
@@ -202,28 +217,42 @@ class Inbox:
             return None
         return target
 
-    def _hash(self, path: Path, sig: tuple[int, int, int, int]) -> tuple[str, int, bool]:
-        """Hash through a descriptor opened without following links and without blocking, then
-        check it is still the very file examined."""
+    def _hash(self, path: Path, sig: tuple[int, int, int, int], seen: _Seen
+              ) -> tuple[str, int, bool] | None:
+        """Continue hashing through a descriptor opened without following links and without
+        blocking; None while unfinished. The result says whether it is still the very file
+        examined, unchanged, and not open for writing."""
         import hashlib
 
         flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags)  # an unreadable file raises: the caller tells the operator
-        digest = hashlib.sha256()
-        size = 0
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or _open_for_writing(fd):
-                return "", 0, False
-            with os.fdopen(fd, "rb", closefd=False) as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
-                    size += len(chunk)
+            now_sig = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+            if not stat.S_ISREG(st.st_mode) or now_sig != sig or _open_for_writing(fd):
+                seen.digest, seen.offset = None, 0
+                return "", st.st_size, False
+            if seen.digest is None:
+                seen.digest, seen.offset = hashlib.sha256(), 0
+            os.lseek(fd, seen.offset, os.SEEK_SET)
+            while True:
+                if self._budget_left <= 0 or self._time_left <= 0:
+                    return None
+                began = time.monotonic()
+                chunk = os.read(fd, min(1 << 20, max(1, self._budget_left)))
+                if not chunk:
+                    break
+                seen.digest.update(chunk)
+                seen.offset += len(chunk)
+                self._budget_left -= len(chunk)
+                self._time_left -= time.monotonic() - began
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        now_sig = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev)
-        return digest.hexdigest(), size, now_sig == sig and size == sig[0]
+        digest, size = seen.digest, seen.offset
+        seen.digest, seen.offset = None, 0
+        same = (after.st_size, after.st_mtime_ns, after.st_ino, after.st_dev) == sig and size == sig[0]
+        return str(digest.hexdigest()), size, same
 
     def _notice(self, events: EventLog, path: str, kind: str, case: int | None, message: str,
                 severity: str = "warning") -> None:

@@ -375,3 +375,37 @@ def test_a_file_swapped_for_a_link_at_the_last_moment_is_put_back(layout: Layout
         store.add_job("swap.jsonl", path, sha, size, move=True)
     assert os.path.islink(path) and store.jobs() == []
     assert [p for p in layout.jobs.iterdir()] == []
+
+
+@pytest.mark.timeout(60)
+def test_a_huge_file_is_hashed_over_several_scans_without_stalling_one(layout: Layout, store: Store,
+                                                                        events: EventLog) -> None:
+    """A sparse 64 GiB file costs as much to read as a real one: each scan spends at most its
+    budget on it, and every other file still moves on at once."""
+    mono = Mono()
+    box = Inbox(layout, clock=mono, hash_budget_bytes=4 << 20)
+    big = layout.incoming / "huge.jsonl"
+    with open(big, "wb") as fh:
+        fh.truncate(64 << 30)
+    write_job_file(layout.incoming / "small.jsonl")
+    took = settle(box, mono, store, events, scans=3)
+    assert [store.require(j).name for j in took] == ["small.jsonl"]
+    # Now only the remainder of the big one: a bounded amount of reading per scan.
+    for _ in range(5):
+        assert box.scan(store, stable_s=1.0, events=events) == []
+        mono.now += 1.5
+    assert big.exists()
+
+
+def test_a_large_file_finishes_hashing_across_scans_and_is_taken(layout: Layout, store: Store,
+                                                                 events: EventLog) -> None:
+    mono = Mono()
+    box = Inbox(layout, clock=mono, hash_budget_bytes=1 << 20)
+    line = b'{"messages": [{"role": "user", "content": "' + b"x" * 1000 + b'"}]}\n'
+    big = layout.incoming / "big.jsonl"
+    big.write_bytes(line * 5000)  # about 5 MB: at least five scans
+    sha, size = hash_file(big)
+    took = settle(box, mono, store, events, scans=10)
+    assert len(took) == 1
+    job = store.require(took[0])
+    assert (job.sha256, job.size) == (sha, size)
