@@ -21,8 +21,8 @@ from engine.data_records import REASONS, Example, Message, RecordError
 from engine.data_scan import COMPRESSED, Progress, Tally, TokenCounter, iter_records, scan, scan_parallel
 from engine.errors import DataError
 
-__all__ = ["Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
-           "TokenStats", "iter_examples", "validate_file"]
+__all__ = ["DataWarning", "Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
+           "TokenStats", "iter_examples", "iter_problems", "validate_file"]
 
 # The ``code`` of a rejected file's report, one word per way a file is refused as a whole.
 VERDICT_CODES: Final = ("empty_file", "json_array", "pretty_printed", "utf16_file", "compressed_file",
@@ -90,7 +90,9 @@ class TokenStats:
 
 
 @dataclass(frozen=True)
-class Warning_:
+class DataWarning:
+    """Something about an accepted file an operator should know (few examples, long examples)."""
+
     case: int
     message: str
 
@@ -115,7 +117,7 @@ class Report:
     reasons: dict[str, int] = field(default_factory=dict)
     problems: tuple[Problem, ...] = ()
     tokens: TokenStats | None = None
-    warnings: tuple[Warning_, ...] = ()
+    warnings: tuple[DataWarning, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -224,7 +226,7 @@ def _most_common(tally: Tally) -> str:
 
 def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
     examples = tally.valid + tally.invalid
-    warnings: list[Warning_] = []
+    warnings: list[DataWarning] = []
     reason = code = ""
     case: int | None = None
     tokens: TokenStats | None = None
@@ -238,11 +240,11 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
             truncated = t.over
         done = "dropped" if limits.long_examples == "drop" else "truncated"
         if t.over:
-            warnings.append(Warning_(3, f"{t.over} example(s) longer than training.max_length = "
+            warnings.append(DataWarning(3, f"{t.over} example(s) longer than training.max_length = "
                                      f"{t.max_length} tokens (longest {t.longest}): {done} "
                                      f"(data.long_examples = {limits.long_examples!r})"))
         if t.shortest > t.max_length:
-            warnings.append(Warning_(33, f"training.max_length = {t.max_length} is below the shortest "
+            warnings.append(DataWarning(33, f"training.max_length = {t.max_length} is below the shortest "
                                      f"example ({t.shortest} tokens): every example is {done}"))
     if examples == 0:
         case, code = 1, "empty_file"
@@ -283,7 +285,7 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
                   f"above data.max_invalid_fraction = {limits.max_invalid_fraction:g} (most often: "
                   f"{REASONS[common][1]}, {tally.reasons[common]}x)")
     if tally.valid and not reason and tally.valid < limits.batch_size:
-        warnings.append(Warning_(2, f"only {tally.valid} example(s), fewer than training.batch_size = "
+        warnings.append(DataWarning(2, f"only {tally.valid} example(s), fewer than training.batch_size = "
                                  f"{limits.batch_size}: each step sees them all"))
     problems = tuple(Problem(line, REASONS[r][0], r, detail) for line, r, detail in tally.problems)
     return Report(
