@@ -70,7 +70,8 @@ def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
         if is_intact(folder):
             return folder, ""
         if not build:
-            return None, f"{base} is not built yet"
+            return None, (f"{base} is not built yet (it is built on first use in a workspace: "
+                          "`trainconsole init`, then run this from there)")
         print(f"trainconsole: building {base} once, for token counts", file=sys.stderr)
         code = ("import sys; from engine.train.model import ensure_builtin; "
                 "ensure_builtin(sys.argv[1], __import__('pathlib').Path(sys.argv[2]))")
@@ -88,9 +89,9 @@ def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
     return None, f"model.base_model {base!r} is not a local folder (hub models are not fetched here)"
 
 
-def token_counter_for(cfg: Any) -> tuple[TokenCounter | None, str]:
+def token_counter_for(cfg: Any, *, build: bool = True) -> tuple[TokenCounter | None, str]:
     """A token counter for the configured model, or (None, why there is none)."""
-    folder, why = model_folder(cfg)
+    folder, why = model_folder(cfg, build=build)
     if folder is None:
         return None, why
     try:

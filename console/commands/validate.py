@@ -67,15 +67,16 @@ def _check_path(given: str) -> str | None:
     return None
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The config, and whether it came from a file (defaults are fine for checking data)."""
     from engine.config import Config, load_config
 
     path = config_path(args)
     explicit = bool(getattr(args, "config", None) or os.environ.get("TRAINCONSOLE_CONFIG"))
     if not explicit and not path.exists():
         print(f"trainconsole: no {path} here; validating with the default settings", file=sys.stderr)
-        return Config(source=Path.cwd() / "config.toml")
-    return load_config(path)
+        return Config(source=Path.cwd() / "config.toml"), False
+    return load_config(path), True
 
 
 class Bar:
@@ -119,13 +120,15 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(problems[-1])
     from engine.data import validate_file
 
-    cfg = _config(args)
+    cfg, from_file = _config(args)
     counter = None
     skipped = "--no-tokens"
     if not args.no_tokens:
         from engine.data_tokenizer import token_counter_for
 
-        counter, skipped = token_counter_for(cfg)
+        # Without a config there is no workspace to build the built-in model in: use it only if
+        # it is already there, rather than leave a cache folder wherever the command was run.
+        counter, skipped = token_counter_for(cfg, build=from_file)
         if counter is None:
             print(f"trainconsole: token statistics skipped: {skipped}", file=sys.stderr)
     reports = []

@@ -131,9 +131,10 @@ def test_a_broken_tokenizer_skips_token_statistics_with_a_note(workspace: Path) 
 
 
 def test_without_a_config_file_defaults_are_used_and_said(tmp_path: Path) -> None:
-    done = run_cli("validate", "--no-tokens", str(CORPUS / "sharegpt.jsonl"), cwd=tmp_path)
+    done = run_cli("validate", str(CORPUS / "sharegpt.jsonl"), cwd=tmp_path)
     assert done.returncode == 0
     assert "default settings" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing built or cached where the command ran
 
 
 def test_json_stdout_is_only_json(workspace: Path) -> None:
