@@ -199,3 +199,18 @@ def test_progress_bar_shows_bytes_rate_and_time_left() -> None:
     text = out.getvalue()
     assert "100/100 MB" in text and "MB/s" in text and "left" in text
     bar.close()
+
+
+@pytest.mark.edge(3)
+def test_token_statistics_are_the_same_from_several_processes(workspace: Path, tiny_model: Path) -> None:
+    from engine.config import load_config
+    from engine.data import validate_file
+    from engine.data_tokenizer import token_counter_for
+
+    cfg = load_config(workspace / "config.toml")
+    counter, why = token_counter_for(cfg)
+    assert counter is not None, why
+    for name in ("long_example.jsonl", "few_bad_lines.jsonl"):
+        one = validate_file(CORPUS / name, cfg, tokenizer=counter, workers=1)
+        several = validate_file(CORPUS / name, cfg, tokenizer=counter, workers=3)
+        assert one == several and one.tokens is not None and one.tokens.examples == one.valid
