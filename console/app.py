@@ -254,6 +254,12 @@ class TrainConsole(App[None]):
             return False
         if not self.screen_stack or self.screen is not self.screen_stack[0]:
             return action in ("quit", "command_palette")
+        return self._applies(action)
+
+    def _applies(self, action: str) -> bool | None:
+        """True, None (does not apply to the selection now: dimmed) or False (read-only)."""
+        if action in keymap.MUTATING_ACTIONS and self.readonly:
+            return False
         if action in keymap.JOB_STATES:
             job = self.selected_job
             return True if job is not None and job.status in keymap.JOB_STATES[action] else None
@@ -269,8 +275,10 @@ class TrainConsole(App[None]):
             if key.action in seen or key.action in ("quit", "cursor_up", "cursor_down"):
                 continue
             seen.add(key.action)
-            if self.check_action(key.action, ()):
-                yield SystemCommand(key.description.capitalize(), f"key: {key.shown_as or key.keys}",
+            # The palette is the top screen while it asks: judge against the dashboard.
+            if self._applies(key.action):
+                shown = key.shown_as or key.keys.split(",")[0]
+                yield SystemCommand(key.description.capitalize(), f"{key.long} (key {shown})",
                                     partial(self.run_action, key.action))
         yield from super().get_system_commands(screen)
 
@@ -294,7 +302,7 @@ class TrainConsole(App[None]):
 
     def _job_action(self, action: str) -> JobRow | None:
         job = self.selected_job
-        if job is None or self.check_action(action, ()) is not True:
+        if job is None or self._applies(action) is not True:
             self.bell()
             return None
         return job
@@ -336,7 +344,7 @@ class TrainConsole(App[None]):
             self._act(f"{job.id} queued for retry", "retry", job.id)
 
     def action_retry_all(self) -> None:
-        if self.check_action("retry_all", ()) is not True:
+        if self._applies("retry_all") is not True:
             self.bell()
             return
         self._act("retry all failed", "retry_all_failed")
@@ -361,7 +369,7 @@ class TrainConsole(App[None]):
                   else "queue resumed", "set_paused", paused)
 
     def action_stop_engine(self) -> None:
-        if self.check_action("stop_engine", ()) is not True:
+        if self._applies("stop_engine") is not True:
             self.bell()
             return
 

@@ -21,29 +21,34 @@ class Key:
     mutating: bool = False  # hidden and refused in --readonly
     show: bool = True  # in the footer (everything is in `?` and the palette)
     shown_as: str = ""  # the key as the help screen prints it
+    long: str = ""  # what it does, for the help screen and the palette
 
 
 KEYMAP: tuple[Key, ...] = (
-    Key("question_mark", "help", "help", shown_as="?"),
-    Key("q", "quit", "quit"),
-    Key("enter", "detail", "detail"),
-    Key("l", "detail", "log", show=False),
-    Key("plus,equals_sign", "priority_up", "prio+", mutating=True, shown_as="+"),
-    Key("minus", "priority_down", "prio-", mutating=True, shown_as="-"),
-    Key("t", "priority_top", "prio top", mutating=True, show=False),
-    Key("h", "hold", "hold", mutating=True),
-    Key("r", "retry", "retry", mutating=True),
-    Key("R", "retry_all", "retry all failed", mutating=True, show=False),
-    Key("c", "cancel", "cancel", mutating=True),
-    Key("p", "pause", "pause", mutating=True),
-    Key("S", "stop_engine", "stop engine", mutating=True, show=False),
-    Key("slash", "filter", "filter", shown_as="/"),
-    Key("a", "acknowledge", "ack alert", show=False),
-    Key("A", "acknowledge_all", "ack all alerts", show=False),
-    Key("y", "log_y", "log-y", show=False),
-    Key("f", "follow", "follow running job", show=False),
-    Key("j", "cursor_down", "down", show=False),
-    Key("k", "cursor_up", "up", show=False),
+    Key("question_mark", "help", "help", shown_as="?", long="every key"),
+    Key("q", "quit", "quit", long="quit the console; the engine keeps training"),
+    Key("enter", "detail", "detail", long="the selected job's details and log"),
+    Key("l", "detail", "log", show=False, long="the selected job's details and log"),
+    Key("plus,equals_sign", "priority_up", "prio+", mutating=True, shown_as="+",
+        long="raise the selected job's priority"),
+    Key("minus", "priority_down", "prio-", mutating=True, shown_as="-", long="lower the selected job's priority"),
+    Key("t", "priority_top", "prio top", mutating=True, show=False,
+        long="give the selected job high priority"),
+    Key("h", "hold", "hold", mutating=True, long="hold the selected queued job, or release a held one"),
+    Key("r", "retry", "retry", mutating=True, long="retry the selected failed or cancelled job"),
+    Key("R", "retry_all", "retry all failed", mutating=True, show=False, long="retry every failed job"),
+    Key("c", "cancel", "cancel", mutating=True, long="cancel the selected job (asks first)"),
+    Key("p", "pause", "pause", mutating=True,
+        long="pause or resume the queue: the running job finishes, no new one starts"),
+    Key("S", "stop_engine", "stop engine", mutating=True, show=False,
+        long="stop the engine (asks first; the running job checkpoints and is requeued)"),
+    Key("slash", "filter", "filter", shown_as="/", long="filter the queue by id, name, status or reason"),
+    Key("a", "acknowledge", "ack alert", show=False, long="acknowledge the selected or newest alert"),
+    Key("A", "acknowledge_all", "ack all alerts", show=False, long="acknowledge every alert"),
+    Key("y", "log_y", "log-y", show=False, long="toggle a log scale on the loss plot"),
+    Key("f", "follow", "follow running job", show=False, long="move the cursor to the running job and follow it"),
+    Key("j", "cursor_down", "down", show=False, long="next job"),
+    Key("k", "cursor_up", "up", show=False, long="previous job"),
 )
 
 MUTATING_ACTIONS = frozenset(k.action for k in KEYMAP if k.mutating)
@@ -67,15 +72,16 @@ def bindings() -> list[Binding | tuple[str, str] | tuple[str, str, str]]:
 def help_rows(readonly: bool) -> list[tuple[str, str, bool]]:
     """(key as shown, what it does, mutating) for the help screen, one row per action."""
     rows: list[tuple[str, str, bool]] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[str] = set()
     for k in KEYMAP:
         if readonly and k.mutating:
             continue
         shown = k.shown_as or k.keys.split(",")[0]
-        if (k.action, k.description) in seen:
+        if k.action in seen:
+            rows[-1] = (f"{rows[-1][0]}, {shown}", rows[-1][1], rows[-1][2])
             continue
-        seen.add((k.action, k.description))
-        rows.append((shown, k.description, k.mutating))
+        seen.add(k.action)
+        rows.append((shown, k.long or k.description, k.mutating))
     rows.append(("ctrl+p", "command palette", False))
     rows.append(("escape", "clear filter / close", False))
     return rows

@@ -17,7 +17,7 @@ def help_table(readonly: bool) -> Table:
     table.add_column(style="bold cyan", no_wrap=True)
     table.add_column()
     for key, text, _mutating in help_rows(readonly):
-        table.add_row(key, text + (" (asks first)" if text in ("cancel", "stop engine") else ""))
+        table.add_row(key, text)
     return table
 
 

@@ -17,7 +17,7 @@ from console.snapshot import JobRow
 
 def describe(job: JobRow) -> str:
     def stamp(t: float | None) -> str:
-        return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+        return "-" if t is None else time.strftime("%m-%d %H:%M:%S", time.localtime(t))
 
     lines = [
         f"[b]{job.id}[/b]  {job.name}",

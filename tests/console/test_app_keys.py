@@ -265,3 +265,25 @@ async def test_a_failing_client_is_shown_not_fatal() -> None:
         await pilot.pause()
         assert "disk gone" in app.snapshot.problem
         assert app.is_running
+
+
+async def test_palette_runs_an_action() -> None:
+    async with console() as (app, pilot, client):
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"pause")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        await settle(app, pilot)
+        assert client.calls == [("set_paused", True)]
+
+
+async def test_help_lists_every_key_and_hides_mutations_when_readonly() -> None:
+    from console.keymap import help_rows
+
+    shown = {row[1] for row in help_rows(readonly=False)}
+    assert any("cancel" in text for text in shown) and any("quit" in text for text in shown)
+    readonly = {row[1] for row in help_rows(readonly=True)}
+    assert not any("cancel" in text or "pause" in text for text in readonly)
+    assert any("filter" in text for text in readonly)
