@@ -223,6 +223,7 @@ def verify(
     check_hashes: bool = True,
 ) -> Checkpoint | Rejection:
     """Judge one checkpoint folder. ``fingerprint`` None skips the base-model comparison."""
+    require = tuple(require)
     try:
         if not folder.is_dir():
             return Rejection(folder, 20, "not a folder")
@@ -236,7 +237,7 @@ def verify(
         return Rejection(folder, 62, f"the folder name says step {name_step}, a negative step")
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        problem = _state_problem(folder)
+        problem = _state_problem(folder) if TRAINER_STATE in require else None
         if problem is not None:
             return Rejection(folder, *problem)
         empty = sorted(p.name for p in entries if p.is_file() and p.stat().st_size == 0)
@@ -278,7 +279,9 @@ def verify(
             return Rejection(folder, 17, f"{TRAINER_STATE} says step {state_step}, the manifest {step}")
     if name_step is not None and name_step != step:
         return Rejection(folder, 20, f"the folder name says step {name_step}, the manifest {step}")
-    absent = [name for name in require if name not in files]
+    # Under torchrun the RNG state is saved per rank (rng_state_0.pth, ...).
+    absent = [name for name in require if name not in files and not (
+        name == "rng_state.pth" and any(re.fullmatch(r"rng_state_\d+\.pth", f) for f in files))]
     if absent:
         return Rejection(folder, 20, "saved without " + ", ".join(absent)
                          + ": resuming would silently restart that state")
@@ -330,9 +333,11 @@ def scan(
     fingerprint: Mapping[str, Any] | None,
     events: EventLog | None = None,
     job_id: str | None = None,
+    quarantine_bad: bool = True,
 ) -> tuple[Checkpoint | None, list[Rejection]]:
     """The newest checkpoint under ``root`` that verifies. Bad ones met on the way, and staging
-    folders a killed save left behind, are quarantined with an alert each."""
+    folders a killed save left behind, are quarantined with an alert each (unless
+    ``quarantine_bad`` is off: the other ranks of a distributed job only read)."""
     rejected: list[Rejection] = []
     if not root.is_dir():
         return None, rejected
@@ -345,7 +350,7 @@ def scan(
             chosen = verdict
             break
         rejected.append(verdict)
-    for bad in rejected:
+    for bad in rejected if quarantine_bad else []:
         dest = quarantine(bad.path, root, case=bad.case, reason=bad.reason)
         if events is not None:
             events.alert(bad.case, f"checkpoint {bad.path.name} skipped: {bad.reason}; moved to "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -56,16 +57,64 @@ def trainable_finite(model: Any) -> bool:
 
 
 class Heartbeat:
-    """``heartbeat.json`` as the contract says: pid, step, monotonic time, last step time."""
+    """``heartbeat.json`` as the contract says: pid, step, monotonic time, last step time.
 
-    def __init__(self, path: Path) -> None:
+    The step thread only records the values (with the monotonic time of the step itself); a
+    writer thread replaces the file within ``interval`` seconds. A rename over an existing file
+    can cost milliseconds on a busy disk (ext4 starts writeback on it), and waking a thread per
+    step costs a GIL hand-over: either would be most of the guards' cost per step. If the step
+    thread hangs, nothing new is recorded and the file's ``mono`` goes stale, which is what the
+    daemon's watchdog looks for."""
+
+    interval = 0.25
+
+    def __init__(self, path: Path | None) -> None:
+        """``path`` None: a rank other than 0, which writes no heartbeat."""
         self.path = path
         self.pid = os.getpid()
+        self._latest: tuple[int, float, float | None] | None = None
+        self._written: tuple[int, float, float | None] | None = None
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def _body(self, step: int, mono: float, step_time_s: float | None) -> bytes:
+        shown = "null" if step_time_s is None else f"{step_time_s:.4f}"
+        return (f'{{"pid": {self.pid}, "step": {step}, "mono": {mono:.3f}, '
+                f'"step_time_s": {shown}}}\n').encode()
 
     def beat(self, step: int, step_time_s: float | None = None) -> None:
-        body = (f'{{"pid": {self.pid}, "step": {step}, "mono": {time.monotonic():.3f}, '
-                f'"step_time_s": {"null" if step_time_s is None else f"{step_time_s:.4f}"}}}\n')
-        ckpt.write_atomic(self.path, body.encode(), durable=False)
+        value = (step, time.monotonic(), step_time_s)
+        if self.path is None:
+            return
+        if self._thread is None:  # the first beat is written at once, so the file exists
+            ckpt.write_atomic(self.path, self._body(*value), durable=False)
+            self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+            self._thread.start()
+            return
+        self._latest = value  # one reference assignment: atomic under the GIL, no lock needed
+
+    def _flush(self) -> None:
+        value = self._latest
+        if self.path is not None and value is not None and value is not self._written:
+            self._written = value
+            try:
+                ckpt.write_atomic(self.path, self._body(*value), durable=False)
+            except OSError:
+                pass  # a full disk: the watchdog will judge from the stale file, as it should
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._flush()
+
+    def close(self) -> None:
+        """Write the last value and stop the writer."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._flush()
 
 
 @dataclass
@@ -181,12 +230,13 @@ class StepEvents:
         self.masked_alerted = 0
 
     def step(self, step: int, loss: float, grad_norm: float | None, lr: float, tokens_per_s: float,
-             epoch: float | None, memory_mb: float | None) -> None:
+             epoch: float | None, memory_mb: float | None, step_time_s: float | None = None) -> None:
         if step % self.logging_steps == 0 or step == self.max_steps:
             self.events.emit("step", job_id=self.job_id, step=step, max_steps=self.max_steps,
                              loss=round(loss, 6), lr=lr, grad_norm=None if grad_norm is None
                              else round(grad_norm, 6), tokens_per_s=round(tokens_per_s, 1),
-                             epoch=None if epoch is None else round(epoch, 4), memory_mb=memory_mb)
+                             epoch=None if epoch is None else round(epoch, 4), memory_mb=memory_mb,
+                             step_time_s=None if step_time_s is None else round(step_time_s, 5))
         improvement = self.plateau.add(loss)
         if improvement is not None:
             w = self.plateau.window

@@ -65,6 +65,8 @@ class TrainJob:
         self.plan: StepPlan | None = None
         self.step = 0
         self.hooks: Hooks | None = None
+        # Under torchrun only rank 0 writes: checkpoints, quarantine, the adapter.
+        self.lead = int(os.environ.get("RANK", "0") or 0) == 0
 
     @property
     def current_step(self) -> int:
@@ -122,7 +124,8 @@ class TrainJob:
                  f"accumulation {accum} x {world} process(es), {plan.max_steps} steps"
                  + (f", continuing adapter {parent.name}" if parent else ", new adapter"))
 
-        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id)
+        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id,
+                                 quarantine_bad=self.lead)
         if resume is not None and resume.step >= plan.max_steps:
             self.events.alert(63, f"checkpoint {resume.path.name} is already at step {resume.step} of "
                                   f"{plan.max_steps}: completing without training", severity="info",
@@ -161,7 +164,8 @@ class TrainJob:
                         f"training diverged: {bad} after {cfg.guards.nan_retries} learning-rate rollback(s); "
                         "lower training.learning_rate or check the data", case=bad.case) from None
                 gc.collect()
-                resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id)
+                resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id,
+                                 quarantine_bad=self.lead)
                 # The rate the checkpoint was trained at, lowered once per rollback since it was written.
                 base_lr = float(resume.extra.get("lr", lr)) if resume else lr
                 done = int(resume.extra.get("rollbacks", 0)) if resume else 0
@@ -169,6 +173,8 @@ class TrainJob:
         step = self.step = max(self.step, hooks.ended)
         if hooks.interrupted:
             return Outcome("interrupted", step, plan.max_steps, None, f"stopped on request at step {step}")
+        if not self.lead:
+            return Outcome("done", step, plan.max_steps, None, "done (rank 0 publishes)")
         final = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{step}", fingerprint=fp)
         source = final
         best = hooks.early.best_step
@@ -227,6 +233,8 @@ class TrainJob:
 
     def _publish(self, source: ckpt.Checkpoint, adapters: Path, fp: dict[str, Any], parent: Path | None,
                  plan: StepPlan, note: str) -> Outcome:
+        if not self.lead:
+            return Outcome("done", source.step, plan.max_steps, None, "done (rank 0 publishes)")
         path = lineage.publish_adapter(source.path, adapters, job_id=self.job_id, fingerprint=fp,
                                        step=source.step, parent=parent,
                                        extra={"eval_loss": source.extra.get("eval_loss"), "note": note})

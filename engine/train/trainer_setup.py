@@ -131,8 +131,12 @@ class Hooks:
         self.tokens_last = 0
         self.interrupted = self.early_stopped = False
         self.last_eval: float | None = None
+        self.overhead_s = 0.0  # time spent in end_step (the guards' own cost, syncs included)
+        self.overhead_steps = 0
 
     def begin_step(self, step: int) -> None:
+        if self.ended < 0:  # the first step of this attempt: loading time is not step time
+            self.t_last = time.monotonic()
         self.begun = step
         self.loss_sum = None
         self.faults.at_step(step, batch_size=self.plan.batch_size)
@@ -144,6 +148,7 @@ class Hooks:
         if step == self.ended or self.loss_sum is None:
             return
         self.ended = step
+        entered = time.monotonic()
         loss_t = self.loss_sum.detach().float().reshape(())
         if isinstance(grad_norm, torch.Tensor):  # one host sync for both numbers
             loss, gn = torch.stack([loss_t, grad_norm.detach().float().reshape(()).to(loss_t.device)]).tolist()
@@ -161,7 +166,7 @@ class Hooks:
         else:
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.step_events.step(step, loss, gn, float(lr if lr is not None else 0.0), tps,
-                              trainer.state.epoch, round(mem, 1))
+                              trainer.state.epoch, round(mem, 1), dt)
         if self.collator.counters.masked_batches:
             self.step_events.masked(self.collator.counters.masked_batches)
         control = trainer.control
@@ -171,6 +176,8 @@ class Hooks:
             self.interrupted = True
             control.should_save = True
             control.should_training_stop = True
+        self.overhead_s += time.monotonic() - entered
+        self.overhead_steps += 1
 
     def after_eval(self, trainer: Any, metrics: dict[str, float]) -> None:
         step = trainer.state.global_step
@@ -204,6 +211,9 @@ class Hooks:
     def save(self, trainer: Any) -> None:
         step = trainer.state.global_step
         if step == self.saved:
+            return
+        if not trainer.args.should_save:  # not rank 0: rank 0 writes the one checkpoint
+            self.saved = step
             return
         if not trainable_finite(trainer.model):
             raise NonFinite(step, math.nan, None, where="adapter weights")

@@ -2,7 +2,10 @@
 
 Protocol (docs/contracts.md): it writes ``events.jsonl``, ``heartbeat.json`` (each step),
 ``checkpoints/`` and, last, ``report.json``; its exit code comes from ``engine.errors.EXIT_CODES``.
-SIGTERM (or SIGINT) asks for a checkpoint at the next step boundary, then exit 18.
+SIGTERM (or SIGINT) asks for a checkpoint at the next step boundary, then exit 18. SIGUSR1
+dumps every thread's Python stack to ``stacks.txt`` (the daemon asks for it before ending a hung
+worker). Under torchrun only rank 0 writes events, the heartbeat, checkpoints, the adapter and
+the report; the other ranks train and exit with their code.
 
 Every exception is caught here and classified, so the daemon never has to read a traceback to
 decide what to do:
@@ -19,6 +22,7 @@ decide what to do:
 from __future__ import annotations
 
 import errno
+import faulthandler
 import json
 import os
 import signal
@@ -30,7 +34,7 @@ from typing import Any
 
 from engine import checkpoints as ckpt
 from engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
-from engine.events import EventLog
+from engine.events import EventLog, NullEventLog
 from engine.train.guards import Heartbeat
 
 SPEC_SCHEMA = 1
@@ -90,23 +94,29 @@ def write_spec(run_dir: Path, *, job_id: str, data_file: Path, config: Path, ada
     return path
 
 
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
     """Run one job to its report; returns the exit code. Never raises."""
     stop = stop_flag if stop_flag is not None else [False]
+    lead = rank() == 0
     spec_path = Path(spec_path)
     run_dir = spec_path.parent
     report: dict[str, Any] = {"schema": 1, "status": "failed", "error_class": None, "case": None,
                               "message": "", "traceback": None, "global_step": 0, "max_steps": 0,
                               "adapter": None}
     events: EventLog | None = None
+    heartbeat: Heartbeat | None = None
     job: Any = None
     started = time.monotonic()
     try:
         spec = read_spec(spec_path)
         run_dir = Path(spec["run_dir"])
         run_dir.mkdir(parents=True, exist_ok=True)
-        events = EventLog(run_dir / "events.jsonl")
-        heartbeat = Heartbeat(run_dir / "heartbeat.json")
+        events = EventLog(run_dir / "events.jsonl") if lead else NullEventLog()
+        heartbeat = Heartbeat(run_dir / "heartbeat.json" if lead else None)
         heartbeat.beat(0)
         events.emit("log", level="info", message=f"worker {os.getpid()} started", job_id=spec["job_id"])
         from engine.train.job import TrainJob  # torch and friends load from here on
@@ -139,8 +149,11 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
             except Exception:  # the report below is what matters
                 pass
     report["elapsed_s"] = round(time.monotonic() - started, 3)
+    if heartbeat is not None:
+        heartbeat.close()
     try:
-        ckpt.write_json_atomic(run_dir / "report.json", report)
+        if lead:
+            ckpt.write_json_atomic(run_dir / "report.json", report)
     except OSError:  # a full disk may refuse even the report; the exit code still tells the class
         pass
     if events is not None:
@@ -159,6 +172,19 @@ def main(argv: list[str] | None = None) -> int:
 
     def request_stop(signum: int, frame: Any) -> None:
         stop[0] = True
+
+    # Before anything slow: a hung worker's stacks are what its operator needs to see.
+    try:
+        run_dir = Path(read_spec(Path(args[0]))["run_dir"])
+    except Exception:
+        run_dir = Path(args[0]).parent
+    stacks_name = "stacks.txt" if rank() == 0 else f"stacks-rank{rank()}.txt"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        stacks = open(run_dir / stacks_name, "w")  # noqa: SIM115 - held for the process's life
+        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    except OSError:
+        pass
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
