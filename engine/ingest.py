@@ -39,6 +39,7 @@ from engine.errors import TrainconsoleError
 from engine.events import EventLog, NullEventLog
 from engine.layout import Layout
 from engine.store import Job, Store
+from engine.store_add import NewFile
 
 _PRIORITY_DIRS = ("normal", "high", "low")
 
@@ -78,6 +79,7 @@ class Inbox:
         root = os.path.realpath(self.layout.queue)
         present: set[str] = set()
         taken: list[Job] = []
+        candidates: list[tuple[str, NewFile]] = []
         for priority in _PRIORITY_DIRS:
             folder = self.layout.incoming_for(priority)
             real = os.path.realpath(folder)
@@ -98,23 +100,59 @@ class Inbox:
                              f"inbox folder {folder} cannot be read ({exc.strerror}); check its permissions")
                 continue
             for entry in entries:
-                path = entry.path
-                present.add(path)
-                try:
-                    job = self._consider(entry, priority, root, store, stable_s, dedupe, events)
-                except TrainconsoleError as exc:
-                    self._seen.pop(path, None)
-                    self._notice(events, path, "error", exc.case, exc.message)
-                    continue
-                if job is not None:
-                    taken.append(job)
+                present.add(entry.path)
+                candidate = self._consider(entry, priority, root, stable_s, events)
+                if candidate is not None:
+                    candidates.append(candidate)
+        if candidates:
+            taken = self._take(store, candidates, dedupe, events)
         for gone in set(self._seen) - present:
             del self._seen[gone]
         self._noticed = {n for n in self._noticed if n[0] in present}
         return taken
 
-    def _consider(self, entry: os.DirEntry[str], priority: str, root: str, store: Store,
-                  stable_s: float, dedupe: bool, events: EventLog) -> Job | None:
+    def _take(self, store: Store, candidates: list[tuple[str, NewFile]], dedupe: bool,
+              events: EventLog) -> list[Job]:
+        """All files ready in this scan, taken as one batch; then each outcome told once."""
+        taken: list[Job] = []
+        results = store.add_files([c[1] for c in candidates], force=not dedupe)
+        for (path, f), result in zip(candidates, results, strict=True):
+            shown = sf.display(path)
+            seen = self._seen.get(path)
+            if result.error is not None:
+                exc = result.error
+                self._seen.pop(path, None)
+                if isinstance(exc, TrainconsoleError):
+                    self._notice(events, path, "error", exc.case, exc.message)
+                else:
+                    if seen is not None:
+                        seen.settled = True
+                    reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+                    self._notice(events, path, "unmovable", 50, f"{shown} cannot be moved into the queue "
+                                 f"({reason}); left where it is (check the inbox folder's permissions)")
+                continue
+            if result.job is None:
+                if seen is not None:
+                    seen.settled = True
+                dup = store.duplicate_of(f.sha256)
+                what = f"{dup.id} ({dup.status})" if dup else "a job being added"
+                self._notice(events, path, "dup", 53, f"{shown} has the same content as {what}; not "
+                             "queued again (use `trainconsole add --force FILE` to queue a second copy)",
+                             severity="info")
+                continue
+            if not f.move:
+                try:
+                    os.unlink(path)  # the content is now the engine's own copy; the link has served
+                except OSError:
+                    if seen is not None:
+                        seen.settled = True
+                    continue
+            self._seen.pop(path, None)
+            taken.append(result.job)
+        return taken
+
+    def _consider(self, entry: os.DirEntry[str], priority: str, root: str, stable_s: float,
+                  events: EventLog) -> tuple[str, NewFile] | None:
         path = entry.path
         name = entry.name
         shown = sf.display(path)
@@ -177,29 +215,7 @@ class Inbox:
             return None
         # A hard link shares its inode with a file elsewhere that may be edited later: copy it.
         copy = link or st.st_nlink > 1
-        try:
-            job = store.add_job(name, source if link else Path(path), sha, size, priority,
-                                force=not dedupe, move=not copy)
-        except OSError as exc:
-            seen.settled = True
-            self._notice(events, path, "unmovable", 50, f"{shown} cannot be moved into the queue "
-                         f"({exc.strerror}); left where it is (check the inbox folder's permissions)")
-            return None
-        if job is None:
-            seen.settled = True
-            dup = store.duplicate_of(sha)
-            what = f"{dup.id} ({dup.status})" if dup else "a job being added"
-            self._notice(events, path, "dup", 53, f"{shown} has the same content as {what}; not queued "
-                         "again (use `trainconsole add --force FILE` to queue a second copy)",
-                         severity="info")
-            return None
-        if copy:
-            try:
-                os.unlink(path)  # the content is now the engine's own copy; the link has served
-            except OSError:
-                seen.settled = True
-        self._seen.pop(path, None)
-        return job
+        return path, NewFile(name, source if link else Path(path), sha, size, priority, move=not copy)
 
     def _resolve(self, path: str, root: str, shown: str, events: EventLog) -> str | None:
         try:

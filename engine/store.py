@@ -24,17 +24,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from engine import scheduling as sch
 from engine import store_files as sf
-from engine.errors import PERMANENT, DataError, ErrorClass, TrainconsoleError
+from engine.errors import PERMANENT, ErrorClass, TrainconsoleError
 from engine.events import EventLog
 from engine.layout import Layout
 from engine.store_schema import COLUMNS, folder_for, open_database, unavailable
 from engine.store_schema import SCHEMA_VERSION as SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from engine.store_add import Added, NewFile
 
 STATUSES = ("queued", "held", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "held", "running")
@@ -190,7 +193,7 @@ class Store:
             after.append(lambda: self._emit(job))
         return job
 
-    def _write_sidecar(self, row: dict[str, Any], folder: Path) -> None:
+    def _write_sidecar(self, row: dict[str, Any], folder: Path, *, sync_dir: bool = True) -> None:
         meta = {k: row[k] for k in ("id", "filename", "sha256", "size", "priority", "status",
                                     "attempts", "created_at", "queued_at", "error_class", "error")}
         meta["name_hex"] = bytes(row["name"]).hex()
@@ -198,7 +201,7 @@ class Store:
         for key in ("overrides", "history"):
             value = row[key]
             meta[key] = orjson.loads(value) if isinstance(value, str) else value
-        sf.write_sidecar(folder, self.layout.tmp, meta)
+        sf.write_sidecar(folder, self.layout.tmp, meta, sync_dir=sync_dir)
 
     def _move_files(self, job_id: str, filename: str, src: Path, dst: Path) -> None:
         dst.mkdir(parents=True, exist_ok=True)
@@ -232,68 +235,19 @@ class Store:
         renames it, or copies then unlinks across filesystems; otherwise it is copied and the
         caller's file stays. Returns None, taking nothing, when a job already has the same content
         and ``force`` is false (case 53). A source that vanished raises ``DataError`` (case 51)."""
-        sch.check_level(priority)
-        src = Path(path)
-        now = self.clock()
-        with self._write():
-            if not force:
-                pending = self._conn.execute("SELECT 1 FROM intents WHERE sha256=?", (sha256,)).fetchone()
-                if pending or self.duplicate_of(sha256) is not None:
-                    return None
-            seq = int(self._conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0])
-            self._conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(seq + 1),))
-            job_id = f"j{seq:04d}"
-            filename = sf.data_filename(job_id, name)
-            self._conn.execute(
-                "INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
-                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (seq, job_id, os.fsencode(src), os.fsencode(name), filename, sha256, size, priority,
-                 "move" if move else "copy", os.getpid(), now))
-        row = dict(zip(COLUMNS, (seq, job_id, os.fsencode(name), filename, sha256, size, priority,
-                                 "queued", 0, None, None, None, "{}", "[]", now, now, None, None, None,
-                                 None, None, None), strict=True))
-        self.layout.jobs.mkdir(parents=True, exist_ok=True)
-        dest = self.layout.jobs / filename
-        try:
-            if move:
-                self._take_by_move(src, dest)
-            else:
-                row["sha256"], row["size"] = sf.copy_into(src, dest, self.layout.tmp)
-        except BaseException as exc:
-            if move and dest.exists() and not src.exists():
-                return self._commit_intent(row)  # the file did arrive; only a later step failed
-            if src.exists():
-                with contextlib.suppress(OSError):
-                    dest.unlink()  # a partial take: the source is still the one true copy
-            with self._write():
-                self._conn.execute("DELETE FROM intents WHERE seq=?", (seq,))
-            if isinstance(exc, FileNotFoundError) and not src.exists():
-                raise DataError(f"{sf.display(name)}: the file vanished before it could be queued",
-                                case=51) from exc
-            raise
-        return self._commit_intent(row)
+        from engine.store_add import NewFile
 
-    def _take_by_move(self, src: Path, dest: Path) -> None:
-        try:
-            os.rename(src, dest)
-        except OSError as exc:
-            import errno
+        (result,) = self.add_files([NewFile(name, Path(path), sha256, size, priority, move)], force=force)
+        if result.error is not None:
+            raise result.error
+        return result.job
 
-            if exc.errno != errno.EXDEV:
-                raise
-            sf.copy_into(src, dest, self.layout.tmp)
-            os.unlink(src)
-            sf.fsync_dir(src.parent)
-        else:
-            import stat
+    def add_files(self, files: list[NewFile], *, force: bool = False) -> list[Added]:
+        """Several files at once (two commits and one fsync per folder for the lot); one
+        ``Added`` per file, in order, with its job, None for a duplicate, or its error."""
+        from engine.store_add import add_files
 
-            if not stat.S_ISREG(os.lstat(dest).st_mode):
-                # Swapped for a link (or anything else) after it was examined: put it back, where
-                # the inbox's rules for links apply; a job never points outside the queue.
-                os.rename(dest, src)
-                raise DataError(f"{sf.display(str(src))} was replaced while it was being queued; "
-                                "it will be looked at again", case=54)
-        sf.fsync_dir(dest.parent)
+        return add_files(self, files, force=force)
 
     def _commit_intent(self, row: dict[str, Any]) -> Job:
         with self._write() as after:

@@ -81,8 +81,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
-    """Write via a temporary file on the same filesystem, fsync, rename: readers see old or new."""
+def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, sync_dir: bool = True) -> None:
+    """Write via a temporary file on the same filesystem, fsync, rename: readers see old or new.
+    ``sync_dir=False`` leaves the folder's fsync to a caller that makes one for a whole batch."""
     tmp_dir.mkdir(parents=True, exist_ok=True)
     tmp = tmp_dir / f"{tmp_prefix()}{path.name}.{time.monotonic_ns()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -96,13 +97,14 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def write_sidecar(folder: Path, tmp_dir: Path, meta: dict[str, Any]) -> None:
+def write_sidecar(folder: Path, tmp_dir: Path, meta: dict[str, Any], *, sync_dir: bool = True) -> None:
     body = {"schema": SIDECAR_SCHEMA, **meta}
     atomic_write(folder / sidecar_name(str(meta["id"])), orjson.dumps(body, option=orjson.OPT_INDENT_2),
-                 tmp_dir)
+                 tmp_dir, sync_dir=sync_dir)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -123,7 +125,7 @@ def move(src: Path, dst: Path) -> bool:
     return True
 
 
-def copy_into(src: Path, dst: Path, tmp_dir: Path) -> tuple[str, int]:
+def copy_into(src: Path, dst: Path, tmp_dir: Path, *, sync_dir: bool = True) -> tuple[str, int]:
     """Copy to a temporary file, fsync, rename into place; returns the sha256 and size copied, so
     the hash is of exactly what the engine will train on even if the source changes meanwhile."""
     import hashlib
@@ -154,7 +156,8 @@ def copy_into(src: Path, dst: Path, tmp_dir: Path) -> tuple[str, int]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(dst.parent)
+    if sync_dir:
+        fsync_dir(dst.parent)
     return digest.hexdigest(), size
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import store_files as sf
+from engine.store_add import take_by_move
 from engine.store_schema import COLUMNS, folder_for
 
 if TYPE_CHECKING:
@@ -41,8 +42,10 @@ def _finish_intents(store: Store) -> None:
                 if mode == "move" and src.exists() and sf.hash_file(src)[0] == sha:
                     os.unlink(src)  # a cross-filesystem copy finished, the unlink did not
             elif mode == "move" and src.is_file() and sf.hash_file(src)[0] == sha:
-                store._take_by_move(src, dest)
+                take_by_move(store, src, dest)
             else:
+                with contextlib.suppress(OSError):  # a sidecar written before the kill
+                    (store.layout.jobs / sf.sidecar_name(job_id)).unlink()
                 # A copy that never landed (its `add` was killed and reported nothing), or a source
                 # that is gone or replaced: nothing was taken, so nothing is recorded.
                 with store._write():

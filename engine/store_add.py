@@ -1,0 +1,155 @@
+"""Taking files into ``jobs/``, several at a time, so that a kill at any instant neither loses nor
+doubles one (cases 51, 52, 53).
+
+The protocol, per batch:
+
+1. one transaction: the duplicate check (content hash against jobs, pending intents and the batch
+   itself), an id for each file, and an *intent* row naming source and destination;
+2. for each file: its sidecar, then the file itself renamed (or copied, fsynced and renamed) into
+   ``jobs/``; one fsync of each folder touched, for the whole batch;
+3. one transaction: the job rows inserted and the intents deleted.
+
+A kill between 1 and 3 leaves intents; ``engine.store_repair`` finishes each one at the next open
+(the file arrived: record it; it did not: move it now, or forget the intent). Batching makes the
+two commits and the folder fsyncs per batch instead of per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import scheduling as sch
+from engine import store_files as sf
+from engine.errors import DataError
+from engine.store_schema import COLUMNS
+
+if TYPE_CHECKING:
+    from engine.store import Job, Store
+
+
+@dataclass(frozen=True)
+class NewFile:
+    name: str  # the original name, kept exactly
+    path: Path  # where it is now
+    sha256: str
+    size: int
+    priority: str = "normal"
+    move: bool = False  # rename it in (the inbox); else copy, leaving the caller's file
+
+
+@dataclass
+class Added:
+    file: NewFile
+    job: Job | None = None  # None with no error: a job already has this content
+    error: BaseException | None = None
+
+
+def new_row(seq: int, job_id: str, f: NewFile, filename: str, now: float) -> dict[str, Any]:
+    return dict(zip(COLUMNS, (seq, job_id, os.fsencode(f.name), filename, f.sha256, f.size, f.priority,
+                              "queued", 0, None, None, None, "{}", "[]", now, now, None, None, None,
+                              None, None, None), strict=True))
+
+
+def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> list[Added]:
+    for f in files:
+        sch.check_level(f.priority)
+    results = [Added(f) for f in files]
+    now = store.clock()
+    conn = store._conn
+    pending: list[tuple[int, dict[str, Any]]] = []
+    with store._write():
+        batch_hashes: set[str] = set()
+        for i, f in enumerate(files):
+            if not force and (f.sha256 in batch_hashes or store.duplicate_of(f.sha256) is not None
+                              or conn.execute("SELECT 1 FROM intents WHERE sha256=?", (f.sha256,)).fetchone()):
+                continue
+            batch_hashes.add(f.sha256)
+            seq = int(conn.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0])
+            conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(seq + 1),))
+            job_id = f"j{seq:04d}"
+            filename = sf.data_filename(job_id, f.name)
+            conn.execute(
+                "INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
+                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (seq, job_id, os.fsencode(f.path), os.fsencode(f.name), filename, f.sha256, f.size,
+                 f.priority, "move" if f.move else "copy", os.getpid(), now))
+            pending.append((i, new_row(seq, job_id, f, filename, now)))
+    if not pending:
+        return results
+    store.layout.jobs.mkdir(parents=True, exist_ok=True)
+    arrived: list[tuple[int, dict[str, Any]]] = []
+    touched = {store.layout.jobs}
+    try:
+        for i, row in pending:
+            if _take(store, files[i], row, results[i]):
+                arrived.append((i, row))
+                if files[i].move:
+                    touched.add(Path(files[i].path).parent)
+    finally:
+        # Even when interrupted: what arrived is made durable and recorded; the rest is forgotten.
+        for folder in touched:
+            sf.fsync_dir(folder)
+        with store._write() as after:
+            for i, row in arrived:
+                conn.execute(f"INSERT OR IGNORE INTO jobs({','.join(COLUMNS)}) VALUES "
+                             f"({','.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS])
+                job = store._job(row)
+                results[i].job = job
+                after.append(lambda job=job: store._emit(job, "added"))  # type: ignore[misc]
+            conn.executemany("DELETE FROM intents WHERE seq=?", [(row["seq"],) for _, row in pending])
+    return results
+
+
+def _take(store: Store, f: NewFile, row: dict[str, Any], result: Added) -> bool:
+    """Sidecar, then the file. True when the file is in ``jobs/``; else the error is recorded and
+    nothing of this file is left behind."""
+    src = Path(f.path)
+    dest = store.layout.jobs / row["filename"]
+    sidecar = store.layout.jobs / sf.sidecar_name(row["id"])
+    try:
+        if not f.move:
+            row["sha256"], row["size"] = sf.copy_into(src, dest, store.layout.tmp, sync_dir=False)
+        store._write_sidecar(row, store.layout.jobs, sync_dir=False)
+        if f.move:
+            take_by_move(store, src, dest, sync=False)
+        return True
+    except Exception as exc:
+        if f.move and dest.exists() and not src.exists():
+            return True  # the file did arrive; only a later step failed
+        if src.exists():
+            with contextlib.suppress(OSError):
+                dest.unlink()  # a partial take: the source is still the one true copy
+        with contextlib.suppress(OSError):
+            sidecar.unlink()
+        if isinstance(exc, FileNotFoundError) and not src.exists():
+            result.error = DataError(f"{sf.display(f.name)}: the file vanished before it could be "
+                                     "queued", case=51)
+        else:
+            result.error = exc
+        return False
+
+
+def take_by_move(store: Store, src: Path, dest: Path, *, sync: bool = True) -> None:
+    try:
+        os.rename(src, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        sf.copy_into(src, dest, store.layout.tmp, sync_dir=sync)
+        os.unlink(src)
+    else:
+        if not stat.S_ISREG(os.lstat(dest).st_mode):
+            # Swapped for a link (or anything else) after it was examined: put it back, where the
+            # inbox's rules for links apply; a job never points outside the queue.
+            os.rename(dest, src)
+            raise DataError(f"{sf.display(str(src))} was replaced while it was being queued; it will "
+                            "be looked at again", case=54)
+    if sync:
+        sf.fsync_dir(dest.parent)
+        sf.fsync_dir(src.parent)
