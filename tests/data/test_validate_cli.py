@@ -22,6 +22,13 @@ CORPUS = ROOT / "tests" / "fixtures" / "data"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
 
 
+def _env() -> dict[str, str]:
+    """The environment of a child run as an operator's shell would have it (no config override)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
 def _json(done: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     out: dict[str, Any] = json.loads(done.stdout)
     assert out["schema"] == 1
@@ -114,7 +121,7 @@ def test_validate_never_imports_torch(workspace: Path, tiny_model: Path) -> None
             "print(rc, 'torch' in sys.modules, bool(tokens))\n")
     done = subprocess.run([sys.executable, "-c", code, str(CORPUS / "long_example.jsonl")], cwd=workspace,
                           capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env=_env())
     assert done.stdout.split() == ["0", "False", "True"], done.stderr
 
 
@@ -170,7 +177,7 @@ def test_a_large_file_on_a_terminal_shows_progress_on_stderr_only(workspace: Pat
     try:
         done = subprocess.run([sys.executable, "-m", "console.cli", "validate", "--json", "--no-tokens",
                                str(big)], cwd=workspace, stdout=subprocess.PIPE, stderr=child,
-                              timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              timeout=120, env=_env())
         os.close(child)
         child = -1
         seen = b""
