@@ -104,6 +104,7 @@ def training_arguments(cfg: Any, plan: StepPlan, *, out_dir: Path, lr: float, us
         activation_checkpointing=gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # a LoRA forward uses every adapter: skip the extra graph walk
         dataloader_num_workers=0,
         dataloader_pin_memory=not use_cpu,
     )

@@ -5,6 +5,7 @@ same exception type the real thing raises, in the middle of a real training run.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,16 @@ def test_injected_hang_stops_the_heartbeat(short_job: Path) -> None:
             except (OSError, ValueError):
                 pass
             time.sleep(0.1)
+        time.sleep(1.0)  # the heartbeat writer catches up with step 1
         first = json.loads(beat.read_text())
         time.sleep(2.0)
         assert json.loads(beat.read_text()) == first and proc.poll() is None
+        # What the daemon does before ending a hung worker: ask for its stacks.
+        proc.send_signal(signal.SIGUSR1)
+        stacks = short_job.parent / "stacks.txt"
+        while time.monotonic() < deadline and "faults.py" not in stacks.read_text():
+            time.sleep(0.1)
+        assert "in _fire" in stacks.read_text()
     finally:
         proc.kill()
         proc.wait()

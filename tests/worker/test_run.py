@@ -167,3 +167,28 @@ def test_a_finished_job_run_again_does_not_publish_twice(finished_run: Path, tmp
     code, report = run_inprocess(make_spec(ws, "j0001", ws / "data.jsonl"))
     assert code == 0 and Path(report["adapter"]).name == "0001-j0001"
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["0001-j0001", "latest"]
+
+
+@pytest.mark.edge(27)
+def test_distributed_run_on_two_cpu_ranks_writes_once(tmp_path: Path, shared_cache: Path) -> None:
+    """torchrun with two gloo ranks: both train, only rank 0 writes checkpoints, heartbeat,
+    report and the adapter, and the checkpoint's per-rank RNG file verifies."""
+    import socket
+    import subprocess
+    import sys
+
+    ws = new_workspace(tmp_path / "ws", shared_cache, training__max_steps=4, training__eval_fraction=0.0)
+    spec = make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(40)))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), "-m", "engine.train.worker", str(spec)],
+                          capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((spec.parent / "report.json").read_text())
+    assert report["status"] == "done" and report["global_step"] == 4
+    assert [e["step"] for e in events_of(spec.parent, "step")] == [1, 2, 3, 4]  # one rank reports
+    final = ckpt.verify(spec.parent / "checkpoints" / "checkpoint-4", fingerprint=None)
+    assert isinstance(final, ckpt.Checkpoint) and "rng_state_0.pth" in final.manifest["files"]
+    assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["0001-j0001", "latest"]
