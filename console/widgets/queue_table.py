@@ -99,9 +99,12 @@ class QueueTable(DataTable[str | Text]):
             self.remove_row(job_id)
             del self._shown[job_id]
             changed = True
+        out_of_order = False
         for job_id, row in wanted.items():
             old = self._shown.get(job_id)
             if old is None:
+                # Rows come back after a filter is cleared: appended, then put back in id order.
+                out_of_order = out_of_order or any(k > job_id for k in self._shown)
                 self.add_row(*row, key=job_id)
                 changed = True
             else:
@@ -112,6 +115,8 @@ class QueueTable(DataTable[str | Text]):
                         self.update_cell(job_id, col, new, update_width=grew)
                         changed = True
             self._shown[job_id] = row
+        if out_of_order:
+            self.sort("id")
         return changed
 
     def shows(self, job_id: str | None) -> bool:

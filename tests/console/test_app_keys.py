@@ -287,3 +287,12 @@ async def test_help_lists_every_key_and_hides_mutations_when_readonly() -> None:
     readonly = {row[1] for row in help_rows(readonly=True)}
     assert not any("cancel" in text or "pause" in text for text in readonly)
     assert any("filter" in text for text in readonly)
+
+
+async def test_clearing_a_filter_restores_id_order() -> None:
+    async with console() as (app, pilot, client):
+        table = app.query_one(QueueTable)
+        await pilot.press("slash", *"j0003", "escape")
+        await pilot.pause()
+        order = [table.coordinate_to_cell_key((row, 0)).row_key.value for row in range(table.row_count)]
+        assert order == ["j0001", "j0002", "j0003", "j0004", "j0005"]
