@@ -88,6 +88,7 @@ class Supervisor:
         self.io_failures = 0
         self.io_retry_at = 0.0
         self.needs_repair = False
+        self._cpu_warned = False
         self._resource_emit_at = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class Supervisor:
             repaired = self._guarded("finishing file moves", lambda: store_repair.repair(self.store))
             self.needs_repair = not repaired
             ok = repaired and ok
+        if due:
+            ok = self._guarded("sampling resources", self._check_resources) and ok
         if self.current is None and not self.stop_requested and due:
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
             ok = self._guarded("schedule", self._maybe_start) and ok
@@ -195,20 +198,25 @@ class Supervisor:
         indices = [g.index for g in getattr(sample, "gpus", [])] if state == "ok" else []
         return plan_devices(self.cfg.hardware.device, self.cfg.hardware.gpus, state, indices)
 
-    def _maybe_start(self) -> None:
-        guard = self.guard.check()
+    def _check_resources(self) -> None:
+        """Sampled every few seconds, a job running or not: the alert should come before the
+        kernel's OOM killer or a full disk does."""
+        self.guard.check()
         if self.disk_paused and self.guard.disk_hold is None:
             self.disk_paused = False
             self.store.set_paused(False)
         self._emit_resources()
-        if not guard.ok or self.store.paused():
+
+    def _maybe_start(self) -> None:
+        if not self.guard.state.ok or self.store.paused():
             return
         plan = self._device_plan()
         if plan.hold:
             self.notifier.alert(plan.case, plan.hold, severity="critical", key="device-hold")
             return
         self.notifier.forget("device-hold")
-        if plan.warning:
+        if plan.warning and not self._cpu_warned:
+            self._cpu_warned = True
             self.notifier.alert(plan.case, plan.warning, severity="warning", key="device-cpu")
         job = self.store.next_runnable()
         if job is not None:
