@@ -177,6 +177,7 @@ def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path 
         with _rebuild_lock(layout):
             problem = _corruption(path)  # another process may have rebuilt it meanwhile
             if problem is not None:
+                _refuse_if_engine_elsewhere(layout, problem)
                 aside = _move_aside(path)
                 conn = _create(path)
                 rebuild_from_folders(conn, layout)
@@ -188,10 +189,38 @@ def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path 
             raise unavailable(path, exc) from exc
         # Damage quick_check missed but schema setup hit: same treatment.
         with _rebuild_lock(layout):
+            _refuse_if_engine_elsewhere(layout, f"is unreadable ({exc})")
             aside = _move_aside(path)
             conn = _create(path)
             rebuild_from_folders(conn, layout)
             return conn, f"is unreadable ({exc})", aside
+
+
+def _refuse_if_engine_elsewhere(layout: Layout, problem: str) -> None:
+    """Only a process that is the engine, or that runs while no engine does, may set the database
+    aside: a running engine keeps writing to the file it has open, and a second database beside
+    it would split the queue in two. The engine's lock (``engine.lock``, an flock) says who runs."""
+    try:
+        from engine.lock import read_pidfile
+
+        info = read_pidfile(layout)
+        if info is not None and info.pid == os.getpid():
+            return  # we are the engine
+    except ImportError:  # pragma: no cover - the lock module ships with the engine
+        pass
+    try:
+        fd = os.open(layout.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise TransientError(
+            f"{layout.state_db} {problem}; the running engine will set it aside and rebuild it from "
+            "the queue folders when it restarts (`trainconsole stop`, then start it again)", case=58,
+        ) from None
+    finally:
+        os.close(fd)  # closing drops the probe's lock
 
 
 def _move_aside(path: Path) -> Path:

@@ -201,3 +201,36 @@ def test_garbled_sidecars_cost_only_their_own_fields(layout: Layout, tmp_path: P
         ja, jb = st.require(a), st.require(b)
         assert (ja.attempts, ja.priority, ja.history) == (0, "normal", ())
         assert jb.sha256 == sha_b and jb.name.endswith(".jsonl")
+
+
+@pytest.mark.edge(58)
+def test_a_console_never_rebuilds_under_a_running_engine(layout: Layout, tmp_path: Path, clock: Clock,
+                                                         policy: Policy) -> None:
+    """The engine keeps the old file open; a second database beside it would split the queue. So a
+    console refuses, plainly, and the engine (or anyone once it is gone) rebuilds."""
+    import json
+    import subprocess
+    import sys
+
+    from engine.errors import TransientError
+
+    _populate(layout, tmp_path, clock, policy)
+    _garbage(layout.state_db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(layout.lockfile)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        (layout.pidfile).write_text(json.dumps({"pid": holder.pid, "start_time": 0}))
+        with pytest.raises(TransientError, match="running engine will set it aside") as info:
+            Store.open(layout, policy=policy, clock=clock)
+        assert info.value.case == 58
+        assert not [p for p in layout.queue.iterdir() if "corrupt" in p.name]
+        # The engine itself (its pid in the PID file, its lock held) does rebuild.
+        (layout.pidfile).write_text(json.dumps({"pid": os.getpid(), "start_time": 0}))
+        with Store.open(layout, policy=policy, clock=clock) as st:
+            assert len(st.jobs()) > 40
+    finally:
+        holder.kill()
+        holder.wait()
