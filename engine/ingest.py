@@ -15,8 +15,11 @@ never loses or doubles a file:
   Linux, no process has it open for writing; hidden names (``.name``, how rsync and editors stage
   a transfer) are passed over in silence;
 - a name not ending in ``.jsonl`` is left in place with one notice per file, not one per scan (56);
-- an accepted file is renamed into ``jobs/`` (copied, fsynced and renamed across filesystems) via
-  the store's intent record, so a kill at any instant is completed or undone at the next open, and
+- a file is hashed a slice per scan (``hash_budget_s``), so a huge or sparse file never stalls the
+  daemon's loop;
+- the files ready in one scan are taken as one batch (``engine.store_add``): each is renamed into
+  ``jobs/`` (copied, fsynced and renamed across filesystems, or when it is a link or hard link)
+  via the store's intent record, so a kill at any instant is completed or undone at the next open, and
   the user deleting or moving their file afterwards changes nothing (51, 52);
 - the same name twice makes two jobs; the same content twice makes one, with a notice, unless
   ``queue.dedupe`` is off (53). The duplicate stays in the inbox for the operator to delete or
