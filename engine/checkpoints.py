@@ -41,7 +41,8 @@ ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
 # What a resume needs besides the weights: without these the Trainer silently restarts the
 # optimizer and the schedule, or draws a different data order.
 RESUME_FILES: Final = (TRAINER_STATE, "optimizer.pt", "scheduler.pt", "rng_state.pth")
-FINGERPRINT_KEYS: Final = ("name", "revision", "config_sha256", "layers", "hidden", "vocab")
+# "lora" (the adapter's shape) is present in checkpoints only; adapters carry the base's keys.
+FINGERPRINT_KEYS: Final = ("name", "revision", "config_sha256", "layers", "hidden", "vocab", "lora")
 
 _NAME_RE: Final = re.compile(r"^checkpoint-(-?\d+)$")
 

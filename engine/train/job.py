@@ -109,6 +109,9 @@ class TrainJob:
             self.log(f"adapter {already.name} was already published by this job; nothing to do")
             return Outcome("done", 0, 0, str(already), "already published")
         parent = lineage.check_parent(adapters, fp, self.events, self.job_id)
+        # A checkpoint must also match the adapter's shape: one saved before lora.r was changed
+        # would pass the base check and then fail inside the Trainer's resume.
+        ck_fp = {**fp, "lora": lineage.lora_shape(cfg, parent)}
         tokenizer = basecheck.load_tokenizer(cfg, base)
         cache = load_cache(cfg, data_file, tokenizer, cfg.layout().cache)
         if cache.truncated or cache.dropped:
@@ -124,7 +127,7 @@ class TrainJob:
                  f"accumulation {accum} x {world} process(es), {plan.max_steps} steps"
                  + (f", continuing adapter {parent.name}" if parent else ", new adapter"))
 
-        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id,
+        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=ck_fp, events=self.events, job_id=self.job_id,
                                  quarantine_bad=self.lead)
         if resume is not None and resume.step >= plan.max_steps:
             self.events.alert(63, f"checkpoint {resume.path.name} is already at step {resume.step} of "
@@ -141,7 +144,7 @@ class TrainJob:
         samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
         while True:
             hooks = Hooks(events=self.events, job_id=self.job_id, cfg=cfg, plan=plan, ckpt_root=self.ckpt_root,
-                          fingerprint=fp, heartbeat=self.heartbeat, faults=self.faults,
+                          fingerprint=ck_fp, heartbeat=self.heartbeat, faults=self.faults,
                           collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
                           lr=lr_now, rollbacks=rollbacks, early=resume.extra.get("early") if resume else None,
                           stop_flag=self.stop_flag)
@@ -164,7 +167,7 @@ class TrainJob:
                         f"training diverged: {bad} after {cfg.guards.nan_retries} learning-rate rollback(s); "
                         "lower training.learning_rate or check the data", case=bad.case) from None
                 gc.collect()
-                resume, _ = ckpt.scan(self.ckpt_root, fingerprint=fp, events=self.events, job_id=self.job_id,
+                resume, _ = ckpt.scan(self.ckpt_root, fingerprint=ck_fp, events=self.events, job_id=self.job_id,
                                  quarantine_bad=self.lead)
                 # The rate the checkpoint was trained at, lowered once per rollback since it was written.
                 base_lr = float(resume.extra.get("lr", lr)) if resume else lr
@@ -175,11 +178,11 @@ class TrainJob:
             return Outcome("interrupted", step, plan.max_steps, None, f"stopped on request at step {step}")
         if not self.lead:
             return Outcome("done", step, plan.max_steps, None, "done (rank 0 publishes)")
-        final = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{step}", fingerprint=fp)
+        final = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{step}", fingerprint=ck_fp)
         source = final
         best = hooks.early.best_step
         if hooks.early_stopped and best is not None:
-            chosen = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{best}", fingerprint=fp)
+            chosen = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{best}", fingerprint=ck_fp)
             if isinstance(chosen, ckpt.Checkpoint):
                 source = chosen
         if not isinstance(source, ckpt.Checkpoint):

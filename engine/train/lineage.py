@@ -14,6 +14,7 @@ works for anyone.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -74,11 +75,27 @@ def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
             message = f"adapter {shown} was {verdict.reason}; {advice}"
             case = 13
         else:
-            message = f"adapter {shown} cannot be used: {verdict.reason}"
+            message = (f"adapter {shown} cannot be used: {verdict.reason}; point latest at a good "
+                       "adapter, or move it aside to start a new adapter lineage")
             case = verdict.case
         events.alert(case, message, severity="critical", job_id=job_id, key="adapter-refused")
         raise ConfigError(message, case=case)
     return target
+
+
+def lora_shape(cfg: Any, parent: Path | None) -> str:
+    """The adapter's shape (rank, scaling, target modules): the parent adapter's own when a job
+    continues one, else the configured one."""
+    if parent is not None:
+        try:
+            conf = json.loads((parent / ADAPTER_CONFIG).read_text())
+            targets = conf.get("target_modules") or []
+            return (f"r={conf.get('r')} alpha={conf.get('lora_alpha')} targets="
+                    + ",".join(sorted([targets] if isinstance(targets, str) else targets)))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"adapter {parent}: {ADAPTER_CONFIG} is unreadable ({exc})", case=13) from None
+    lc = cfg.lora
+    return f"r={lc.r} alpha={lc.alpha} targets=" + ",".join(sorted(lc.target_modules))
 
 
 def next_name(adapters: Path, job_id: str) -> str:

@@ -192,3 +192,22 @@ def test_distributed_run_on_two_cpu_ranks_writes_once(tmp_path: Path, shared_cac
     final = ckpt.verify(spec.parent / "checkpoints" / "checkpoint-4", fingerprint=None)
     assert isinstance(final, ckpt.Checkpoint) and "rng_state_0.pth" in final.manifest["files"]
     assert sorted(p.name for p in (ws / "adapters").iterdir()) == ["0001-j0001", "latest"]
+
+
+@pytest.mark.edge(18)
+def test_checkpoint_of_another_adapter_shape_is_not_resumed(finished_run: Path, tmp_path: Path) -> None:
+    """lora.r changed while a job waited to resume: its checkpoints would load into the Trainer
+    only to fail on the tensor shapes, so they are skipped and the job starts over."""
+    from engine.config import set_value
+
+    ws = copy_ws(finished_run, tmp_path / "ws")
+    shutil.rmtree(ws / "adapters")
+    set_value(ws / "config.toml", "lora.r", 4)
+    set_value(ws / "config.toml", "training.max_steps", 2)
+    run_dir = ws / "runs" / "j0001"
+    (run_dir / "events.jsonl").unlink()
+    code, report = run_inprocess(make_spec(ws, "j0001", ws / "data.jsonl"))
+    assert code == 0 and report["status"] == "done", report
+    skipped = alerts(run_dir)
+    assert [a["case"] for a in skipped] == [18, 18] and "lora: expected 'r=4" in skipped[0]["message"]
+    assert [e["step"] for e in events_of(run_dir, "step")] == [1, 2]
