@@ -65,6 +65,11 @@ class LossPlot(PlotextPlot):
             plt.scatter(list(view.eval_x), _y(view.eval_y, self.log_y), marker="●",
                         color="orange", label="eval")
         plt.yscale(scale)
+        xs = view.train_x or view.eval_x
+        lo, hi = int(min(xs)), int(max(xs))
+        if hi > lo:  # steps are whole numbers: label them so, not "15.8"
+            ticks = sorted({lo + round((hi - lo) * i / 4) for i in range(5)})
+            plt.xticks(ticks, [str(t) for t in ticks])
         self.refresh()
 
 
