@@ -72,6 +72,32 @@ class StoreMachine(RuleBasedStateMachine):
             assert all(int(job.id[1:]) > int(i[1:]) for i in self.model)
             self.model[job.id] = {"status": "queued", "attempts": 0, "sha": sha, "priority": priority}
 
+    @rule(batch=st.lists(st.tuples(st.sampled_from(["high", "normal", "low"]), st.integers(0, 3)),
+                         min_size=1, max_size=4))
+    def enqueue_batch(self, batch: list[tuple[str, int]]) -> None:
+        """Several files at once, as the inbox does; equal tags mean equal content."""
+        from engine.store_add import NewFile
+        from engine.store_files import hash_file
+
+        files = []
+        for priority, tag in batch:
+            self.n += 1
+            src = self.root / "src" / f"b{self.n}.jsonl"
+            src.parent.mkdir(exist_ok=True)
+            src.write_bytes(f"batch content {tag}\n".encode())
+            sha, size = hash_file(src)
+            files.append(NewFile(f"b {self.n}.jsonl", src, sha, size, priority, move=True))
+        results = self.store.add_files(files)
+        for f, result in zip(files, results, strict=True):
+            assert result.error is None
+            taken = {m["sha"] for m in self.model.values() if m["status"] != "cancelled"}
+            if f.sha256 in taken:
+                assert result.job is None and f.path.exists()
+            else:
+                assert result.job is not None and not f.path.exists()
+                self.model[result.job.id] = {"status": "queued", "attempts": 0, "sha": f.sha256,
+                                             "priority": f.priority}
+
     @precondition(lambda self: self._ids("queued"))
     @rule(data=st.data())
     def start(self, data: st.DataObject) -> None:
