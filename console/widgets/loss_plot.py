@@ -69,7 +69,7 @@ class LossPlot(PlotextPlot):
         lo, hi = int(min(xs)), int(max(xs))
         if hi > lo:  # steps are whole numbers: label them so, not "15.8"
             ticks = sorted({lo + round((hi - lo) * i / 4) for i in range(5)})
-            plt.xticks(ticks, [str(t) for t in ticks])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         self.refresh()
 
 
