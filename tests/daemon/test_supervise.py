@@ -118,7 +118,7 @@ def test_a_hang_is_caught_with_stacks_in_the_job_log(harness: Harness, monkeypat
     assert any("Python stacks" in e["message"] and "fake_worker.py" in e["message"] for e in logs)
 
 
-@pytest.mark.edge(71, 72, 73, 74, 75, 76, 77, 78, 79, 80)
+@pytest.mark.edge(71, 72, 73, 74, 75, 76, 77, 78)
 @pytest.mark.parametrize("exc", ["UnboundLocalError", "NameError", "AttributeError", "KeyError",
                                  "IndexError", "TypeError", "ValueError", "ZeroDivisionError"])
 def test_a_bug_fails_once_with_its_traceback_and_the_next_job_runs(harness: Harness, exc: str,
