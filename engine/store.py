@@ -22,7 +22,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,57 +29,21 @@ import orjson
 
 from engine import scheduling as sch
 from engine import store_files as sf
-from engine.errors import PERMANENT, ErrorClass, TrainconsoleError
+from engine.errors import PERMANENT, ErrorClass
 from engine.events import EventLog
 from engine.layout import Layout
 from engine.store_schema import COLUMNS, folder_for, open_database, unavailable
 from engine.store_schema import SCHEMA_VERSION as SCHEMA_VERSION
+from engine.store_types import ACTIVE as ACTIVE
+from engine.store_types import STATUSES as STATUSES
+from engine.store_types import Command as Command
+from engine.store_types import Job as Job
+from engine.store_types import QueueError as QueueError
 
 if TYPE_CHECKING:
     from engine.store_add import Added, NewFile
 
-STATUSES = ("queued", "held", "running", "done", "failed", "cancelled")
-ACTIVE = ("queued", "held", "running")
 _NO_CHARGE = (ErrorClass.DISK_FULL, ErrorClass.INTERRUPTED)
-
-
-class QueueError(TrainconsoleError):
-    """An operator asked for something the job's state does not allow, or named no job."""
-
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    name: str
-    path: Path
-    sha256: str
-    size: int
-    priority: str
-    status: str
-    attempts: int
-    next_attempt_at: float | None
-    error_class: str | None
-    error: str | None
-    overrides: dict[str, Any]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    pid: int | None
-    pid_start: float | None
-    step: int | None
-    max_steps: int | None
-    queued_at: float = 0.0
-    seq: int = 0
-    history: tuple[dict[str, Any], ...] = field(default=())
-
-
-@dataclass(frozen=True)
-class Command:
-    id: int
-    kind: str
-    job_id: str | None
-    arg: Any
-    created_at: float
 
 
 class Store:
@@ -489,19 +452,9 @@ class Store:
 
     def reasons(self, now: float | None = None, jobs: list[Job] | None = None) -> dict[str, str]:
         """squeue-style REASON for every job (or those given), computed in one pass."""
-        from engine.store_view import ranks, reason_text
+        from engine.store_view import reasons
 
-        now = self.clock() if now is None else now
-        jobs = self.jobs() if jobs is None else jobs
-        paused = self.paused()
-        running = sum(1 for j in jobs if j.status == "running")
-        rank = ranks([(j.id, j.priority, j.queued_at, j.seq, j.next_attempt_at) for j in jobs
-                      if j.status == "queued"], now, self.policy)
-        return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
-                                  error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
-                                  now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
-                                  policy=self.policy)
-                for j in jobs}
+        return reasons(self, self.clock() if now is None else now, self.jobs() if jobs is None else jobs)
 
     def reason(self, job: Job, now: float | None = None) -> str:
         return self.reasons(now).get(job.id, job.status)

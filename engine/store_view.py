@@ -16,6 +16,7 @@ from engine.store_schema import folder_for
 
 if TYPE_CHECKING:
     from engine.store import Store
+    from engine.store_types import Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
          "error_class", "error", "created_at", "queued_at", "started_at", "finished_at", "step",
@@ -57,6 +58,18 @@ def ranks(items: list[tuple[str, str, float, int, float | None]], now: float,
     ready = [it for it in items if sch.is_due(it[4], now, policy.backoff_max_s)]
     ready.sort(key=lambda it: sch.order_key(it[1], it[2], it[3], now, policy.aging_s))
     return {it[0]: i for i, it in enumerate(ready)}
+
+
+def reasons(store: Store, now: float, jobs: list[Job]) -> dict[str, str]:
+    paused = store.paused()
+    running = sum(1 for j in jobs if j.status == "running")
+    rank = ranks([(j.id, j.priority, j.queued_at, j.seq, j.next_attempt_at) for j in jobs
+                  if j.status == "queued"], now, store.policy)
+    return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
+                              error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
+                              now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
+                              policy=store.policy)
+            for j in jobs}
 
 
 def snapshot(store: Store, now: float) -> tuple[bool, list[dict[str, Any]]]:
