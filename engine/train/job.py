@@ -97,7 +97,8 @@ class TrainJob:
         ov = self.spec.get("overrides") or {}
         batch = int(ov.get("batch_size") or cfg.training.batch_size)
         accum = int(ov.get("gradient_accumulation") or cfg.training.gradient_accumulation)
-        grad_ckpt = bool(ov.get("gradient_checkpointing") or cfg.training.gradient_checkpointing)
+        grad_ckpt = bool(ov["gradient_checkpointing"] if "gradient_checkpointing" in ov
+                         else cfg.training.gradient_checkpointing)
         lr = float(cfg.training.learning_rate) * float(ov.get("lr_factor") or 1.0)
         adapters = Path(self.spec.get("adapters_dir") or cfg.layout().adapters)
         data_file = Path(self.spec["data_file"])

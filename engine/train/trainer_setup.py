@@ -173,6 +173,8 @@ class Hooks:
         control = trainer.control
         if step % self.cfg.training.save_steps == 0 or step >= self.plan.max_steps:
             control.should_save = True
+        if step >= self.plan.max_steps and trainer.eval_dataset is not None:
+            control.should_evaluate = True  # every job ends with its held-out numbers
         if self.stop_flag[0]:
             self.interrupted = True
             control.should_save = True

@@ -22,15 +22,21 @@ def short_job(tmp_path: Path, shared_cache: Path) -> Path:
     return make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(20)))
 
 
-BUGS = [("UnboundLocalError", 71), ("NameError", 72), ("AttributeError", 73), ("KeyError", 74),
-        ("IndexError", 75), ("TypeError", 76), ("ValueError", 77), ("ZeroDivisionError", 78),
-        ("RecursionError", 79)]
+BUGS = [
+    pytest.param("UnboundLocalError", 71, marks=pytest.mark.edge(71), id="UnboundLocalError"),
+    pytest.param("NameError", 72, marks=pytest.mark.edge(72), id="NameError"),
+    pytest.param("AttributeError", 73, marks=pytest.mark.edge(73), id="AttributeError"),
+    pytest.param("KeyError", 74, marks=pytest.mark.edge(74), id="KeyError"),
+    pytest.param("IndexError", 75, marks=pytest.mark.edge(75), id="IndexError"),
+    pytest.param("TypeError", 76, marks=pytest.mark.edge(76), id="TypeError"),
+    pytest.param("ValueError", 77, marks=pytest.mark.edge(77), id="ValueError"),
+    pytest.param("ZeroDivisionError", 78, marks=pytest.mark.edge(78), id="ZeroDivisionError"),
+    pytest.param("RecursionError", 79, marks=pytest.mark.edge(79), id="RecursionError"),
+]
 
 
-@pytest.mark.parametrize(("name", "case"), BUGS, ids=[b[0] for b in BUGS])
-def test_exception_in_our_code_is_a_bug_with_its_traceback(short_job: Path, name: str, case: int,
-                                                           request: pytest.FixtureRequest) -> None:
-    request.node.add_marker(pytest.mark.edge(case))
+@pytest.mark.parametrize(("name", "case"), BUGS)
+def test_exception_in_our_code_is_a_bug_with_its_traceback(short_job: Path, name: str, case: int) -> None:
     code, report = run_inprocess(short_job, f"raise:{name}@2")  # injected
     assert code == EXIT_CODES[ErrorClass.BUG]
     assert report["status"] == "failed" and report["error_class"] == "bug" and report["case"] == case
@@ -38,11 +44,6 @@ def test_exception_in_our_code_is_a_bug_with_its_traceback(short_job: Path, name
     assert report["traceback"] and f"{name}:" in report["traceback"] and "faults.py" in report["traceback"]
     assert report["global_step"] == 1 and report["max_steps"] == 3
     assert [a["case"] for a in alerts(short_job.parent)] == [case]
-
-
-# Mark the parametrized cases for the coverage check (it reads marks off the function).
-test_exception_in_our_code_is_a_bug_with_its_traceback = pytest.mark.edge(71, 72, 73, 74, 75, 76, 77, 78, 79)(
-    test_exception_in_our_code_is_a_bug_with_its_traceback)
 
 
 @pytest.mark.edge(80, 24)
