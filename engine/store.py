@@ -59,6 +59,7 @@ class Store:
         self.clock = clock
         self._rng = rng
         self._own_events = False
+        self.rebuilt: tuple[str, Path] | None = None  # (what was wrong, where the old file went)
         # One connection may serve several threads (a console's poller): one transaction at a time.
         self._lock = threading.RLock()
 
@@ -76,6 +77,7 @@ class Store:
         store = cls(conn, layout, events if events is not None else EventLog(layout.engine_events),
                     policy or sch.DefaultPolicy(), clock, rng or random.Random())
         store._own_events = events is None
+        store.rebuilt = (problem, aside) if problem is not None and aside is not None else None
         if problem is not None:
             store.events.alert(
                 58, f"job database {layout.state_db} {problem}; kept as {aside} and rebuilt from the "

@@ -63,7 +63,16 @@ def _open(args: argparse.Namespace, *, repair: bool = True) -> tuple[Layout, Sto
     from engine.store import Store
 
     cfg, layout = load_layout(args)
-    return layout, Store.open(layout, EventLog(layout.engine_events), policy=cfg.queue, repair=repair)
+    store = Store.open(layout, EventLog(layout.engine_events), policy=cfg.queue, repair=repair)
+    _say_if_rebuilt(store)
+    return layout, store
+
+
+def _say_if_rebuilt(store: Store) -> None:
+    if store.rebuilt is not None:
+        problem, aside = store.rebuilt
+        print(f"trainconsole: note: the job database {problem}; it was kept as {aside} and rebuilt "
+              f"from the queue folders (case 58)", file=sys.stderr)
 
 
 # -- status -------------------------------------------------------------------------------------
@@ -95,6 +104,7 @@ def _status(args: argparse.Namespace) -> int:
         from engine.store import Store
 
         with Store.open(layout, policy=cfg.queue, repair=False) as store:
+            _say_if_rebuilt(store)
             paused, jobs = store.snapshot(time.time())
     counts = {s: 0 for s in ("queued", "held", "running", "done", "failed", "cancelled")}
     for job in jobs:

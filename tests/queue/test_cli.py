@@ -114,7 +114,9 @@ def test_status_on_a_corrupt_database_rebuilds_it(workspace: Path) -> None:
     for suffix in ("-wal", "-shm"):
         (queue / f"state.db{suffix}").unlink(missing_ok=True)
     (queue / "state.db").write_bytes(b"\x00garbage" * 1000)
-    doc = status_json(workspace)
+    res = cli(workspace, "status", "--json")
+    assert res.returncode == 0 and "rebuilt from the queue folders (case 58)" in res.stderr
+    doc = json.loads(res.stdout)
     assert [j["id"] for j in doc["jobs"]] == ["j0001"]
     assert any(p.name.startswith("state.db.corrupt-") for p in queue.iterdir())
     events = [json.loads(line) for line in (queue / "events.jsonl").read_text().splitlines()]
