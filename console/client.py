@@ -184,6 +184,9 @@ class WorkspaceClient:
             case = event.get("case")
             message = str(event.get("message", ""))
             key = str(event.get("key") or f"{t}|{case}|{job_id}|{message}")
+            before = self._alerts.get(key)
+            if before is not None and t > before.t:
+                self._acked.discard(key)  # it happened again: news again
             self._alerts[key] = AlertRow(
                 key=key, case=case if isinstance(case, int) else None,
                 severity=str(event.get("severity", "warning")), job_id=job_id, t=t, message=message,
@@ -318,7 +321,9 @@ class WorkspaceClient:
         pass
 
 
-def _read_events(path: Path, limit: int = 4 << 20) -> list[dict[str, Any]]:
+def _read_events(path: Path, limit: int = 512 << 10) -> list[dict[str, Any]]:
+    """The newest events of a log (the detail screen re-reads it every refresh: a bounded tail,
+    whatever the run's length). A line cut by the start of the window is skipped as torn."""
     tail = EventTail(path, max_bytes=limit)
     try:
         size = path.stat().st_size

@@ -75,9 +75,13 @@ def test_loss_series_eval_alerts_and_rate_from_events(ws: tuple[WorkspaceClient,
     assert [al.case for al in snap.alerts] == [25, 64]  # newest first
     running = snap.job(a)
     assert running is not None and running.status == "running"
-    # Acknowledgement is kept by this console.
+    # Acknowledgement is kept by this console, until the same alert fires again.
     client.acknowledge(["disk"])
     assert client.snapshot(None, 40).alerts[0].acked
+    time.sleep(0.01)
+    EventLog(layout.engine_events).alert(25, "disk low again", severity="critical", key="disk")
+    again = client.snapshot(None, 40).alerts
+    assert again[0].message == "disk low again" and not again[0].acked and len(again) == 2
 
 
 def test_engine_state_from_the_pid_file(ws: tuple[WorkspaceClient, Layout]) -> None:
