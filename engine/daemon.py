@@ -23,6 +23,7 @@ from engine.lock import EngineLock, start_detached
 from engine.notify import Notifier
 from engine.recovery import end_orphans, find_orphans, sweep
 from engine.resources import check_writable
+from engine.retry_policy import read_report
 
 __all__ = ["run_daemon", "start_detached", "recover"]
 
@@ -41,6 +42,13 @@ def recover(store: Any, layout: Layout, notifier: Notifier, events: EventLog, *,
                        severity="warning", key="orphans")
         end_orphans(orphans, grace_s)
     for job in running:
+        report = read_report(layout.run_dir(job.id) / "report.json")
+        if report is not None and report.get("status") == "done":
+            # The orphan finished its job while no engine watched: its work is not redone.
+            store.succeed(job.id)
+            notifier.alert(41, f"{job.id} finished while the engine was down; recorded as done",
+                           severity="info", job_id=job.id)
+            continue
         store.requeue(job.id, charge_attempt=False,
                       reason="the engine stopped while this job ran; it resumes from its last checkpoint")
         notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "

@@ -51,3 +51,14 @@ def leftover_temp_files(layout: Layout) -> list[Path]:
     except FileNotFoundError:
         pass
     return found
+
+
+def gone(pid: int | None) -> bool:
+    """No such process, or only a zombie left for whoever adopted it."""
+    if not pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

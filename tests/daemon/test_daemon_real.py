@@ -20,6 +20,7 @@ from tests.daemon.harness import FAST, TINY, Harness, configure, drop, start_dae
 from tests.daemon.realrun import (
     REAL,
     assert_checkpoints_sound,
+    gone,
     leftover_temp_files,
     step_trail,
     worst_step_loss,
@@ -166,8 +167,7 @@ def test_kill_9_of_daemon_and_worker_recovers(workspace: Path, model: Path) -> N
         (layout.run_dir(job.id) / "checkpoints" / ".staging-checkpoint-99-999999-deadbeef").mkdir(parents=True)
         (layout.tmp / "store-999999-x.tmp").write_text("x")
         daemon = start_daemon(config)
-        wait_for(lambda: not os.path.exists(f"/proc/{orphan}") or
-                 open(f"/proc/{orphan}/stat").read().split()[2] == "Z", 60, "orphan ended")
+        wait_for(lambda: gone(orphan), 60, "orphan ended")
         wait_for(lambda: store_jobs(config)[0].status == "done", 300, "job done")
         job = store_jobs(config)[0]
         assert job.attempts == 1  # the interrupted attempt was given back
@@ -181,3 +181,25 @@ def test_kill_9_of_daemon_and_worker_recovers(workspace: Path, model: Path) -> N
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(120)
         time.sleep(0)
+
+
+@pytest.mark.edge(41)
+def test_a_job_an_orphan_finished_while_no_engine_ran_is_not_redone(workspace: Path, model: Path) -> None:
+    config = configure(workspace, {**FAST, **TINY, **REAL})
+    layout = load_config(config).layout()
+    drop(workspace, "a.jsonl")
+    daemon = start_daemon(config)
+    wait_for(lambda: any(j.pid for j in store_jobs(config)), 120, "a worker")
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    job = store_jobs(config)[0]
+    report = layout.run_dir(job.id) / "report.json"
+    wait_for(lambda: report.exists() and gone(job.pid), 240, "the orphan done")
+    daemon = start_daemon(config)
+    try:
+        wait_for(lambda: store_jobs(config)[0].status == "done", 60, "done")
+        assert store_jobs(config)[0].attempts == 1
+        assert '"done"' in report.read_text()  # not overwritten by a second run
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(120)
