@@ -36,6 +36,15 @@ def fresh_nvml() -> Any:
     sysmon.reset_nvml()
 
 
+@pytest.fixture
+def no_nvml(fresh_nvml: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No driver library, as on this machine, and made so on a GPU box too (faked at pynvml)."""
+    def missing() -> None:
+        raise pynvml.NVMLError_LibraryNotFound()
+
+    monkeypatch.setattr(pynvml, "nvmlInit", missing)
+
+
 def _done(h: Harness, n: int = 1) -> bool:
     return len(h.jobs()) == n and all(j.status == "done" for j in h.jobs())
 
@@ -100,8 +109,7 @@ def test_swap_thrashing_stops_new_work(workspace: Path, monkeypatch: pytest.Monk
 
 
 @pytest.mark.edge(26)
-def test_no_gpu_with_device_cuda_holds_the_queue(workspace: Path, fresh_nvml: Any) -> None:
-    # Real: this machine has no NVML at all.
+def test_no_gpu_with_device_cuda_holds_the_queue(workspace: Path, no_nvml: None) -> None:
     h = Harness(workspace, {"hardware.device": "cuda"})
     try:
         drop(workspace, "a.jsonl")
@@ -116,7 +124,7 @@ def test_no_gpu_with_device_cuda_holds_the_queue(workspace: Path, fresh_nvml: An
 
 
 @pytest.mark.edge(26)
-def test_no_gpu_with_device_auto_trains_on_cpu_with_a_warning(workspace: Path, fresh_nvml: Any) -> None:
+def test_no_gpu_with_device_auto_trains_on_cpu_with_a_warning(workspace: Path, no_nvml: None) -> None:
     h = Harness(workspace)
     try:
         drop(workspace, "a.jsonl")
