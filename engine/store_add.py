@@ -20,6 +20,7 @@ import contextlib
 import errno
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,7 @@ def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> lis
                 "INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
                 "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, job_id, os.fsencode(f.path), os.fsencode(f.name), filename, f.sha256, f.size,
-                 f.priority, "move" if f.move else "copy", os.getpid(), now))
+                 f.priority, "move" if f.move else "copy", os.getpid(), time.time()))
             pending.append((i, new_row(seq, job_id, f, filename, now)))
     if not pending:
         return results

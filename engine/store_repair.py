@@ -29,10 +29,11 @@ def repair(store: Store) -> None:
 
 def _finish_intents(store: Store) -> None:
     conn = store._conn
+    now = store.clock()
     rows = conn.execute("SELECT seq, id, src, name, filename, sha256, size, priority, mode, owner_pid, "
                         "created_at FROM intents").fetchall()
     for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created in rows:
-        if owner != os.getpid() and sf._alive(int(owner)):
+        if _owner_live(int(owner), float(created)):
             continue  # still being written by a live process
         src = Path(os.fsdecode(bytes(src_b)))
         dest = store.layout.jobs / filename
@@ -55,8 +56,22 @@ def _finish_intents(store: Store) -> None:
             continue  # left for the next open
         row: dict[str, Any] = dict(zip(COLUMNS, (
             seq, job_id, bytes(name_b), filename, sha, size, priority, "queued", 0, None, None, None,
-            "{}", "[]", created, created, None, None, None, None, None, None), strict=True))
+            "{}", "[]", now, now, None, None, None, None, None, None), strict=True))
         store._commit_intent(row)
+
+
+def _owner_live(pid: int, created: float) -> bool:
+    """Whether the process that wrote an intent still runs: alive, and started before the intent
+    was written (after a reboot the same pid is another process)."""
+    if not sf._alive(pid):
+        return False
+    try:
+        import psutil
+
+        started = float(psutil.Process(pid).create_time())
+    except Exception:  # noqa: BLE001 - cannot tell: leave it to its owner, as if alive
+        return True
+    return started <= created + 1.0
 
 
 def _reconcile_folders(store: Store) -> None:

@@ -81,3 +81,29 @@ def test_kill_minus_9_while_ingesting_neither_loses_nor_doubles(tmp_path: Path) 
         assert [p.name for p in layout.tmp.iterdir()] == []
         ids = [int(j.id[1:]) for j in jobs]
         assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.edge(51)
+def test_an_intent_left_by_a_process_before_a_reboot_is_finished_even_if_the_pid_is_ours(
+        tmp_path: Path) -> None:
+    """After a reboot the engine can get the very pid its predecessor had: the intent is judged by
+    the owner's start time, not the pid alone, so it is finished rather than waited on forever."""
+    import os
+    import sqlite3
+
+    layout = make_layout(tmp_path)
+    Store.open(layout).close()
+    src = layout.incoming / "left.jsonl"
+    src.write_bytes(b'{"messages": []}\n')
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    conn = sqlite3.connect(layout.state_db)
+    conn.execute("INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
+                 "created_at) VALUES (1,'j0001',?,?,'j0001--left.jsonl',?,?,'normal','move',?,?)",
+                 (os.fsencode(src), b"left.jsonl", sha, src.stat().st_size, os.getpid(), 1000.0))
+    conn.execute("UPDATE meta SET value='2' WHERE key='next_seq'")
+    conn.commit()
+    conn.close()
+    with Store.open(layout) as store:
+        (job,) = store.jobs()
+        assert (job.id, job.name, job.sha256) == ("j0001", "left.jsonl", sha)
+        assert job.path.is_file() and not src.exists()
