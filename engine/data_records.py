@@ -261,6 +261,9 @@ def diagnose(line: bytes) -> RecordError:
     # The byte walk is Python-speed: only take it when there are enough brackets to matter.
     if line.count(b"[") + line.count(b"{") > MAX_DEPTH and _depth(line) > MAX_DEPTH:
         return RecordError("too_deep", f"nesting deeper than {MAX_DEPTH} levels")
+    if text.startswith("\ufeff"):  # tolerated at the start of the file only
+        return RecordError("malformed_json", "the line starts with a UTF-8 byte order mark, as when files "
+                           "saved with one are joined with cat; remove it")
     flags = _Flags()
     try:
         json.loads(text, parse_constant=flags.parse_constant, parse_int=flags.parse_int,

@@ -164,6 +164,12 @@ def test_bom_and_crlf_are_tolerated() -> None:
 
 
 @pytest.mark.edge(9)
+def test_a_byte_order_mark_inside_the_file_is_explained() -> None:
+    report = check("bom_mid_file.jsonl")
+    assert "byte order mark" in report.problems[0].message
+
+
+@pytest.mark.edge(9)
 @pytest.mark.parametrize("name", ["invalid_utf8.jsonl", "latin1_file.jsonl", "utf16_file.jsonl",
                                   "nul_bytes.jsonl", "lone_surrogate.jsonl", "binary.jsonl"])
 def test_encoding_faults_each_have_their_reason(name: str) -> None:
