@@ -170,3 +170,37 @@ def test_a_store_error_reaches_the_operator_as_a_notice(ws: tuple[WorkspaceClien
     with pytest.raises(TrainconsoleError, match="already cancelled"):
         client.cancel(a)
     assert time.time() > 0
+
+
+def test_several_consoles_watch_one_queue_at_once(workspace: Path) -> None:
+    import threading
+
+    cfg = load_config(workspace / "config.toml")
+    layout = cfg.layout()
+    layout.ensure()
+    a = add(layout, "a.jsonl")
+    clients = [WorkspaceClient(cfg, readonly=True) for _ in range(3)]
+    log = EventLog(layout.job_events(a))
+    with Store.open(layout) as store:
+        store.start(a, os.getpid(), None)
+    errors: list[BaseException] = []
+
+    def watch(client: WorkspaceClient) -> None:
+        try:
+            for _ in range(20):
+                snap = client.snapshot(a, 40)
+                assert [j.id for j in snap.jobs] == [a]
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=watch, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for step in range(1, 200):
+        log.emit("step", job_id=a, step=step, max_steps=200, loss=1.0 / step, lr=1e-4, grad_norm=1.0,
+                 tokens_per_s=1.0)
+    for t in threads:
+        t.join()
+    assert errors == []
+    final = [c.snapshot(a, 40).loss for c in clients]
+    assert all(view is not None and view.last_step == 199 for view in final)
