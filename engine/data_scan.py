@@ -348,22 +348,33 @@ def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: i
     if len(ranges) < 2:
         return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
     import multiprocessing  # only here: most validations are one process
+    from concurrent.futures import ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
     ctx = multiprocessing.get_context("fork")
     shared = ctx.Value("q", 0)
     _JOB.update(path=path, cap=cap, max_problems=max_problems, counter=counter,
                 max_length=max_length, shared=shared)
     try:
-        with ctx.Pool(min(workers, len(ranges))) as pool:
-            pending = pool.map_async(_work, ranges, chunksize=1)
+        # An executor, not a Pool: a worker killed from outside (the OOM killer) breaks it with an
+        # error, where a Pool would wait forever for the lost range.
+        with ProcessPoolExecutor(min(workers, len(ranges)), mp_context=ctx) as pool:
+            futures = [pool.submit(_work, bounds) for bounds in ranges]
             seen = 0
-            while not pending.ready():
-                pending.wait(0.2)
+            while True:
+                _done, running = wait(futures, timeout=0.2)
                 if progress is not None:
-                    done = int(shared.value)
-                    progress(done - seen)
-                    seen = done
-            parts = pending.get()
+                    now = int(shared.value)
+                    progress(now - seen)
+                    seen = now
+                if not running:
+                    break
+            parts = [f.result() for f in futures]
+    except BrokenProcessPool:
+        # Start over in this process: slower, and the answer is the same.
+        return scan(path, 0, size, cap, max_problems, counter, max_length, progress)
     finally:
         _JOB.clear()
     total = parts[0]

@@ -212,3 +212,24 @@ def test_iter_examples_yields_exactly_the_valid_records() -> None:
 def test_weights_are_carried_to_the_examples() -> None:
     (example,) = list(iter_examples(CORPUS / "bad_weight.jsonl"))
     assert [(m.role, m.weight) for m in example.messages] == [("user", 0), ("assistant", 1)]
+
+
+def _work_dying_past_the_first_range(bounds: tuple[int, int]) -> Any:
+    """A scan worker that is SIGKILLed (as by the OOM killer) on any range but the first."""
+    import os
+    import signal
+
+    from engine import data_scan
+
+    if bounds[0] > 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return data_scan.scan(CORPUS / "few_bad_lines.jsonl", bounds[0], bounds[1], 1 << 20, 50)
+
+
+def test_a_scan_worker_killed_from_outside_does_not_hang_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import data_scan
+
+    want = validate_file(CORPUS / "few_bad_lines.jsonl", workers=1)
+    # Real processes really killed; only which function the workers run is swapped.
+    monkeypatch.setattr(data_scan, "_work", _work_dying_past_the_first_range)
+    assert validate_file(CORPUS / "few_bad_lines.jsonl", workers=2) == want
