@@ -31,7 +31,7 @@ from engine.notify import Notifier
 from engine.outcome import apply_outcome
 from engine.resources import ResourceGuard
 from engine.retry_policy import classify, oom_kill_count, read_report
-from engine.store import Job, Store
+from engine.store import Job, QueueError, Store
 from engine.watchdog import Watchdog
 
 STACK_WAIT_S = 3.0
@@ -150,6 +150,8 @@ class Supervisor:
             code = exc.errno if isinstance(exc, OSError) else None
             if code in _VANISHED:
                 case, what = 45, "a folder or file the engine needs is gone"
+            elif code in (errno.ENOSPC, errno.EDQUOT):
+                case, what = 25, "the disk is full"
             elif code in _LOCKED:
                 case, what = 50, "a file could not be moved or removed (locked, busy or immutable)"
             else:
@@ -220,7 +222,10 @@ class Supervisor:
             self.notifier.alert(plan.case, plan.warning, severity="warning", key="device-cpu")
         job = self.store.next_runnable()
         if job is not None:
-            self._launch(job, plan)
+            try:
+                self._launch(job, plan)
+            except QueueError as exc:  # held or cancelled by an operator a moment ago: not an error
+                self.events.emit("log", level="info", job_id=job.id, message=f"not started: {exc.message}")
 
     def _emit_resources(self) -> None:
         sample = self.guard.last_sample
