@@ -333,8 +333,11 @@ def _work(bounds: tuple[int, int]) -> Tally:
                 shared.value += unsent
             unsent = 0
 
-    return scan(job["path"], bounds[0], bounds[1], job["cap"], job["max_problems"], job["counter"],
-                job["max_length"], progress)
+    tally = scan(job["path"], bounds[0], bounds[1], job["cap"], job["max_problems"], job["counter"],
+                 job["max_length"], progress)
+    with shared.get_lock():
+        shared.value += unsent
+    return tally
 
 
 def scan_parallel(path: Path, size: int, workers: int, cap: int, max_problems: int,

@@ -233,3 +233,10 @@ def test_a_scan_worker_killed_from_outside_does_not_hang_the_gate(monkeypatch: p
     # Real processes really killed; only which function the workers run is swapped.
     monkeypatch.setattr(data_scan, "_work", _work_dying_past_the_first_range)
     assert validate_file(CORPUS / "few_bad_lines.jsonl", workers=2) == want
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_progress_reports_every_byte_once(workers: int) -> None:
+    seen: list[int] = []
+    validate_file(CORPUS / "few_bad_lines.jsonl", workers=workers, progress=seen.append)
+    assert sum(seen) == (CORPUS / "few_bad_lines.jsonl").stat().st_size
