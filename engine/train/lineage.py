@@ -56,6 +56,11 @@ def published_for(adapters: Path, job_id: str) -> Path | None:
     return None
 
 
+def _alerted(exc: ConfigError) -> ConfigError:
+    exc.alerted = True  # type: ignore[attr-defined]  # the worker need not alert a second time
+    return exc
+
+
 def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
                  job_id: str) -> Path | None:
     """The adapter to continue from, verified against this base; refused with an alert if not."""
@@ -68,7 +73,7 @@ def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
     if not target.is_dir():
         message = f"adapter {shown} does not exist; point latest at an existing adapter or remove it"
         events.alert(13, message, severity="critical", job_id=job_id, key="adapter-missing")
-        raise ConfigError(message, case=13)
+        raise _alerted(ConfigError(message, case=13))
     verdict = ckpt.verify(target, fingerprint=fingerprint, require=ADAPTER_FILES)
     if isinstance(verdict, ckpt.Rejection):
         if verdict.case == 18:
@@ -79,7 +84,7 @@ def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
                        "adapter, or move it aside to start a new adapter lineage")
             case = verdict.case
         events.alert(case, message, severity="critical", job_id=job_id, key="adapter-refused")
-        raise ConfigError(message, case=case)
+        raise _alerted(ConfigError(message, case=case))
     return target
 
 

@@ -142,7 +142,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
         if job is not None:
             report.update(global_step=job.current_step, max_steps=job.plan.max_steps if job.plan else 0)
         code = EXIT_CODES[cls]
-        if events is not None:
+        if events is not None and not getattr(exc, "alerted", False):
             try:
                 events.alert(case, f"job failed ({cls.value}): {message}", severity="critical",
                              job_id=job.job_id if job is not None else None, key="job-failed")
@@ -158,7 +158,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
         pass
     if events is not None:
         events.emit("log", level="info", message=f"worker finished: {report['status']}"
-                    + (f" ({report['error_class']})" if report["error_class"] else ""))
+                    + (f" ({report['error_class']})" if report["status"] == "failed" else ""))
         events.close()
     return code
 
