@@ -120,7 +120,7 @@ def format_age(seconds: float) -> str:
     """Coarse, as k9s shows ages: a line that changes once a minute costs the terminal nothing."""
     s = max(0, int(seconds))
     if s < 60:
-        return f"{s}s"
+        return "<1m"
     if s < 3600:
         return f"{s // 60}m"
     if s < 86400:

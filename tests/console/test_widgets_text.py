@@ -71,4 +71,4 @@ def test_queue_cells_show_progress_eta_and_why_a_job_failed() -> None:
 
 def test_durations() -> None:
     assert [format_duration(s) for s in (5, 95, 3725, 90000)] == ["5s", "1m35s", "1h02m", "1d01h"]
-    assert [format_age(s) for s in (5, 95, 3725)] == ["5s", "1m", "1h02m"]
+    assert [format_age(s) for s in (5, 95, 3725)] == ["<1m", "1m", "1h02m"]
