@@ -135,6 +135,14 @@ class TrainJob:
                                   f"{plan.max_steps}: completing without training", severity="info",
                               job_id=self.job_id, key="already-trained")
             return self._publish(resume, adapters, fp, parent, plan, note="already trained")
+        early = resume.extra.get("early") if resume is not None else None
+        if isinstance(early, dict) and int(early.get("bad_evals") or 0) >= cfg.guards.early_stop_patience \
+                and early.get("best_step") is not None:
+            # It had already stopped early; the process ended before publishing the best one.
+            stopped = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{early['best_step']}", fingerprint=ck_fp)
+            if isinstance(stopped, ckpt.Checkpoint):
+                self.log(f"this job had stopped early; publishing its best checkpoint {stopped.path.name}")
+                return self._publish(stopped, adapters, fp, parent, plan, note="early stop: best checkpoint")
         if resume is not None:
             self.log(f"resuming from {resume.path.name}")
             self.step = resume.step

@@ -114,6 +114,16 @@ def test_rising_validation_loss_stops_early_and_publishes_the_best(tmp_path: Pat
     lineage = json.loads((ws / "adapters" / "latest" / "lineage.json").read_text())
     assert lineage["global_step"] == best["step"] < report["global_step"]
 
+    # Killed after stopping early, before publishing: the rerun publishes the best, trains nothing.
+    import shutil
+
+    shutil.rmtree(ws / "adapters")
+    (spec.parent / "events.jsonl").unlink()
+    code, report = run_inprocess(spec)
+    assert code == 0 and events_of(spec.parent, "step") == []
+    lineage = json.loads((ws / "adapters" / "latest" / "lineage.json").read_text())
+    assert lineage["global_step"] == best["step"]
+
 
 @pytest.mark.edge(68)
 def test_think_tag_share_alert(tmp_path: Path, shared_cache: Path) -> None:
