@@ -104,6 +104,7 @@ class TrainJob:
         data_file = Path(self.spec["data_file"])
 
         base = basecheck.check_files(cfg, cfg.training.max_length)
+        use_cpu, bf16 = _device(cfg)
         fp = base.fingerprint
         already = lineage.published_for(adapters, self.job_id)
         if already is not None:
@@ -147,7 +148,6 @@ class TrainJob:
             self.log(f"resuming from {resume.path.name}")
             self.step = resume.step
 
-        use_cpu, bf16 = _device(cfg)
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
         lr_now = float(resume.extra.get("lr", lr)) if resume else lr
         samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)

@@ -146,3 +146,16 @@ def test_worker_process_exit_code_and_report_for_a_bad_spec(tmp_path: Path) -> N
 
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["error_class"] == "config" and "spec" in report["message"]
+
+
+@pytest.mark.edge(26)
+def test_cuda_required_but_absent_is_a_device_error_before_any_work(tmp_path: Path, shared_cache: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ws = new_workspace(tmp_path / "ws", shared_cache, hardware__device="cuda")
+    spec = make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(20)))
+    code, report = run_inprocess(spec)
+    assert code == EXIT_CODES[ErrorClass.DEVICE] and report["case"] == 26
+    assert 'hardware.device = "cuda"' in report["message"] and not (spec.parent / "checkpoints").exists()
