@@ -148,6 +148,8 @@ class TrainJob:
             self.log(f"resuming from {resume.path.name}")
             self.step = resume.step
 
+        if self.stop_flag[0]:  # asked to stop while loading: nothing new to save
+            return Outcome("interrupted", self.step, plan.max_steps, None, "stopped on request before training")
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
         lr_now = float(resume.extra.get("lr", lr)) if resume else lr
         samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
