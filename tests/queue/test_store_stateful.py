@@ -181,6 +181,18 @@ class StoreMachine(RuleBasedStateMachine):
         self.store._conn.close()  # no orderly close
         self.store = self._open()
 
+    @precondition(lambda self: self._ids("queued", "running"))
+    @rule(data=st.data())
+    def crash_mid_transaction(self, data: st.DataObject) -> None:
+        """Killed inside a write: the connection goes without a commit; nothing of it may stay."""
+        job_id = data.draw(st.sampled_from(self._ids("queued", "running")))
+        conn = self.store._conn
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE jobs SET status='done', attempts=attempts+100 WHERE id=?", (job_id,))
+        conn.execute("UPDATE meta SET value='1' WHERE key='next_seq'")
+        conn.close()
+        self.store = self._open()
+
     @rule()
     def crash_and_reopen(self) -> None:
         self.store._conn.close()
