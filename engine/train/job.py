@@ -151,13 +151,14 @@ class TrainJob:
         if self.stop_flag[0]:  # asked to stop while loading: nothing new to save
             return Outcome("interrupted", self.step, plan.max_steps, None, "stopped on request before training")
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
-        lr_now = float(resume.extra.get("lr", lr)) if resume else lr
+        lr_now = self._resume_lr(resume, lr)
         samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
         while True:
             hooks = Hooks(events=self.events, job_id=self.job_id, cfg=cfg, plan=plan, ckpt_root=self.ckpt_root,
                           fingerprint=ck_fp, heartbeat=self.heartbeat, faults=self.faults,
                           collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
-                          lr=lr_now, rollbacks=rollbacks, early=resume.extra.get("early") if resume else None,
+                          lr=lr_now, configured_lr=lr, rollbacks=rollbacks,
+                          early=resume.extra.get("early") if resume else None,
                           stop_flag=self.stop_flag)
             self.hooks = hooks
             try:
@@ -181,7 +182,7 @@ class TrainJob:
                 resume, _ = ckpt.scan(self.ckpt_root, fingerprint=ck_fp, events=self.events, job_id=self.job_id,
                                  quarantine_bad=self.lead)
                 # The rate the checkpoint was trained at, lowered once per rollback since it was written.
-                base_lr = float(resume.extra.get("lr", lr)) if resume else lr
+                base_lr = self._resume_lr(resume, lr)
                 done = int(resume.extra.get("rollbacks", 0)) if resume else 0
                 lr_now = base_lr * cfg.guards.nan_lr_factor ** (rollbacks - done)
         step = self.step = max(self.step, hooks.ended)
@@ -200,6 +201,16 @@ class TrainJob:
             raise RuntimeError(f"the final checkpoint of step {step} does not verify: {source.reason}")
         return self._publish(source, adapters, fp, parent, plan,
                              note="early stop: best checkpoint" if source is not final else "")
+
+    @staticmethod
+    def _resume_lr(resume: ckpt.Checkpoint | None, lr: float) -> float:
+        """The rate to go on with: the checkpoint's own (NaN rollbacks included), scaled by any
+        change the operator made to the configured rate since (config or an lr_factor override)."""
+        if resume is None:
+            return lr
+        then = float(resume.extra.get("lr", lr))
+        configured_then = float(resume.extra.get("configured_lr", lr))
+        return then * (lr / configured_then) if configured_then > 0 else lr
 
     def _train_once(self, cfg: Any, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
                     hooks: Hooks, cache: Any, train_idx: list[int], eval_idx: list[int],
