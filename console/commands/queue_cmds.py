@@ -158,47 +158,47 @@ def _print_status(engine: dict[str, Any], paused: bool, counts: dict[str, int],
 
 
 def _add(args: argparse.Namespace) -> int:
+    """Every readable file in one batch: one pair of commits however many files are named."""
     import os
     import stat
 
     from engine.errors import TrainconsoleError
+    from engine.store_add import NewFile
     from engine.store_files import display, hash_file
 
     layout, store = _open(args)
     bad = 0
-    with store:
-        for given in args.files:
-            path = Path(given)
-            shown = display(given)
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                print(f"trainconsole: {shown}: cannot be read ({exc.strerror})", file=sys.stderr)
-                bad += 1
-                continue
-            if not stat.S_ISREG(st.st_mode):
+    files: list[tuple[str, NewFile]] = []
+    for given in args.files:
+        shown = display(given)
+        try:
+            if not stat.S_ISREG(os.stat(given).st_mode):
                 print(f"trainconsole: {shown}: not a regular file; not added", file=sys.stderr)
                 bad += 1
                 continue
-            try:
-                real = Path(os.path.realpath(path))  # a link names the file the operator means
-                sha, size = hash_file(real)
-                job = store.add_job(path.name, real, sha, size, args.priority, force=args.force)
-            except TrainconsoleError as exc:
-                print(f"trainconsole: {exc.message}", file=sys.stderr)
+            real = Path(os.path.realpath(given))  # a link names the file the operator means
+            sha, size = hash_file(real)
+        except OSError as exc:
+            print(f"trainconsole: {shown}: cannot be read ({exc.strerror})", file=sys.stderr)
+            bad += 1
+            continue
+        files.append((shown, NewFile(Path(given).name, real, sha, size, args.priority)))
+    with store:
+        results = store.add_files([f for _, f in files], force=args.force) if files else []
+        for (shown, f), result in zip(files, results, strict=True):
+            error = result.error
+            if error is not None:
+                reason = (error.message if isinstance(error, TrainconsoleError)
+                          else f"{shown}: cannot be copied into the queue "
+                          f"({error.strerror if isinstance(error, OSError) else error})")
+                print(f"trainconsole: {reason}", file=sys.stderr)
                 bad += 1
-                continue
-            except OSError as exc:
-                print(f"trainconsole: {shown}: cannot be copied into the queue ({exc.strerror})",
-                      file=sys.stderr)
-                bad += 1
-                continue
-            if job is None:
-                dup = store.duplicate_of(sha)
+            elif result.job is None:
+                dup = store.duplicate_of(f.sha256)
                 what = f"{dup.id} ({dup.status})" if dup else "a job being added"
                 print(f"{shown}: same content as {what}; not queued again (--force to queue it anyway)")
             else:
-                print(f"{job.id}  queued  {args.priority:<6}  {shown}")
+                print(f"{result.job.id}  queued  {args.priority:<6}  {shown}")
     return 1 if bad else 0
 
 
