@@ -106,6 +106,10 @@ class TrainConsole(ConsoleActions):
         narrow = width < NARROW_BELOW
         self._dashboard.set_class(narrow, "narrow")
         self._main(AlertList).show_header = not narrow
+        table = self._main(QueueTable)
+        if narrow != table.compact:
+            table.set_compact(narrow)
+            table.apply(self.snapshot.jobs)
 
     # --- terminal lifecycle ----------------------------------------------------------------
 

@@ -230,10 +230,11 @@ class WorkspaceClient:
             step = int(job.step or 0)
             max_steps = int(job.max_steps or 0)
             eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
+            error = str(job.error or "").replace(f"{self.layout.jobs}/", "")
             rows.append(JobRow(
                 id=job.id, name=str(job.name), priority=str(job.priority), status=str(job.status),
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
-                reason=reasons.get(job.id, ""), error=str(job.error or ""),
+                reason=reasons.get(job.id, "").replace(f"{self.layout.jobs}/", ""), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
                 started_at=job.started_at, finished_at=job.finished_at))
         try:

@@ -41,6 +41,17 @@ class JobRow:
         return text
 
 
+    @property
+    def progress_short(self) -> str:
+        if self.max_steps <= 0:
+            return "-" if self.status != "done" else "done"
+        pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
+        text = f"{pct:3.0f}%"
+        if self.status == "running" and self.eta_s is not None:
+            text += f" ~{format_duration(self.eta_s)}"
+        return text
+
+
 @dataclass(frozen=True)
 class AlertRow:
     key: str  # unique and stable: acknowledgement refers to it

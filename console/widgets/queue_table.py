@@ -18,18 +18,21 @@ STATUS_STYLE = {"running": "bold green", "queued": "", "held": "yellow", "done":
 PRIORITY_STYLE = {"high": "bold", "normal": "", "low": "dim"}
 
 
-def cells(job: JobRow) -> tuple[str | Text, ...]:
+def cells(job: JobRow, compact: bool = False) -> tuple[str | Text, ...]:
+    """One row. ``compact`` (under 100 columns) trims the name and progress so the reason,
+    what an operator reads first for a waiting job, still fits in 80 columns."""
     reason = job.reason
     if not reason and job.status == "failed":
         reason = f"{job.error_class}: {job.error}" if job.error_class else job.error
-    name = _clip(job.name, 32)
+    if reason.startswith(f"{job.status}: "):  # the status column already says it
+        reason = reason[len(job.status) + 2:]
     return (
         job.id,
-        Text(name, no_wrap=True),
+        Text(_clip(job.name, 20 if compact else 32), no_wrap=True),
         Text(job.priority, style=PRIORITY_STYLE.get(job.priority, "")),
         Text(job.status, style=STATUS_STYLE.get(job.status, "")),
         str(job.attempts),
-        job.progress,
+        job.progress_short if compact else job.progress,
         Text(_clip(reason.replace("\n", " "), 48), no_wrap=True),
     )
 
@@ -46,6 +49,20 @@ class QueueTable(DataTable[str | Text]):
         self.filter_text = ""
         self._shown: dict[str, tuple[str | Text, ...]] = {}
         self.on_user_move: Callable[[], None] | None = None
+        self.compact = False
+        self._restore: str | None = None
+
+    def set_compact(self, compact: bool) -> None:
+        """Column widths only grow as cells change: a new width rebuilds the rows once."""
+        if compact == self.compact:
+            return
+        self.compact = compact
+        if self._shown:
+            self._restore = self.selected_id
+            self.clear()
+            for column in self.columns.values():
+                column.content_width = column.label.cell_len
+            self._shown = {}
 
     # The operator moving the cursor (keys or mouse) stops the cursor following the running job.
     def _user_moved(self) -> None:
@@ -93,7 +110,7 @@ class QueueTable(DataTable[str | Text]):
 
     def apply(self, jobs: tuple[JobRow, ...]) -> bool:
         """Bring the table to ``jobs``; True when anything changed."""
-        wanted = {job.id: cells(job) for job in jobs if self.matches(job)}
+        wanted = {job.id: cells(job, self.compact) for job in jobs if self.matches(job)}
         changed = False
         for job_id in [k for k in self._shown if k not in wanted]:
             self.remove_row(job_id)
@@ -117,6 +134,9 @@ class QueueTable(DataTable[str | Text]):
             self._shown[job_id] = row
         if out_of_order:
             self.sort("id")
+        if self._restore is not None and self._restore in self._shown:
+            self.move_cursor(row=self.get_row_index(self._restore), animate=False)
+        self._restore = None
         return changed
 
     def shows(self, job_id: str | None) -> bool:

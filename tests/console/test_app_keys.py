@@ -4,7 +4,7 @@ to No, keys that do not apply are dimmed, and a read-only console refuses every 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from textual.pilot import Pilot
@@ -43,6 +43,15 @@ async def settle(app: TrainConsole, pilot: Pilot[None]) -> None:
     await pilot.pause()
 
 
+async def until(pilot: Pilot[None], condition: Callable[[], bool], limit: float = 20.0) -> None:
+    """Wait for the app to show something (a poll to land); generous, for a loaded CI machine."""
+    waited = 0.0
+    while not condition():
+        assert waited < limit, "the console never reached the expected state"
+        await pilot.pause(0.05)
+        waited += 0.05
+
+
 async def test_priority_keys_change_the_selected_jobs_priority() -> None:
     async with console() as (app, pilot, client):
         await select(app, pilot, "j0003")
@@ -67,8 +76,8 @@ async def test_hold_then_release() -> None:
         await pilot.press("h")
         await settle(app, pilot)
         assert client.jobs["j0003"].status == "held"
-        await app.workers.wait_for_complete()
-        await pilot.pause(0.3)  # the next poll shows it held, so `h` now releases
+        # The next poll shows it held, so `h` now releases.
+        await until(pilot, lambda: app.snapshot.job("j0003").status == "held")  # type: ignore[union-attr]
         await pilot.press("h")
         await settle(app, pilot)
         assert client.jobs["j0003"].status == "queued"
@@ -126,7 +135,7 @@ async def test_pause_and_resume_the_queue() -> None:
         await pilot.press("p")
         await settle(app, pilot)
         assert client.paused is True
-        await pilot.pause(0.4)
+        await until(pilot, lambda: app.snapshot.paused)  # the screen shows it paused: `p` resumes
         await pilot.press("p")
         await settle(app, pilot)
         assert client.paused is False
@@ -176,8 +185,7 @@ async def test_acknowledge_alerts() -> None:
         await pilot.press("a")
         await settle(app, pilot)
         assert client.acked == {"a2"}  # the newest unacknowledged one
-        await pilot.pause(0.4)
-        assert [a.acked for a in app.query_one(AlertList).alerts] == [True, False]
+        await until(pilot, lambda: [a.acked for a in app.query_one(AlertList).alerts] == [True, False])
         await pilot.press("A")
         await settle(app, pilot)
         assert client.acked == {"a1", "a2"}
@@ -272,11 +280,11 @@ async def test_palette_runs_an_action() -> None:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"pause")
-        await pilot.pause(0.5)
+        from textual.widgets import OptionList
+
+        await until(pilot, lambda: app.screen.query_one(OptionList).option_count > 0)
         await pilot.press("enter")
-        await pilot.pause(0.3)
-        await settle(app, pilot)
-        assert client.calls == [("set_paused", True)]
+        await until(pilot, lambda: client.calls == [("set_paused", True)])
 
 
 async def test_help_lists_every_key_and_hides_mutations_when_readonly() -> None:
