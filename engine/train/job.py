@@ -159,6 +159,7 @@ class TrainJob:
                           collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
                           lr=lr_now, configured_lr=lr, rollbacks=rollbacks,
                           early=resume.extra.get("early") if resume else None,
+                          parent=(resume.extra if resume else {}).get("parent", parent.name if parent else None),
                           stop_flag=self.stop_flag)
             self.hooks = hooks
             try:
@@ -260,8 +261,10 @@ class TrainJob:
                  plan: StepPlan, note: str) -> Outcome:
         if not self.lead:
             return Outcome("done", source.step, plan.max_steps, None, "done (rank 0 publishes)")
+        # The parent the checkpoint was trained from: another job may have moved latest since.
+        parent_name = source.extra.get("parent", parent.name if parent else None)
         path = lineage.publish_adapter(source.path, adapters, job_id=self.job_id, fingerprint=fp,
-                                       step=source.step, parent=parent,
+                                       step=source.step, parent=parent_name,
                                        extra={"eval_loss": source.extra.get("eval_loss"), "note": note})
         self.log(f"published adapter {path.name} from {source.path.name}" + (f" ({note})" if note else ""))
         self.step = max(self.step, source.step)

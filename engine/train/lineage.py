@@ -125,7 +125,7 @@ def _point_latest(adapters: Path, name: str) -> None:
 
 
 def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: dict[str, Any],
-                    step: int, parent: Path | None, extra: dict[str, Any] | None = None) -> Path:
+                    step: int, parent: str | None, extra: dict[str, Any] | None = None) -> Path:
     """Copy the adapter files of checkpoint ``source`` into a new numbered folder, sealed with a
     manifest, and point ``latest`` at it. Tensors are checked finite first."""
     from engine.train.guards import assert_finite_file
@@ -137,7 +137,7 @@ def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: d
     try:
         for file_name in ADAPTER_FILES:
             shutil.copyfile(source / file_name, staging / file_name)
-        lineage = {"schema": 1, "job_id": job_id, "parent": parent.name if parent else None,
+        lineage = {"schema": 1, "job_id": job_id, "parent": parent,
                    "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
                    **(extra or {})}
         ckpt.write_json_atomic(staging / LINEAGE, lineage, durable=False)

@@ -117,12 +117,13 @@ class Hooks:
     def __init__(self, *, events: EventLog, job_id: str, cfg: Any, plan: StepPlan, ckpt_root: Path,
                  fingerprint: dict[str, Any], heartbeat: Heartbeat, faults: Injector, collator: Collator,
                  tokenizer: Any, samples: list[Sample], lr: float, configured_lr: float, rollbacks: int,
-                 early: dict[str, Any] | None, stop_flag: list[bool]) -> None:
+                 early: dict[str, Any] | None, stop_flag: list[bool], parent: str | None = None) -> None:
         self.events, self.job_id, self.cfg, self.plan = events, job_id, cfg, plan
         self.ckpt_root, self.fingerprint, self.heartbeat = ckpt_root, fingerprint, heartbeat
         self.faults, self.collator, self.tokenizer, self.samples = faults, collator, tokenizer, samples
         self.lr, self.rollbacks, self.stop_flag = lr, rollbacks, stop_flag
         self.configured_lr = configured_lr
+        self.parent = parent
         self.early = EarlyStop(cfg.guards.early_stop_patience)
         if early:
             self.early.restore(early)
@@ -229,7 +230,7 @@ class Hooks:
             trainer._save_rng_state(str(staging))
             trainer.state.save_to_json(str(staging / ckpt.TRAINER_STATE))
             extra = {"lr": self.lr, "configured_lr": self.configured_lr, "rollbacks": self.rollbacks,
-                     "early": self.early.state(),
+                     "early": self.early.state(), "parent": self.parent,
                      "eval_loss": self.last_eval, "max_steps": self.plan.max_steps}
             ckpt.publish(staging, self.ckpt_root / f"{ckpt.PREFIX}{step}", kind="checkpoint", step=step,
                          fingerprint=self.fingerprint, extra=extra)

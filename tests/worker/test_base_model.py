@@ -209,3 +209,28 @@ def test_latest_pointing_at_a_deleted_adapter_is_refused(finished_run: Path, tmp
     shutil.rmtree(ws / "adapters" / "0001-j0001")
     report, run_dir = failing_run(ws, "j0002")
     assert report["case"] == 13 and "does not exist" in report["message"]
+
+
+@pytest.mark.edge(13, 41)
+def test_resumed_job_keeps_the_parent_it_started_from(finished_run: Path, tmp_path: Path) -> None:
+    """Another job publishes while this one waits to resume (preemption): the resumed job's
+    adapter still names the parent its checkpoint was trained from."""
+    import os
+
+    from tests.worker.wutil import spawn
+
+    ws = tmp_path / "ws"
+    shutil.copytree(finished_run, ws, symlinks=True)
+    for key, value in (("training.max_steps", 4), ("training.save_steps", 2), ("training.eval_fraction", 0.0)):
+        set_value(ws / "config.toml", key, value)
+    spec = make_spec(ws, "j0002", ws / "data.jsonl")
+    proc = spawn(spec, "crash@3")
+    proc.communicate(timeout=300)
+    assert (spec.parent / "checkpoints" / "checkpoint-2").is_dir()
+    shutil.copytree(ws / "adapters" / "0001-j0001", ws / "adapters" / "0002-j0009")
+    os.replace(ws / "adapters" / "latest", ws / "adapters" / "old-latest")
+    os.symlink("0002-j0009", ws / "adapters" / "latest")
+    code, report = run_inprocess(spec)
+    assert code == 0 and Path(report["adapter"]).name == "0003-j0002"
+    lineage = json.loads((ws / "adapters" / "latest" / "lineage.json").read_text())
+    assert lineage["parent"] == "0001-j0001"
