@@ -288,8 +288,8 @@ def verify(
                          + ": resuming would silently restart that state")
     for rel, want in sorted(files.items()):
         path = folder / rel
-        if not isinstance(want, dict):
-            return Rejection(folder, 20, f"{MANIFEST} entry for {rel} is malformed")
+        if not isinstance(want, dict) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return Rejection(folder, 20, f"{MANIFEST} entry for {rel!r} is malformed")
         try:
             size = path.stat().st_size
         except OSError:
@@ -297,7 +297,11 @@ def verify(
         if size != want.get("size"):
             return Rejection(folder, 17 if rel == TRAINER_STATE else 20,
                              f"{rel} has {size} bytes, the manifest says {want.get('size')} (partial write)")
-        if check_hashes and sha256_file(path) != want.get("sha256"):
+        try:
+            digest = sha256_file(path) if check_hashes else want.get("sha256")
+        except OSError as exc:
+            return Rejection(folder, 20, f"{rel} is unreadable ({exc.__class__.__name__})")
+        if digest != want.get("sha256"):
             return Rejection(folder, 17 if rel == TRAINER_STATE else 20,
                              f"{rel} does not match its recorded sha256 (corrupted)")
     return Checkpoint(folder, step, manifest)

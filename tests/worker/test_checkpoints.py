@@ -195,3 +195,27 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
     ckpt.prune(tmp_path, keep_last=2, keep_steps=[2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "checkpoint-2", "checkpoint-6",
                                                           "checkpoint-8"]
+
+
+def test_verify_answers_any_manifest_without_raising(tmp_path: Path) -> None:
+    """A hand-edited or garbage manifest is judged, never an exception that stops the scan."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+        max_leaves=12)
+    keys = st.sampled_from(["format_version", "global_step", "fingerprint", "files", "kind", "extra"])
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    (folder / ckpt.TRAINER_STATE).write_text('{"global_step": 3}')
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.dictionaries(keys, json_values | st.just(1) | st.just({"../x": {"size": 1}})))
+    def check(manifest: dict) -> None:
+        (folder / ckpt.MANIFEST).write_text(json.dumps(manifest))
+        verdict = ckpt.verify(folder, fingerprint={"name": "x"})
+        assert isinstance(verdict, ckpt.Rejection | ckpt.Checkpoint)
+
+    check()
