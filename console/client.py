@@ -10,6 +10,7 @@ so any number of consoles can watch one engine at once.
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ class WorkspaceClient:
         self._alerts: dict[str, AlertRow] = {}
         self._acked: set[str] = set()
         self._statuses: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -215,9 +217,10 @@ class WorkspaceClient:
         except Exception as exc:  # noqa: BLE001 - a store mid-migration must not end the console
             jobs, paused, reasons = [], False, {}
             problems.append(f"job store unreadable: {exc}")
-        for event in self._engine_tail.read_new():
-            self._take_event(event, None)
-        self._tail_jobs(jobs, focus)
+        with self._lock:
+            for event in self._engine_tail.read_new():
+                self._take_event(event, None)
+            self._tail_jobs(jobs, focus)
 
         running = [j for j in jobs if j.status == "running"]
         rate = None
@@ -228,6 +231,8 @@ class WorkspaceClient:
             if job_rate is not None:
                 rate = job_rate
             step = int(job.step or 0)
+            if series is not None and job.status == "running" and series.steps:
+                step = max(step, int(series.steps[-1]))  # the store's progress lags the events
             max_steps = int(job.max_steps or 0)
             eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
             error = str(job.error or "").replace(f"{self.layout.jobs}/", "")
@@ -250,10 +255,12 @@ class WorkspaceClient:
         elif focus is not None:
             loss = LossView(focus)
 
-        if len(self._alerts) > MAX_ALERTS:
-            for key in sorted(self._alerts, key=lambda k: self._alerts[k].t)[: len(self._alerts) - MAX_ALERTS]:
-                del self._alerts[key]
-        alerts = tuple(sorted(self._alerts.values(), key=lambda a: a.t, reverse=True))
+        with self._lock:
+            if len(self._alerts) > MAX_ALERTS:
+                oldest = sorted(self._alerts, key=lambda k: self._alerts[k].t)
+                for key in oldest[: len(self._alerts) - MAX_ALERTS]:
+                    del self._alerts[key]
+            alerts = tuple(sorted(self._alerts.values(), key=lambda a: a.t, reverse=True))
         sample = self.sysmon.sample([self.layout.queue, self.layout.runs])
         return Snapshot(jobs=tuple(rows), engine=engine, paused=paused, resources=sample,
                         gpu_detail=self.sysmon.gpu_detail, alerts=alerts, loss=loss,
@@ -311,6 +318,11 @@ class WorkspaceClient:
 
     def acknowledge(self, keys: list[str]) -> None:
         # Acknowledgement is this console's own: another operator's console still shows them.
+        # Called from the UI thread while a poll may be reading the same alerts: hence the lock.
+        with self._lock:
+            self._acknowledge(keys)
+
+    def _acknowledge(self, keys: list[str]) -> None:
         for key in keys:
             self._acked.add(key)
             row = self._alerts.get(key)
