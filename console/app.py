@@ -37,6 +37,7 @@ from console.widgets.loss_plot import LossPlot
 from console.widgets.queue_table import QueueTable
 
 NARROW_BELOW = 100
+SHORT_BELOW = 22  # rows: under this the plot and alerts shrink so the queue keeps some rows
 MIN_POLL_S = 0.25  # as nvitop: faster refreshes cost CPU and terminal bytes for nothing
 TTY_CHECK_S = 2.0
 
@@ -90,7 +91,7 @@ class TrainConsole(ConsoleActions):
         self._main(LossPlot).border_title = "loss"
         self._main(AlertList).border_title = "alerts"
         self._main(Input).display = False
-        self._set_narrow(self.size.width)
+        self._set_narrow(self.size.width, self.size.height)
         table = self._main(QueueTable)
         table.focus()
         table.on_user_move = self._stop_following
@@ -100,11 +101,12 @@ class TrainConsole(ConsoleActions):
             self.set_interval(TTY_CHECK_S, self._check_terminal)
 
     def on_resize(self, event: Resize) -> None:
-        self._set_narrow(event.size.width)
+        self._set_narrow(event.size.width, event.size.height)
 
-    def _set_narrow(self, width: int) -> None:
+    def _set_narrow(self, width: int, height: int = 40) -> None:
         narrow = width < NARROW_BELOW
         self._dashboard.set_class(narrow, "narrow")
+        self._dashboard.set_class(height < SHORT_BELOW, "short")
         self._main(AlertList).show_header = not narrow
         table = self._main(QueueTable)
         if narrow != table.compact:
