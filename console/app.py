@@ -207,7 +207,9 @@ class TrainConsole(ConsoleActions):
                     continue
                 self._toasted.add((alert.job_id, alert.case))
                 case = f"case {alert.case}: " if alert.case is not None else ""
-                self.notify(f"{alert.job_id or 'engine'}: {case}{alert.message}", title="critical alert",
+                who = alert.job_id or "engine"
+                text = alert.message if alert.message.startswith(who) else f"{who}: {alert.message}"
+                self.notify(f"{case}{text}", title="critical alert",
                             severity="error", timeout=10)
         self._seen_alerts = keys
 

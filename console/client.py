@@ -184,8 +184,9 @@ class WorkspaceClient:
                 self._series.setdefault(job_id, _Series()).add_eval(step, loss)
         elif kind == "alert":
             case = event.get("case")
-            message = str(event.get("message", ""))
-            key = str(event.get("key") or f"{t}|{case}|{job_id}|{message}")
+            raw = str(event.get("message", ""))
+            key = str(event.get("key") or f"{t}|{case}|{job_id}|{raw}")
+            message = raw.replace(f"{self.layout.jobs}/", "")  # the engine's copy: its name says enough
             before = self._alerts.get(key)
             if before is not None and t > before.t:
                 self._acked.discard(key)  # it happened again: news again
