@@ -304,3 +304,19 @@ async def test_clearing_a_filter_restores_id_order() -> None:
         await pilot.pause()
         order = [table.coordinate_to_cell_key((row, 0)).row_key.value for row in range(table.row_count)]
         assert order == ["j0001", "j0002", "j0003", "j0004", "j0005"]
+
+
+async def test_a_new_critical_alert_pops_up_once_and_old_ones_do_not() -> None:
+    from console.snapshot import AlertRow
+    from tests.console.fakes import T0
+
+    async with console() as (app, pilot, client):
+        await pilot.pause(0.3)
+        assert len(app._notifications) == 0  # the critical alert from before we opened is not news
+        with client.lock:
+            client.alerts.insert(0, AlertRow("a3", 28, "critical", "j0002", T0, "GPU fell off the bus"))
+            client.alerts.insert(0, AlertRow("a4", 28, "critical", "j0002", T0 + 1, "GPU fell off the bus"))
+        await until(pilot, lambda: len(app.snapshot.alerts) == 4)
+        await pilot.pause()
+        shown = [n.message for n in app._notifications]
+        assert len(shown) == 1 and "case 28" in shown[0] and "GPU fell off the bus" in shown[0]
