@@ -26,6 +26,8 @@ class LossPlot(PlotextPlot):
 
     def on_mount(self) -> None:
         super().on_mount()
+        # The key sits on the border: a legend inside the plot would hide the first, highest steps.
+        self.border_subtitle = "[gray]━ train[/]  [cyan]━ smoothed[/]  [orange1]● eval[/]"
         self._draw()
 
     def apply(self, view: LossView | None, log_y: bool | None = None) -> None:
@@ -56,14 +58,11 @@ class LossPlot(PlotextPlot):
         last = "" if view.last_loss is None else f" step {view.last_step} loss {_fmt(view.last_loss)}"
         plt.title(f"loss {view.job_id}{last}{' (log)' if self.log_y else ''}")
         if view.train_x:
-            plt.plot(list(view.train_x), _y(view.train_y, self.log_y), marker="braille",
-                     color="gray", label="train")
+            plt.plot(list(view.train_x), _y(view.train_y, self.log_y), marker="braille", color="gray")
         if view.smooth_x:
-            plt.plot(list(view.smooth_x), _y(view.smooth_y, self.log_y), marker="braille",
-                     color="cyan", label="smoothed")
+            plt.plot(list(view.smooth_x), _y(view.smooth_y, self.log_y), marker="braille", color="cyan")
         if view.eval_x:
-            plt.scatter(list(view.eval_x), _y(view.eval_y, self.log_y), marker="●",
-                        color="orange", label="eval")
+            plt.scatter(list(view.eval_x), _y(view.eval_y, self.log_y), marker="●", color="orange")
         plt.yscale(scale)
         xs = view.train_x or view.eval_x
         lo, hi = int(min(xs)), int(max(xs))
