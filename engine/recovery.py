@@ -143,7 +143,7 @@ def sweep(layout: Layout, *, stale_s: float = STALE_TMP_S) -> list[Path]:
         run_dirs = []
     for run_dir in run_dirs:
         removed += _sweep_run(run_dir)
-    removed += _sweep_staging(layout.adapters)
+    removed += sweep_staging(layout.adapters)
     return removed
 
 
@@ -163,7 +163,7 @@ def _staging_dead(name: str) -> bool:
     return False
 
 
-def _sweep_staging(folder: Path) -> list[Path]:
+def sweep_staging(folder: Path) -> list[Path]:
     removed: list[Path] = []
     try:
         entries = list(folder.glob(".staging-*"))
@@ -175,14 +175,21 @@ def _sweep_staging(folder: Path) -> list[Path]:
     return removed
 
 
-def _sweep_run(run_dir: Path) -> list[Path]:
-    removed = _sweep_staging(run_dir)
+def sweep_run_staging(run_dir: Path) -> list[Path]:
+    """Partial saves of dead writers in one run folder: they never got a manifest, so they are
+    not checkpoints; left alone they would be quarantined and pile up with every kill mid-save."""
+    removed = sweep_staging(run_dir)
     try:
         subdirs = [d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError:
         subdirs = []
     for sub in subdirs:
-        removed += _sweep_staging(sub)
+        removed += sweep_staging(sub)
+    return removed
+
+
+def _sweep_run(run_dir: Path) -> list[Path]:
+    removed = sweep_run_staging(run_dir)
     for name in ("heartbeat.json", "stacks.txt"):
         leftover = run_dir / name
         if leftover.exists() and _remove(leftover):

@@ -29,6 +29,7 @@ from engine.events import EventLog, EventTail
 from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
 from engine.notify import Notifier
 from engine.outcome import apply_outcome
+from engine.recovery import sweep_run_staging, sweep_staging
 from engine.resources import ResourceGuard
 from engine.retry_policy import classify, oom_kill_count, read_report
 from engine.store import Job, QueueError, Store
@@ -357,6 +358,10 @@ class Supervisor:
             return ""
 
     def _finish(self, run: Running, code: int) -> None:
+        swept = sweep_run_staging(run.run_dir) + sweep_staging(self.layout.adapters)
+        if swept:
+            self.events.emit("log", level="info", job_id=run.job.id,
+                             message=f"removed {len(swept)} unfinished save(s) of the ended worker")
         report = read_report(run.run_dir / "report.json")
         outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
                            hung_for_s=run.hung_for_s, stopped_by_us=run.stopping,
