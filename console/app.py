@@ -56,8 +56,9 @@ class TrainConsole(ConsoleActions):
     ENABLE_COMMAND_PALETTE = True
 
     def __init__(self, client: ConsoleClient, poll_interval: float = 1.0, readonly: bool = False,
-                 *, watch_terminal: bool = True) -> None:
+                 *, watch_terminal: bool = True, notice: str = "") -> None:
         super().__init__()
+        self.notice = notice  # shown once on the screen (e.g. why the engine did not start)
         self.client = client
         self.poll_interval = max(MIN_POLL_S, float(poll_interval))
         self.readonly = readonly or bool(getattr(client, "readonly", False))
@@ -96,6 +97,8 @@ class TrainConsole(ConsoleActions):
         table.focus()
         table.on_user_move = self._stop_following
         self._start_poll()
+        if self.notice:
+            self.notify(self.notice, severity="error", timeout=30)
         if self.watch_terminal:
             self._install_hangup()
             self.set_interval(TTY_CHECK_S, self._check_terminal)

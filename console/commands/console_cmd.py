@@ -52,18 +52,20 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
     layout = cfg.layout()
     from engine.lock import engine_running, start_detached
 
+    notice = ""
     if start and not readonly and engine_running(layout) is None:
         print(f"starting the engine for {layout.queue} …", flush=True)
         try:
             start_detached(path)
         except TrainconsoleError as exc:
             # The console still opens: it shows the engine as not running, and why.
+            notice = exc.message
             print(f"trainconsole: {exc.message}", file=sys.stderr, flush=True)
     from console.app import TrainConsole
     from console.client import WorkspaceClient
 
     app = TrainConsole(WorkspaceClient(cfg, readonly=readonly), poll_interval=refresh,
-                       readonly=readonly, watch_terminal=interactive)
+                       readonly=readonly, watch_terminal=interactive, notice=notice)
     app.run()
     if engine_running(layout) is not None:
         shown = _shown_config(path)
