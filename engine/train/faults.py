@@ -13,6 +13,8 @@ Kinds:
   after the optimiser step, into the adapter weights, as a real divergence does;
 - ``hang``: the step never finishes (for the daemon's watchdog);
 - ``crash``: SIGKILL to itself (no report, no cleanup: as the kernel's OOM killer does);
+- ``crash_in_save``: SIGKILL to itself in the middle of writing the checkpoint of step N (the
+  weights and optimizer state are on disk, the manifest is not);
 - ``device``: raises ``torch.AcceleratorError`` with the text of a CUDA fault;
 - ``raise:Name``: raises the built-in exception ``Name`` (``KeyError``, ``MemoryError``...);
 - ``enospc``: raises ``OSError(ENOSPC)``, a full disk.
@@ -29,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ENV = "TRAINCONSOLE_FAULT"
-KINDS = ("oom", "oom_above_batch", "nan", "inf", "hang", "crash", "device", "raise", "enospc")
+KINDS = ("oom", "oom_above_batch", "nan", "inf", "hang", "crash", "crash_in_save", "device", "raise",
+         "enospc")
 
 
 @dataclass
@@ -75,12 +78,19 @@ class Injector:
         """Called at the start of optimiser step ``step`` (0: model loading)."""
         self.loss_fault = None
         for fault in self.faults:
-            if not fault.due(step):
+            if not fault.due(step) or fault.kind == "crash_in_save":
                 continue
             if fault.kind == "oom_above_batch" and batch_size <= int(fault.arg or 0):
                 continue
             fault.fired = True
             self._fire(fault, step)
+
+    def in_save(self, step: int) -> None:
+        """Called half-way through writing the checkpoint of ``step``."""
+        for fault in self.faults:
+            if fault.kind == "crash_in_save" and fault.due(step):
+                fault.fired = True
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def _fire(self, fault: Fault, step: int) -> None:
         tag = f"(injected by {ENV}={fault.kind}{':' + fault.arg if fault.arg else ''}@{step})"

@@ -226,6 +226,7 @@ class Hooks:
         try:
             trainer.save_model(str(staging), _internal_call=True)
             trainer._save_optimizer_and_scheduler(str(staging))
+            self.faults.in_save(step)
             trainer._save_scaler(str(staging))
             trainer._save_rng_state(str(staging))
             trainer.state.save_to_json(str(staging / ckpt.TRAINER_STATE))

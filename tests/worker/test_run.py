@@ -211,3 +211,22 @@ def test_checkpoint_of_another_adapter_shape_is_not_resumed(finished_run: Path, 
     skipped = alerts(run_dir)
     assert [a["case"] for a in skipped] == [18, 18] and "lora: expected 'r=4" in skipped[0]["message"]
     assert [e["step"] for e in events_of(run_dir, "step")] == [1, 2]
+
+
+@pytest.mark.edge(20, 41)
+def test_sigkill_in_the_middle_of_a_save_leaves_nothing_that_is_resumed(finished_run: Path, tmp_path: Path,
+                                                                       shared_cache: Path) -> None:
+    """A real SIGKILL while checkpoint-4 is being written (weights and optimizer on disk, no
+    manifest): the half-written folder is quarantined, never resumed, and the rerun matches."""
+    ws = new_workspace(tmp_path / "ws", shared_cache)
+    spec = make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(60)))
+    proc = spawn(spec, "crash_in_save@4")
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    ckdir = spec.parent / "checkpoints"
+    (staging,) = [p for p in ckdir.iterdir()]
+    assert staging.name.startswith(ckpt.STAGING_PREFIX) and (staging / "optimizer.pt").is_file()
+    code, report = run_inprocess(spec)
+    assert code == 0 and report["status"] == "done"
+    assert [a["case"] for a in alerts(spec.parent)] == [20]
+    assert losses(spec.parent) == losses(finished_run / "runs" / "j0001")
