@@ -120,5 +120,5 @@ def eval_samples(cache: Any, indices: list[int], tokenizer: Any, count: int) -> 
         while start > 0 and labels[start - 1] != IGNORE:
             start -= 1
         answer = tokenizer.decode([int(t) for t in ids[start:end]], skip_special_tokens=True)
-        samples.append(Sample([int(t) for t in ids[:start]], answer.strip()))
+        samples.append(Sample([int(t) for t in ids[:start]], answer.strip(), end - start))
     return samples

@@ -177,13 +177,14 @@ class Sample:
 
     prompt_ids: list[int]
     answer: str
+    answer_tokens: int = 48
 
 
 def _norm(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def generate_metrics(model: Any, tokenizer: Any, samples: list[Sample], *, max_new_tokens: int = 48,
+def generate_metrics(model: Any, tokenizer: Any, samples: list[Sample], *, max_new_tokens: int = 256,
                      batch_size: int = 8) -> dict[str, float]:
     """Greedy generations for the held-out prompts: share containing ``<think>``, and accuracy
     (the expected answer matched exactly or contained). The RNG is left as it was, so evaluation
@@ -207,8 +208,10 @@ def generate_metrics(model: Any, tokenizer: Any, samples: list[Sample], *, max_n
                 for row, sample in enumerate(chunk):  # left padding: generation continues at the end
                     ids[row, width - len(sample.prompt_ids):] = torch.tensor(sample.prompt_ids)
                     mask[row, width - len(sample.prompt_ids):] = 1
+                # A little past the longest expected answer: room for a <think> preamble to show.
+                budget = min(max_new_tokens, max(s.answer_tokens for s in chunk) + 16)
                 out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+                                     max_new_tokens=budget, do_sample=False, pad_token_id=pad)
                 for row, sample in enumerate(chunk):
                     text = tokenizer.decode(out[row, width:], skip_special_tokens=True)
                     think += "<think>" in text
