@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -40,6 +43,12 @@ NARROW_BELOW = 100
 SHORT_BELOW = 22  # rows: under this the plot and alerts shrink so the queue keeps some rows
 MIN_POLL_S = 0.25  # as nvitop: faster refreshes cost CPU and terminal bytes for nothing
 TTY_CHECK_S = 2.0
+HANGUP_GRACE_S = 5.0
+
+
+def _exit_after(seconds: float) -> None:
+    time.sleep(seconds)
+    os._exit(0)
 
 
 class SnapshotReady(Message):
@@ -73,6 +82,7 @@ class TrainConsole(ConsoleActions):
         self._toasted: set[tuple[str | None, int | None]] = set()
         self._ppid = os.getppid()
         self.follow = True  # the cursor follows the running job until the operator moves it
+        self._hung_up = False
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -125,7 +135,14 @@ class TrainConsole(ConsoleActions):
             pass
 
     def _hangup(self) -> None:
-        self.exit(return_code=0, message="terminal closed")
+        if self._hung_up:
+            return
+        self._hung_up = True
+        # Restoring a terminal that is gone can block in the driver (a write or an input read on
+        # a hung-up tty); nothing is left to restore, so a clean exit gets a few seconds, then the
+        # process ends regardless rather than linger on a dead session.
+        threading.Thread(target=_exit_after, args=(HANGUP_GRACE_S,), daemon=True).start()
+        self.exit(return_code=0)
 
     def _check_terminal(self) -> None:
         """A dropped SSH session can leave no SIGHUP behind; exit rather than spin on a dead tty."""
@@ -134,6 +151,11 @@ class TrainConsole(ConsoleActions):
             stream = sys.__stdout__
             if stream is None or not os.isatty(stream.fileno()):
                 gone = True
+            else:
+                # A hung-up tty still answers isatty; poll() reports the hang-up.
+                probe = select.poll()
+                probe.register(stream.fileno(), select.POLLHUP)
+                gone = gone or any(ev & (select.POLLHUP | select.POLLNVAL) for _, ev in probe.poll(0))
         except (OSError, ValueError):
             gone = True
         if gone:

@@ -69,7 +69,7 @@ def test_refresh_faster_than_a_quarter_second_is_refused(workspace: Path) -> Non
     assert out.returncode == 2 and "--refresh" in out.stderr
 
 
-def _spawn_in_pty(workspace: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _spawn_in_pty(workspace: Path, controlling: bool = True) -> tuple[subprocess.Popen[bytes], int]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     env = dict(os.environ, TERM="xterm-256color", PYTHONPATH=str(ROOT))
@@ -83,7 +83,7 @@ def _spawn_in_pty(workspace: Path) -> tuple[subprocess.Popen[bytes], int]:
 
     proc = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(workspace / "config.toml"),
                              "--readonly"], stdin=slave, stdout=slave, stderr=slave, cwd=workspace, env=env,
-                            preexec_fn=own_terminal)
+                            preexec_fn=own_terminal if controlling else os.setsid)
     os.close(slave)
     return proc, master
 
@@ -125,3 +125,16 @@ def test_console_exits_on_sighup(workspace: Path) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_console_exits_when_its_terminal_dies_without_a_sighup(workspace: Path) -> None:
+    # Not the terminal's controlling process, so no SIGHUP comes: the periodic check must notice.
+    proc, master = _spawn_in_pty(workspace, controlling=False)
+    try:
+        _read_until(master, b"engine not running")
+        os.close(master)
+        assert proc.wait(timeout=60) is not None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
