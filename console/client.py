@@ -10,6 +10,7 @@ so any number of consoles can watch one engine at once.
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 import time
 from collections import deque
@@ -130,6 +131,8 @@ class WorkspaceClient:
         self._acked: set[str] = set()
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._store: Any = None
+        self._store_identity: tuple[int, int] | None = None
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -139,24 +142,47 @@ class WorkspaceClient:
         # repair=False: reconciling folders is the daemon's business, never a watcher's.
         return Store.open(self.layout, repair=False)
 
+    def _reader(self) -> Any:
+        """The polls' own store, kept open: opening checks the file's integrity, a cost per open
+        that grows with the queue. Reopened when the file is replaced (a rebuilt database)."""
+        st = os.stat(self.layout.state_db)
+        identity = (st.st_dev, st.st_ino)
+        if self._store is None or self._store_identity != identity:
+            self._drop_reader()
+            self._store = self._open_store()
+            self._store_identity = identity
+        return self._store
+
+    def _drop_reader(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection is best effort
+                pass
+        self._store = None
+
     def _read_jobs(self) -> tuple[list[Any], bool, dict[str, str], str]:
         if not self.layout.state_db.exists():
+            self._drop_reader()
             return [], False, {}, "no queue yet: the engine creates it on start"
-        store = self._open_store()
         try:
-            jobs = list(store.jobs())
-            paused = bool(store.paused())
-            try:
-                reasons = {k: str(v) for k, v in store.reasons(time.time(), jobs).items()}
-            except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
-                reasons = {}
-            for job in jobs:
-                # Progress and status already say these; the column is for why a job waits.
-                if job.status in ("running", "done", "cancelled"):
-                    reasons[job.id] = ""
-            return jobs, paused, reasons, ""
-        finally:
-            store.close()
+            return self._query_jobs(self._reader())
+        except Exception:
+            self._drop_reader()  # the next poll starts afresh
+            raise
+
+    def _query_jobs(self, store: Any) -> tuple[list[Any], bool, dict[str, str], str]:
+        jobs = list(store.jobs())
+        paused = bool(store.paused())
+        try:
+            reasons = {k: str(v) for k, v in store.reasons(time.time(), jobs).items()}
+        except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
+            reasons = {}
+        for job in jobs:
+            # Progress and status already say these; the column is for why a job waits.
+            if job.status in ("running", "done", "cancelled"):
+                reasons[job.id] = ""
+        return jobs, paused, reasons, ""
 
     def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
         from engine.lock import engine_running, read_pidfile
@@ -332,7 +358,7 @@ class WorkspaceClient:
                                              row.message, acked=True)
 
     def close(self) -> None:
-        pass
+        self._drop_reader()
 
 
 def _read_events(path: Path, limit: int = 512 << 10) -> list[dict[str, Any]]:

@@ -64,9 +64,13 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
     from console.app import TrainConsole
     from console.client import WorkspaceClient
 
-    app = TrainConsole(WorkspaceClient(cfg, readonly=readonly), poll_interval=refresh,
-                       readonly=readonly, watch_terminal=interactive, notice=notice)
-    app.run()
+    client = WorkspaceClient(cfg, readonly=readonly)
+    app = TrainConsole(client, poll_interval=refresh, readonly=readonly, watch_terminal=interactive,
+                       notice=notice)
+    try:
+        app.run()
+    finally:
+        client.close()
     if engine_running(layout) is not None:
         shown = _shown_config(path)
         print(f"console closed; the engine keeps training (`trainconsole{shown} stop` stops it, "

@@ -204,3 +204,20 @@ def test_several_consoles_watch_one_queue_at_once(workspace: Path) -> None:
     assert errors == []
     final = [c.snapshot(a, 40).loss for c in clients]
     assert all(view is not None and view.last_step == 199 for view in final)
+
+
+@pytest.mark.edge(58)
+def test_a_rebuilt_database_is_followed(ws: tuple[WorkspaceClient, Layout]) -> None:
+    client, layout = ws
+    a = add(layout, "a.jsonl")
+    assert [j.id for j in client.snapshot(None, 40).jobs] == [a]
+    # The engine set the database aside and rebuilt it (case 58): a new file at the same path.
+    for suffix in ("", "-wal", "-shm"):
+        old = layout.state_db.with_name(layout.state_db.name + suffix)
+        if old.exists():
+            old.rename(old.with_name(old.name + ".aside"))
+    with Store.open(layout, repair=False) as store:
+        store.set_paused(True)
+    snap = client.snapshot(None, 40)
+    assert snap.jobs == () and snap.paused
+    client.close()
