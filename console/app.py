@@ -9,6 +9,7 @@ pile polls up. Widgets change only what changed: the terminal link may be a slow
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import select
 import signal
@@ -190,7 +191,7 @@ class TrainConsole(ConsoleActions):
         if message.snapshot is not None:
             self.apply_snapshot(message.snapshot)
         elif message.error:
-            self.apply_snapshot(Snapshot(**{**self.snapshot.__dict__, "problem": message.error}))
+            self.apply_snapshot(dataclasses.replace(self.snapshot, problem=message.error))
         self.first_frame.set()
         if self._poll_timer is not None:
             self._poll_timer.stop()
