@@ -154,7 +154,7 @@ def detached_log(layout: Layout) -> Path:
     return layout.queue / "engine.log"
 
 
-def start_detached(config_path: Path, *, wait_s: float = 10.0) -> int:
+def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
     """Start ``trainconsole daemon`` in its own session, so closing the terminal or losing SSH never
     stops training. Returns the daemon's pid once its PID file appears.
 

@@ -35,10 +35,14 @@ def _workers_under(runs: Path) -> list[int]:
     return pids
 
 
+KILLS = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "30"))
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(300 + 20 * KILLS)
 @pytest.mark.edge(41, 42, 43)
 def test_chaos_kill_9_of_worker_and_daemon_at_random_points(workspace: Path, tiny_model: Path) -> None:
-    kills = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "30"))
+    kills = KILLS
     seed = int(os.environ.get("TRAINCONSOLE_CHAOS_SEED", str(int(time.time()))))
     rng = random.Random(seed)
     save_steps = 2
@@ -97,6 +101,7 @@ def test_chaos_kill_9_of_worker_and_daemon_at_random_points(workspace: Path, tin
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 @pytest.mark.edge(60)
 def test_five_poison_jobs_among_twenty_healthy(workspace: Path, tiny_model: Path) -> None:
     """Poison jobs kill their worker every time (SIGKILL, no report): each fails after exactly
