@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from engine.errors import ErrorClass
 from engine.events import EventLog
+from engine.resources import checkpoint_mb
 from engine.retry_policy import Outcome, effective_batch, next_oom_rung
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ def apply_outcome(sup: Supervisor, run: Running, outcome: Outcome) -> None:
     if cls is ErrorClass.DISK_FULL:
         store.fail_attempt(jid, cls, outcome.message)  # not charged; the store pauses the queue
         sup.disk_paused = True
-        sup.guard.hold_for_disk(run.run_dir, sup.checkpoint_mb(run.run_dir))
+        sup.guard.hold_for_disk(run.run_dir, checkpoint_mb(run.run_dir))
         sup.notifier.alert(25, f"{jid}: the disk filled up ({outcome.message}); the previous "
                                "checkpoint is intact, no attempt was charged, and the queue is paused "
                                "until space is freed", severity="critical", job_id=jid, key="disk-full")

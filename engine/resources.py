@@ -158,3 +158,15 @@ def check_writable(folders: list[Path]) -> list[str]:
             except OSError:
                 pass
     return problems
+
+
+def checkpoint_mb(run_dir: Path) -> float:
+    """The newest checkpoint's size: how much space a save needs, for the disk-full hold."""
+    best = 0.0
+    for folder in run_dir.glob("**/checkpoint-*"):
+        try:
+            size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        except OSError:
+            continue
+        best = max(best, size / (1024 * 1024))
+    return max(1.0, best)

@@ -30,7 +30,7 @@ from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, p
 from engine.notify import Notifier
 from engine.outcome import apply_outcome
 from engine.recovery import sweep_run_staging, sweep_staging
-from engine.resources import ResourceGuard
+from engine.resources import ResourceGuard, checkpoint_mb
 from engine.retry_policy import classify, oom_kill_count, read_report
 from engine.store import Job, QueueError, Store
 from engine.watchdog import Watchdog
@@ -51,6 +51,7 @@ class Running:
     oom_before: int
     tail: EventTail
     last_step: int | None = None
+    last_max_steps: int | None = None
     term_at: float | None = None  # monotonic time SIGTERM went to the group
     term_grace_s: float = 0.0
     killed: bool = False
@@ -268,12 +269,23 @@ class Supervisor:
         g = self.cfg.guards
         self.current = Running(
             job, worker, Watchdog(run_dir / "heartbeat.json", floor_s=g.hang_floor_s, multiple=g.hang_multiple,
-                                  first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono),
+                                  first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono,
+                                  boundary=self._boundary(job)),
             run_dir, oom_before, EventTail(self.layout.job_events(job.id), self._log_size(job.id)))
         self.store.set_worker(job.id, worker.pid, worker.pid_start)
         self.events.emit("log", level="info", job_id=job.id, message=(
             f"{job.id} attempt {job.attempts} started: {launcher.name} pid {worker.pid}, "
             f"{plan.device} x{plan.nproc}" + (f", overrides {job.overrides}" if job.overrides else "")))
+
+    def _boundary(self, job: Job) -> Callable[[int], bool]:
+        t = self.cfg.training
+
+        def slow_after(step: int) -> bool:
+            last = self.current.last_max_steps if self.current is not None else None
+            last = last or job.max_steps
+            return (step % max(1, t.save_steps) == 0 or step % max(1, t.eval_steps) == 0
+                    or (last is not None and step >= last))
+        return slow_after
 
     def _log_size(self, job_id: str) -> int:
         try:
@@ -319,6 +331,7 @@ class Supervisor:
         if last is not None and last["step"] != run.last_step:
             run.last_step = last["step"]
             max_steps = last.get("max_steps")
+            run.last_max_steps = max_steps if isinstance(max_steps, int) else run.last_max_steps
             self.store.progress(run.job.id, last["step"], max_steps if isinstance(max_steps, int) else None)
 
     def _dump_stacks(self, run: Running, silent_s: float, limit_s: float) -> None:
@@ -370,20 +383,9 @@ class Supervisor:
             # A full disk surfaces in many disguises (torch.save's "unexpected pos", a torn write):
             # the filesystem, not the message, says whether the attempt was the disk's fault (25).
             free = self.guard.sysmon.sample([run.run_dir]).disk_free_mb.get(str(run.run_dir))
-            if free is not None and free < self.checkpoint_mb(run.run_dir):
+            if free is not None and free < checkpoint_mb(run.run_dir):
                 outcome = replace(outcome, error_class=ErrorClass.DISK_FULL, case=25, message=(
                     f"{outcome.message} (only {free:.2f} MB free on {run.run_dir}: treated as a full disk)"))
         apply_outcome(self, run, outcome)
         self.current = None
-
-    def checkpoint_mb(self, run_dir: Path) -> float:
-        """The newest checkpoint's size: how much space a save needs, for the disk-full hold."""
-        best = 0.0
-        for folder in run_dir.glob("**/checkpoint-*"):
-            try:
-                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            except OSError:
-                continue
-            best = max(best, size / (1024 * 1024))
-        return max(1.0, best)
 

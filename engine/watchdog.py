@@ -5,13 +5,16 @@ CLOCK_MONOTONIC and shared by every process on one boot) and ``step_time_s``. Th
 ``max(hang_floor_s, hang_multiple * recent step time)``, so a model whose steps take minutes is
 not killed by a floor tuned for seconds. Until the first step the worker gets
 ``first_step_grace_s`` from launch (loading a model and building a token cache take a while).
-Wall-clock jumps (NTP, a suspended VM's clock set back) never enter these sums.
+After a step that ends in a save, an evaluation or the end of training (slow, and without a
+beat), the limit is the first-step grace too. Wall-clock jumps (NTP, a suspended VM's clock set
+back) never enter these sums.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +54,11 @@ class Verdict:
 
 class Watchdog:
     def __init__(self, heartbeat: Path, *, floor_s: float, multiple: float, first_step_grace_s: float,
-                 launched_mono: float | None = None) -> None:
+                 launched_mono: float | None = None, boundary: Callable[[int], bool] | None = None) -> None:
         self.heartbeat = heartbeat
+        # Steps after which the worker saves, evaluates or publishes without beating: those get
+        # the long grace, not a multiple of a step's time.
+        self.boundary = boundary or (lambda step: False)
         self.floor_s = floor_s
         self.multiple = multiple
         self.grace_s = first_step_grace_s
@@ -82,4 +88,6 @@ class Watchdog:
             return Verdict(silent > limit, silent, limit, None if self.last is None else self.last.step)
         silent = max(0.0, now - self.last.mono)
         limit = self.limit_s()
+        if self.boundary(self.last.step):
+            limit = max(limit, self.grace_s)
         return Verdict(silent > limit, silent, limit, self.last.step)

@@ -60,7 +60,8 @@ def test_real_oom_walks_down_the_ladder_and_finishes(workspace: Path, model: Pat
 @pytest.mark.edge(70)
 def test_real_hang_is_caught_by_the_watchdog(workspace: Path, model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINCONSOLE_FAULT", "hang@2")
-    h = real(workspace, {"guards.hang_floor_s": 3.0, "guards.hang_multiple": 5.0})
+    # Step 1 is no save or evaluation step, so the short step-based limit applies after it.
+    h = real(workspace, {"guards.hang_floor_s": 3.0, "guards.hang_multiple": 5.0, "training.save_steps": 50})
     try:
         drop(workspace, "a.jsonl")
         h.run_until(lambda: bool(h.jobs()[0].history), timeout=240)

@@ -77,3 +77,15 @@ def test_watchdog_ignores_a_heartbeat_from_before_this_launch(tmp_path: Path) ->
     _beat(hb, 7, t0 - 500, 1.0)  # left by the previous attempt
     dog = Watchdog(hb, floor_s=10, multiple=5, first_step_grace_s=100, launched_mono=t0)
     assert not dog.check(t0 + 50).hung  # still in the grace, not judged on the stale beat
+
+
+def test_watchdog_gives_save_eval_and_final_steps_the_long_grace(tmp_path: Path) -> None:
+    hb = tmp_path / "heartbeat.json"
+    t0 = time.monotonic()
+    dog = Watchdog(hb, floor_s=10, multiple=5, first_step_grace_s=100, launched_mono=t0,
+                   boundary=lambda step: step % 50 == 0)
+    _beat(hb, 49, t0 + 10, 1.0)
+    assert dog.check(t0 + 21).hung  # an ordinary step: 10 s limit
+    _beat(hb, 50, t0 + 30, 1.0)
+    verdict = dog.check(t0 + 100)
+    assert verdict.limit_s == 100 and not verdict.hung  # a save step: the long grace
