@@ -119,6 +119,9 @@ class Store:
                 func()
 
     def _row(self, job_id: str) -> dict[str, Any]:
+        if not job_id.isascii():
+            # Ids are ASCII; an argv byte that is not UTF-8 arrives as a surrogate sqlite cannot bind.
+            raise QueueError(f"no job {job_id!r} (see `trainconsole status` for the job ids)")
         cur = self._conn.execute(f"SELECT {','.join(COLUMNS)} FROM jobs WHERE id=?", (job_id,))
         row = cur.fetchone()
         if row is None:

@@ -142,3 +142,12 @@ def test_status_never_imports_torch_or_textual(workspace: Path) -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=workspace)
     assert res.returncode == 0 and res.stderr.strip().endswith("[]"), res.stderr
+
+
+def test_job_id_that_is_not_utf8_is_an_unknown_job_not_a_traceback(workspace: Path) -> None:
+    # A byte that is not UTF-8 in argv reaches Python as a lone surrogate that sqlite cannot bind.
+    for args in (("hold", "\udcff\udcfe"), ("priority", "\udcff", "high"), ("retry", "\udcff"),
+                 ("cancel", "\udcff"), ("release", "\udcff")):
+        res = cli(workspace, *args)
+        assert res.returncode == 1, (args, res.stderr)
+        assert "Traceback" not in res.stderr and "no job" in res.stderr
