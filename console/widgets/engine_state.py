@@ -24,9 +24,6 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
         out += Text(f"  {engine.step_rate:.3g} step/s")
     if snap.paused and engine.state != "paused":
         out += Text("  queue paused", style="yellow")
-    counts = snap.counts()
-    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "held", "failed", "done") if counts.get(s)]
-    out += Text("  │ " + (", ".join(parts) if parts else "queue empty"))
     unread = sum(1 for a in snap.alerts if not a.acked)
     if unread:
         critical = any(a.severity == "critical" and not a.acked for a in snap.alerts)
@@ -40,6 +37,11 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
         out += Text(f"  │ {engine.detail}", style="dim")
     if snap.problem:
         out += Text(f"  │ {snap.problem}", style="dim")
+    # The counts come last: the queue table shows them too, so at 80 columns they are what the
+    # edge may cut, never the alerts, the filter, the read-only mark or why the engine is down.
+    counts = snap.counts()
+    parts = [f"{counts[s]} {s}" for s in ("running", "queued", "held", "failed", "done") if counts.get(s)]
+    out += Text("  │ " + (", ".join(parts) if parts else "queue empty"))
     out.no_wrap = True
     out.overflow = "ellipsis"
     return out
