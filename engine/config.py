@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
 import stat
 import tempfile
 import textwrap
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file this large is a mistake (wrong file given)
+PIPE_WAIT_S = 5.0  # how long a named pipe given as the config may stay silent
 
 
 class ConfigProblems(ConfigError):
@@ -105,8 +108,11 @@ def _read(path: Path) -> bytes:
         raise ConfigUnreadable(
             f"{shown}: is a folder, not a config file (did you mean {path / 'config.toml'}?)")
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if mode is not None and stat.S_ISFIFO(mode):
+            data = _read_pipe(path, shown)
+        else:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_CONFIG_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigProblems(shown, [Problem(
             f"no such config file; create one with `trainconsole init {_init_dir(path)}` "
@@ -123,6 +129,29 @@ def _read(path: Path) -> bytes:
         raise ConfigProblems(shown, [Problem(
             f"is larger than {MAX_CONFIG_BYTES // 1024} KiB; this is not a config file")])
     return data
+
+
+def _read_pipe(path: Path, shown: str) -> bytes:
+    # A named pipe nobody writes to would block a plain open() forever; `<(...)` has a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        deadline = time.monotonic() + PIPE_WAIT_S
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_CONFIG_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise ConfigUnreadable(
+                    f"{shown}: is a named pipe that nothing wrote a config to within "
+                    f"{PIPE_WAIT_S:g} s; give a regular file")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _init_dir(path: Path) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,23 @@ def test_init_with_the_config_option_writes_that_file(tmp_path: Path) -> None:
     assert target.read_text() == default_config_text()
     assert (tmp_path / "etc" / "queue" / "incoming").is_dir()
     assert run_cli("--config", str(target), "check-config").returncode == 0
+
+
+@pytest.mark.timeout(60)
+def test_named_pipe_with_no_writer_is_refused_not_waited_on_forever(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.toml"
+    os.mkfifo(fifo)
+    proc = run_cli("check-config", str(fifo), timeout=40)
+    _no_traceback(proc)
+    assert proc.returncode == 2
+    assert f"{fifo}: is a named pipe" in proc.stderr and "regular file" in proc.stderr
+    # a pipe that does carry a config (as `--config <(...)` gives) is still read
+    def feed() -> None:
+        with fifo.open("wb") as fh:  # blocks until the CLI opens its end
+            fh.write(b"[training]\nbatch_size = 0\n")
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    proc = run_cli("check-config", str(fifo), timeout=40)
+    writer.join(timeout=10)
+    assert proc.returncode == 1 and "training.batch_size = 0" in proc.stderr
