@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -17,12 +18,14 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from console.commands.validate import check_data_path
 from console.common import load_layout
 from engine.checkpoints import write_json_atomic
 from engine.errors import UsageError
 from engine.events import EventTail
 
 ROOT = Path(__file__).resolve().parents[2]
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def build(parser: argparse.ArgumentParser, name: str) -> None:
@@ -86,8 +89,13 @@ def _show(events: list[dict[str, Any]], progress: Progress) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg, layout = load_layout(args)
     data = Path(args.file).expanduser()
-    if not data.is_file():
-        raise UsageError(f"{data}: no such file (give a chat-format .jsonl file)")
+    why = check_data_path(str(data))
+    if why:
+        raise UsageError(why)
+    if args.job_id and not JOB_ID.fullmatch(args.job_id):
+        # The id names folders under paths.runs and paths.adapters: "../x" or "a/b" would escape them.
+        raise UsageError(f"--job-id {args.job_id!r}: use letters, digits, '.', '_' or '-' "
+                         "(up to 64, starting with a letter or digit)")
     job_id = args.job_id or time.strftime("fg-%Y%m%d-%H%M%S")
     run_dir = layout.runs / job_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
                         help="skip token statistics (structure only; faster)")
 
 
-def _check_path(given: str) -> str | None:
+def check_data_path(given: str) -> str | None:
     """Why ``given`` cannot be validated, or None. Uses stat only: a FIFO is never opened."""
     try:
         st = os.stat(given)
@@ -113,7 +113,7 @@ class Bar:
 
 
 def run(args: argparse.Namespace) -> int:
-    problems = [why for why in map(_check_path, args.files) if why]
+    problems = [why for why in map(check_data_path, args.files) if why]
     if problems:
         for why in problems[:-1]:
             print(f"trainconsole: {why}", file=sys.stderr)

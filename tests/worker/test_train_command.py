@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,3 +46,25 @@ def test_train_command_never_imports_torch() -> None:
     code = "import sys, console.commands.train; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.timeout(60)
+def test_train_names_what_a_non_file_is_without_opening_it(tmp_path: Path, shared_cache: Path) -> None:
+    ws = new_workspace(tmp_path / "ws", shared_cache)
+    fifo = ws / "pipe.jsonl"
+    os.mkfifo(fifo)
+    for given, said in ((ws, "is a folder"), (fifo, "is a FIFO"), (Path("/dev/null"), "is not a regular file")):
+        result = run_cli("train", str(given), cwd=ws, timeout=30)
+        assert result.returncode == 2 and f"{given}: {said}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("job_id", ["../escaped", "a/b", ".hidden", "x" * 65])
+def test_train_job_id_cannot_name_a_folder_outside_runs(tmp_path: Path, shared_cache: Path,
+                                                         job_id: str) -> None:
+    ws = new_workspace(tmp_path / "ws", shared_cache, training__max_steps=1)
+    data = write_jsonl(ws / "d.jsonl", arithmetic(8))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run_cli("train", str(data), "--job-id", job_id, cwd=ws, timeout=60)
+    assert result.returncode == 2 and "--job-id" in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
