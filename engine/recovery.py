@@ -62,13 +62,20 @@ def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Any live (non-zombie) process left in the group."""
     try:
         os.killpg(pgid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
@@ -93,19 +100,22 @@ def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
         time.sleep(0.05)
 
 
-def _writer_dead(name: str) -> bool:
-    for match in _PID_IN_NAME.finditer(name):
-        pid = int(match.group(1))
-        if pid == os.getpid():
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped yet (an orphan of a killed daemon waits for init): either
+    way it writes nothing more."""
+    if pid == os.getpid():
         return False
-    return False
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _writer_dead(name: str) -> bool:
+    match = _PID_IN_NAME.search(name)
+    return match is not None and _dead(int(match.group(1)))
 
 
 def _remove(path: Path) -> bool:
@@ -151,16 +161,7 @@ def _staging_dead(name: str) -> bool:
     """``.staging-<name>-<pid>-<hex>`` (engine/checkpoints.py): a save whose writer is gone never
     got its manifest, so it is not a checkpoint, only bytes."""
     parts = name.rsplit("-", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return len(parts) == 3 and parts[1].isdigit() and _dead(int(parts[1]))
 
 
 def sweep_staging(folder: Path) -> list[Path]:
