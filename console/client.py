@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import threading
 import time
 from collections import deque
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
 MAX_ALERTS = 200
 MAX_POINTS = 200_000  # per job; a longer run keeps its newest points
 PRIORITIES = ("low", "normal", "high")
+# The engine's copy of a job's file (`j0002--name.jsonl`, see engine.store_files) leading a
+# message: the id and name columns already say it, and at 80 columns it is all a reason showed.
+_JOB_COPY = re.compile(r"\bj\d{4,}--[A-Za-z0-9._-]+\.jsonl: ")
 
 
 class ConsoleClient(Protocol):
@@ -184,6 +188,9 @@ class WorkspaceClient:
                 reasons[job.id] = ""
         return jobs, paused, reasons, ""
 
+    def _short(self, text: str) -> str:
+        return _JOB_COPY.sub("", text.replace(f"{self.layout.jobs}/", ""))
+
     def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
         from engine.lock import engine_running, read_pidfile
 
@@ -212,7 +219,7 @@ class WorkspaceClient:
             case = event.get("case")
             raw = str(event.get("message", ""))
             key = str(event.get("key") or f"{t}|{case}|{job_id}|{raw}")
-            message = raw.replace(f"{self.layout.jobs}/", "")  # the engine's copy: its name says enough
+            message = self._short(raw)
             before = self._alerts.get(key)
             if before is not None and t > before.t:
                 self._acked.discard(key)  # it happened again: news again
@@ -262,11 +269,11 @@ class WorkspaceClient:
                 step = max(step, int(series.steps[-1]))  # the store's progress lags the events
             max_steps = int(job.max_steps or 0)
             eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
-            error = str(job.error or "").replace(f"{self.layout.jobs}/", "")
+            error = self._short(str(job.error or ""))
             rows.append(JobRow(
                 id=job.id, name=str(job.name), priority=str(job.priority), status=str(job.status),
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
-                reason=reasons.get(job.id, "").replace(f"{self.layout.jobs}/", ""), error=error,
+                reason=self._short(reasons.get(job.id, "")), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
                 started_at=job.started_at, finished_at=job.finished_at))
         try:
@@ -306,7 +313,7 @@ class WorkspaceClient:
             pass
         for event in _read_events(self.layout.job_events(job_id)):
             lines.append(format_event(event))
-        return lines[-2000:]
+        return [self._short(line) for line in lines[-2000:]]
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -11,9 +11,19 @@ from textual.widgets import DataTable
 from console.snapshot import AlertRow
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+LABELS = ("case", "severity", "job", "time", "message")
+SCROLLBAR = 2  # cells a vertical scrollbar takes when there are more alerts than rows
 
 
-def alert_cells(alert: AlertRow) -> tuple[Text, ...]:
+def _clip(text: Text, width: int) -> Text:
+    if text.cell_len <= width:
+        return text
+    clipped = text.copy()
+    clipped.truncate(max(1, width), overflow="ellipsis")
+    return clipped
+
+
+def alert_cells(alert: AlertRow, message_width: int | None = None) -> tuple[Text, ...]:
     dim = "dim" if alert.acked else ""
     sev = alert.severity if not alert.acked else f"{alert.severity} ✓"
     return (
@@ -21,8 +31,20 @@ def alert_cells(alert: AlertRow) -> tuple[Text, ...]:
         Text(sev, style="dim" if alert.acked else SEVERITY_STYLE.get(alert.severity, "")),
         Text(alert.job_id or "engine", style=dim),
         Text(time.strftime("%H:%M:%S", time.localtime(alert.t)), style=dim),
-        Text(alert.message.replace("\n", " "), style=dim, no_wrap=True),
+        _clip(Text(alert.message.replace("\n", " "), style=dim, no_wrap=True),
+              message_width if message_width is not None else len(alert.message)),
     )
+
+
+def message_room(alerts: tuple[AlertRow, ...], width: int, height: int, padding: int = 1) -> int:
+    """Cells left for the message after the other columns, so a long one ends in "…" rather
+    than at the terminal's edge."""
+    used = 0
+    for index, label in enumerate(LABELS[:-1]):
+        widest = max((alert_cells(a, 0)[index].cell_len for a in alerts), default=0)
+        used += max(len(label), widest) + 2 * padding
+    scrollbar = SCROLLBAR if len(alerts) + 1 > height else 0  # +1: a header, when shown
+    return max(8, width - used - padding - scrollbar)
 
 
 class AlertList(DataTable[Text]):
@@ -30,10 +52,19 @@ class AlertList(DataTable[Text]):
         super().__init__(cursor_type="row", **kwargs)  # type: ignore[arg-type]
         self._shown: tuple[tuple[str, bool], ...] = ()
         self.alerts: tuple[AlertRow, ...] = ()
+        self._room = 0
 
     def on_mount(self) -> None:
-        for label in ("case", "severity", "job", "time", "message"):
+        for label in LABELS:
             self.add_column(label, key=label)
+
+    def _message_room(self, alerts: tuple[AlertRow, ...]) -> int:
+        return message_room(alerts, self.size.width, self.size.height, self.cell_padding)
+
+    def on_resize(self) -> None:
+        if self.alerts and self._room != self._message_room(self.alerts):
+            self._shown = ()  # rebuilt for the new width
+            self.apply(self.alerts)
 
     def apply(self, alerts: tuple[AlertRow, ...]) -> None:
         self.alerts = alerts
@@ -42,9 +73,12 @@ class AlertList(DataTable[Text]):
             return
         keep = self.selected_key
         self._shown = signature
-        self.clear()
+        self._room = self._message_room(alerts) if self.size.width else 0
+        self.clear(columns=False)
+        for column in self.columns.values():  # widths follow the new rows, narrower ones too
+            column.content_width = column.label.cell_len
         for alert in alerts:
-            self.add_row(*alert_cells(alert), key=alert.key)
+            self.add_row(*alert_cells(alert, self._room or None), key=alert.key)
         if keep is not None and keep in {a.key for a in alerts}:
             self.move_cursor(row=self.get_row_index(keep), animate=False)
 

@@ -16,11 +16,13 @@ COLUMNS = (("id", "id"), ("name", "name"), ("prio", "priority"), ("status", "sta
 STATUS_STYLE = {"running": "bold green", "queued": "", "held": "yellow", "done": "dim",
                 "failed": "bold red", "cancelled": "dim"}
 PRIORITY_STYLE = {"high": "bold", "normal": "", "low": "dim"}
+SCROLLBAR = 2  # cells a vertical scrollbar takes once more jobs than rows arrive
 
 
-def cells(job: JobRow, compact: bool = False) -> tuple[str | Text, ...]:
+def cells(job: JobRow, compact: bool = False, reason_width: int = 48) -> tuple[str | Text, ...]:
     """One row. ``compact`` (under 100 columns) trims the name and progress so the reason,
-    what an operator reads first for a waiting job, still fits in 80 columns."""
+    what an operator reads first for a waiting job, still fits in 80 columns; ``reason_width``
+    is the room left for it, so a long one ends in "…" rather than at the terminal's edge."""
     reason = job.reason
     if not reason and job.status == "failed":
         reason = f"{job.error_class}: {job.error}" if job.error_class else job.error
@@ -33,8 +35,12 @@ def cells(job: JobRow, compact: bool = False) -> tuple[str | Text, ...]:
         Text(job.status, style=STATUS_STYLE.get(job.status, "")),
         str(job.attempts),
         job.progress_short if compact else job.progress,
-        Text(_clip(reason.replace("\n", " "), 48), no_wrap=True),
+        Text(_clip(reason.replace("\n", " "), reason_width), no_wrap=True),
     )
+
+
+def _width(cell: str | Text) -> int:
+    return cell.cell_len if isinstance(cell, Text) else Text(cell).cell_len
 
 
 def _clip(text: str, width: int) -> str:
@@ -51,6 +57,8 @@ class QueueTable(DataTable[str | Text]):
         self.on_user_move: Callable[[], None] | None = None
         self.compact = False
         self._restore: str | None = None
+        self._jobs: tuple[JobRow, ...] = ()
+        self._room = 0
 
     def set_compact(self, compact: bool) -> None:
         """Column widths only grow as cells change: a new width rebuilds the rows once."""
@@ -101,6 +109,25 @@ class QueueTable(DataTable[str | Text]):
         for label, key in COLUMNS:
             self.add_column(label, key=key)
 
+    def reason_room(self, jobs: tuple[JobRow, ...] = ()) -> int:
+        """Cells left for the reason, the last column, after the others (as wide as they are or
+        as ``jobs`` will make them: column widths only grow) and a scrollbar."""
+        if self.size.width == 0:  # not laid out yet
+            return 48
+        rows = [cells(job, self.compact) for job in jobs]
+        used = 0
+        for index, column in enumerate(self.columns.values()):
+            if column.key.value == "reason":
+                continue
+            widest = max((_width(row[index]) for row in rows), default=0)
+            used += max(column.content_width, widest) + 2 * self.cell_padding
+        scrollbar = SCROLLBAR if len(jobs) + 1 > self.size.height else 0  # +1: the header
+        return max(8, self.size.width - used - self.cell_padding - scrollbar)
+
+    def on_resize(self) -> None:
+        if self._jobs and self.reason_room(self._jobs) != self._room:
+            self.apply(self._jobs)
+
     def matches(self, job: JobRow) -> bool:
         if not self.filter_text:
             return True
@@ -110,7 +137,9 @@ class QueueTable(DataTable[str | Text]):
 
     def apply(self, jobs: tuple[JobRow, ...]) -> bool:
         """Bring the table to ``jobs``; True when anything changed."""
-        wanted = {job.id: cells(job, self.compact) for job in jobs if self.matches(job)}
+        self._jobs = jobs
+        self._room = self.reason_room(jobs)
+        wanted = {job.id: cells(job, self.compact, self._room) for job in jobs if self.matches(job)}
         changed = False
         for job_id in [k for k in self._shown if k not in wanted]:
             self.remove_row(job_id)

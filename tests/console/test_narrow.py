@@ -3,15 +3,27 @@ cut off by the terminal's edge (regressions found by using the console in a real
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import pytest
 from textual.pilot import Pilot
 from textual.widget import Widget
 
 from console.app import TrainConsole
+from console.client import WorkspaceClient
+from console.snapshot import AlertRow
+from console.widgets.alerts import AlertList
 from console.widgets.engine_state import EngineState
-from tests.console.fakes import ScriptedClient
+from console.widgets.queue_table import QueueTable
+from engine.config import load_config
+from engine.events import EventLog
+from engine.store import Store
+from tests.console.fakes import T0, ScriptedClient
 
 
 @asynccontextmanager
@@ -34,3 +46,63 @@ async def test_status_line_keeps_alerts_and_readonly_at_80_columns() -> None:
         text = lines(app.query_one(EngineState))[0]
         assert "2 alerts" in text and "read-only" in text
         assert len(text.rstrip()) <= 80
+
+
+LONG_REASON = ("data: rejected: no usable example: all 6 record(s) are invalid "
+               "(most often: the line is not valid JSON, 2x)")
+
+
+def long_client() -> ScriptedClient:
+    client = ScriptedClient()
+    client.jobs["j0005"] = dataclasses.replace(client.jobs["j0005"], error=LONG_REASON[6:])
+    client.alerts.insert(0, AlertRow("a9", 4, "critical", "j0005", T0,
+                                     "job failed (data): " + LONG_REASON[6:]))
+    return client
+
+
+@pytest.mark.edge(4)
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (100, 30)])
+async def test_long_reasons_and_alerts_end_in_an_ellipsis_inside_the_panel(size: tuple[int, int]) -> None:
+    async with narrow(long_client(), size=size) as (app, pilot):
+        table, alerts = app.query_one(QueueTable), app.query_one(AlertList)
+        await pilot.pause()
+        for widget, marker in ((table, "j0005"), (alerts, "#4 ")):
+            row = next(line for line in lines(widget) if marker in line)
+            assert row.rstrip().endswith("…"), row
+            assert len(row) <= widget.size.width
+
+
+async def test_a_resize_refits_the_reason_and_the_alerts() -> None:
+    async with narrow(long_client(), size=(120, 40)) as (app, pilot):
+        await pilot.resize_terminal(90, 30)
+        await pilot.pause()
+        await pilot.pause()
+        for widget, marker in ((app.query_one(QueueTable), "j0005"), (app.query_one(AlertList), "#4 ")):
+            row = next(line for line in lines(widget) if marker in line)
+            assert row.rstrip().endswith("…"), row
+
+
+@pytest.mark.edge(4)
+def test_the_engine_copy_of_a_file_is_left_out_of_reasons_alerts_and_the_log(workspace: Path) -> None:
+    cfg = load_config(workspace / "config.toml")
+    layout = cfg.layout()
+    layout.ensure()
+    src = layout.tmp / "03-broken.jsonl"
+    src.write_bytes(b"{oops\n")
+    with Store.open(layout) as store:
+        job = store.add_job("03-broken.jsonl", src, hashlib.sha256(b"{oops\n").hexdigest(), 6, "normal")
+        assert job is not None
+        store.start(job.id, os.getpid(), None)
+        copy = f"{layout.jobs}/{job.id}--03-broken.jsonl"
+        store.fail_attempt(job.id, "data", f"{copy}: rejected: no usable example")
+    EventLog(layout.job_events(job.id)).alert(4, f"job failed (data): {copy}: rejected: no usable example",
+                                              job_id=job.id, severity="critical")
+    client = WorkspaceClient(cfg)
+    try:
+        snap = client.snapshot(job.id, 40)
+        row = snap.job(job.id)
+        assert row is not None and row.error == "rejected: no usable example"
+        assert snap.alerts[0].message == "job failed (data): rejected: no usable example"
+        assert not any("--03-broken" in line for line in client.job_log(job.id))
+    finally:
+        client.close()
