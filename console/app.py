@@ -122,6 +122,8 @@ class TrainConsole(ConsoleActions):
         self._dashboard.set_class(narrow, "narrow")
         self._dashboard.set_class(height < SHORT_BELOW, "short")
         self._main(AlertList).show_header = not narrow
+        # Spaced out, the footer's keys run past 80 columns: "pause" was cut, "filter" hidden.
+        self._main(Footer).compact = narrow
         table = self._main(QueueTable)
         if narrow != table.compact:
             table.set_compact(narrow)

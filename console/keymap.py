@@ -22,6 +22,7 @@ class Key:
     show: bool = True  # in the footer (everything is in `?` and the palette)
     shown_as: str = ""  # the key as the help screen prints it
     long: str = ""  # what it does, for the help screen and the palette
+    group: str = ""  # keys shown together under this one word in the footer (80 columns are few)
 
 
 KEYMAP: tuple[Key, ...] = (
@@ -30,8 +31,9 @@ KEYMAP: tuple[Key, ...] = (
     Key("enter", "detail", "detail", long="the selected job's details and log"),
     Key("l", "detail", "log", show=False, long="the selected job's details and log"),
     Key("plus,equals_sign", "priority_up", "prio+", mutating=True, shown_as="+",
-        long="raise the selected job's priority"),
-    Key("minus", "priority_down", "prio-", mutating=True, shown_as="-", long="lower the selected job's priority"),
+        long="raise the selected job's priority", group="prio"),
+    Key("minus", "priority_down", "prio-", mutating=True, shown_as="-", long="lower the selected job's priority",
+        group="prio"),
     Key("t", "priority_top", "prio top", mutating=True, show=False,
         long="give the selected job high priority"),
     Key("h", "hold", "hold", mutating=True, long="hold the selected queued job, or release a held one"),
@@ -65,8 +67,9 @@ JOB_STATES: dict[str, tuple[str, ...]] = {
 
 
 def bindings() -> list[Binding | tuple[str, str] | tuple[str, str, str]]:
-    return [Binding(k.keys, k.action, k.description, show=k.show,
-                    key_display=k.shown_as or None) for k in KEYMAP]
+    groups = {name: Binding.Group(name) for name in {k.group for k in KEYMAP if k.group}}
+    return [Binding(k.keys, k.action, k.description, show=k.show, key_display=k.shown_as or None,
+                    group=groups.get(k.group)) for k in KEYMAP]
 
 
 def help_rows(readonly: bool) -> list[tuple[str, str, bool]]:

@@ -106,3 +106,18 @@ def test_the_engine_copy_of_a_file_is_left_out_of_reasons_alerts_and_the_log(wor
         assert not any("--03-broken" in line for line in client.job_log(job.id))
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_every_footer_key_fits_beside_the_palette_key(size: tuple[int, int]) -> None:
+    from textual.widgets._footer import FooterKey
+
+    async with narrow(size=size) as (app, pilot):
+        await pilot.pause()
+        keys = list(app.screen.query(FooterKey))
+        palette = next(k for k in keys if k.has_class("-command-palette"))
+        shown = [k for k in keys if k is not palette]
+        assert {k.description for k in shown} >= {"help", "quit", "hold", "retry", "cancel", "pause",
+                                                  "filter"}
+        assert all(k.region.width > 0 for k in shown)
+        assert max(k.region.right for k in shown) <= palette.region.x
