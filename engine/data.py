@@ -20,6 +20,7 @@ from typing import Any, Final
 from engine.data_records import REASONS, Example, Message, RecordError
 from engine.data_scan import COMPRESSED, Progress, Tally, TokenCounter, iter_records, scan, scan_parallel
 from engine.errors import DataError
+from engine.store_files import display
 
 __all__ = ["DataWarning", "Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
            "TokenStats", "iter_examples", "iter_problems", "validate_file"]
@@ -139,7 +140,7 @@ class Report:
 
     def render(self) -> str:
         """The human-readable report, a few lines."""
-        head = f"{self.path}: {self.verdict}"
+        head = f"{display(str(self.path))}: {self.verdict}"  # a newline in a name would split the line
         if self.accepted:
             skipped = f" ({self.invalid} invalid skipped)" if self.invalid else ""
             head += f": {self.valid} example(s){skipped}"

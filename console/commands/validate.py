@@ -33,6 +33,7 @@ from typing import Any, TextIO
 
 from console.common import config_path
 from engine.errors import UsageError
+from engine.store_files import display
 
 PROGRESS_MIN_BYTES = 64 << 20  # smaller files finish before a bar would be worth drawing
 
@@ -47,6 +48,11 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
 
 def check_data_path(given: str) -> str | None:
     """Why ``given`` cannot be validated, or None. Uses stat only: a FIFO is never opened."""
+    why = _path_problem(given)
+    return why.replace(given, display(given), 1) if why else None
+
+
+def _path_problem(given: str) -> str | None:
     try:
         st = os.stat(given)
     except FileNotFoundError:

@@ -66,6 +66,19 @@ def test_exit_0_when_every_file_is_accepted(workspace: Path) -> None:
     assert "sharegpt.jsonl: accepted" in done.stdout
 
 
+@pytest.mark.edge(55)
+def test_a_control_character_in_a_file_name_cannot_split_or_colour_the_output(workspace: Path) -> None:
+    good = (CORPUS / "sharegpt.jsonl").read_bytes()
+    odd = workspace / "new\nline.jsonl"
+    odd.write_bytes(good)
+    done = run_cli("validate", "--no-tokens", str(odd), str(workspace / "esc\x1b[31m.jsonl"), cwd=workspace)
+    assert done.returncode == 2
+    assert "esc\\x1b[31m.jsonl: no such file" in done.stderr and "\x1b" not in done.stderr
+    done = run_cli("validate", "--no-tokens", str(odd), cwd=workspace)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(f"{workspace}/new\\nline.jsonl: accepted: ")
+
+
 @pytest.mark.edge(7)
 def test_human_output_names_the_file_the_line_and_the_case(workspace: Path) -> None:
     done = run_cli("validate", "--no-tokens", str(CORPUS / "wrong_roles.jsonl"), cwd=workspace)
