@@ -206,7 +206,7 @@ class ConsoleActions(App[None]):
         alerts = self._main(AlertList)
         key = alerts.selected_key if alerts.has_focus else None
         if key is None:
-            key = next((a.key for a in self.snapshot.alerts if not a.acked), None)
+            key = next((a.key for a in alerts.alerts if not a.acked), None)  # the top one shown
         if key is None:
             self.notify("no unacknowledged alert", timeout=2)
             return

@@ -45,7 +45,7 @@ KEYMAP: tuple[Key, ...] = (
     Key("S", "stop_engine", "stop engine", mutating=True, show=False,
         long="stop the engine (asks first; the running job checkpoints and is requeued)"),
     Key("slash", "filter", "filter", shown_as="/", long="filter the queue by id, name, status or reason"),
-    Key("a", "acknowledge", "ack alert", show=False, long="acknowledge the selected or newest alert"),
+    Key("a", "acknowledge", "ack alert", show=False, long="acknowledge the selected alert, else the top one"),
     Key("A", "acknowledge_all", "ack all alerts", show=False, long="acknowledge every alert"),
     Key("y", "log_y", "log-y", show=False, long="toggle a log scale on the loss plot"),
     Key("f", "follow", "follow running job", show=False, long="move the cursor to the running job and follow it"),

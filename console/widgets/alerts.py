@@ -1,5 +1,6 @@
-"""Alerts, newest first: case number, severity, job, time and message. Acknowledged ones are
-dimmed. Alerts change rarely, so the table is rebuilt only when the list itself changes."""
+"""Alerts, newest first, except that critical ones not yet acknowledged stay on top: repeated
+warnings (a guard at every evaluation) would otherwise push them out of the few rows an 80x24
+terminal gives. Case number, severity, job, time and message; acknowledged ones are dimmed. Alerts change rarely, so the table is rebuilt only when the list itself changes."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ class AlertList(DataTable[Text]):
             self.apply(self.alerts)
 
     def apply(self, alerts: tuple[AlertRow, ...]) -> None:
+        # A stable sort: each group stays newest first.
+        alerts = tuple(sorted(alerts, key=lambda a: a.acked or a.severity != "critical"))
         self.alerts = alerts
         signature = tuple((a.key, a.acked) for a in alerts)
         if signature == self._shown:

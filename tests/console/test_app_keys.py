@@ -184,8 +184,8 @@ async def test_acknowledge_alerts() -> None:
     async with console() as (app, pilot, client):
         await pilot.press("a")
         await settle(app, pilot)
-        assert client.acked == {"a2"}  # the newest unacknowledged one
-        await until(pilot, lambda: [a.acked for a in app.query_one(AlertList).alerts] == [True, False])
+        assert client.acked == {"a1"}  # the top one: an unacknowledged critical stays on top
+        await until(pilot, lambda: [a.acked for a in app.query_one(AlertList).alerts] == [False, True])
         await pilot.press("A")
         await settle(app, pilot)
         assert client.acked == {"a1", "a2"}

@@ -121,3 +121,23 @@ async def test_every_footer_key_fits_beside_the_palette_key(size: tuple[int, int
                                                   "filter"}
         assert all(k.region.width > 0 for k in shown)
         assert max(k.region.right for k in shown) <= palette.region.x
+
+
+@pytest.mark.edge(4, 69)
+async def test_a_critical_alert_stays_in_sight_above_newer_warnings_until_acknowledged() -> None:
+    client = ScriptedClient()
+    for step in (15, 30, 45, 60):  # a guard that warns at every evaluation
+        client.alerts.insert(0, AlertRow(f"acc{step}", 69, "warning", "j0002", T0 + step,
+                                         f"held-out accuracy 0% at step {step}"))
+    async with narrow(client) as (app, pilot):
+        alerts = app.query_one(AlertList)
+        shown = [line for line in lines(alerts) if line.strip()]
+        assert "#4" in shown[0] and "critical" in shown[0]
+        await pilot.press("a")  # acknowledges the one on top, and it takes its place by time
+        await pilot.pause(0.3)
+        for _ in range(40):
+            if alerts.alerts[0].key != "a1":
+                break
+            await pilot.pause(0.05)
+        assert [a.key for a in alerts.alerts] == ["acc60", "acc45", "acc30", "acc15", "a2", "a1"]
+        assert alerts.alerts[-1].acked
