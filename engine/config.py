@@ -250,7 +250,12 @@ def check_warnings(cfg: Config) -> list[str]:
         notes.append(f"guards.alert_command: program {cfg.guards.alert_command[0]!r} is not found (not "
                      "on PATH, or not an executable file), so alerts will only be logged")
     base = Path(cfg.model.base_model)
-    if base.is_absolute() and base.is_dir() and not (base / "config.json").is_file():
+    try:
+        no_config_json = base.is_absolute() and base.is_dir() and not (base / "config.json").is_file()
+    except OSError as exc:  # Path.is_file raises (not False) inside a folder we may not search
+        no_config_json = False
+        notes.append(f"model.base_model = {str(base)!r} cannot be read: {exc.strerror or exc}")
+    if no_config_json:
         notes.append(f"model.base_model = {str(base)!r} has no config.json: not a model folder, or an "
                      "incomplete copy (case 12)")
     if cfg.model.trust_remote_code:

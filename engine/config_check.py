@@ -167,6 +167,12 @@ def looks_like_path(value: str) -> bool:
 def _base_model(value: str, root: Path) -> str:
     if looks_like_path(value):
         where = Path(os.path.normpath(root / Path(value).expanduser()))
+        try:
+            where.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            pass  # the message below
+        except OSError as exc:  # Path.exists raises this one rather than answer False
+            raise BadValue(f"cannot be read ({where}): {exc.strerror or exc}", case=11) from None
         if not where.exists():
             raise BadValue(f"names no such folder ({where}); give an existing folder, a model id, or "
                        f'"{BUILTIN_MODELS[0]}"', case=11)
@@ -290,11 +296,28 @@ def _check_paths(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
             continue  # defaults are distinct, and an absent folder is created at start
         value = out.get("paths", {}).get(name, KEYS["paths"][name].default)
         where = Path(os.path.normpath(root / Path(value).expanduser()))
-        if where.exists() and not where.is_dir():
-            add(f"paths.{name} = {show(value)} names a file ({where}); it must be a folder", "paths", name)
+        why = _folder_problem(where)
+        if why:
+            add(f"paths.{name} = {show(value)} {why}", "paths", name)
         if name == "cache":
             continue  # the cache may share a folder with anything
         if where in seen:
             add(f"paths.{name} = {show(value)} is the same folder as paths.{seen[where]}; each needs "
                 "its own", "paths", name)
         seen[where] = name
+
+
+def _folder_problem(where: Path) -> str | None:
+    """Why ``where`` cannot be (or become) a folder we use, or None. stat only, never raises."""
+    try:
+        if where.is_dir():
+            return None
+        if where.exists():
+            return f"names a file ({where}); it must be a folder"
+        # Created at start; under a file that fails later, far from the config.
+        blocker = next((p for p in where.parents if p.exists()), None)
+    except OSError as exc:  # a parent without search permission: Path.exists raises, not False
+        return f"cannot be checked ({where}): {exc.strerror or exc}"
+    if blocker is not None and not blocker.is_dir():
+        return f"cannot be created: {blocker} is a file, not a folder"
+    return None

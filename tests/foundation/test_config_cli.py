@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from engine.config import default_config_text
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
@@ -217,3 +219,50 @@ def test_named_pipe_with_no_writer_is_refused_not_waited_on_forever(tmp_path: Pa
     proc = run_cli("check-config", str(fifo), timeout=40)
     writer.join(timeout=10)
     assert proc.returncode == 1 and "training.batch_size = 0" in proc.stderr
+
+
+def test_a_path_under_a_file_is_refused_at_check_time(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text('[paths]\nqueue = "afile/q"\nruns = "afile/deep/er/runs"\n')
+    proc = run_cli("check-config", str(cfg))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert f'paths.queue = "afile/q" cannot be created: {tmp_path / "afile"} is a file' in proc.stdout + proc.stderr
+    assert 'paths.runs = "afile/deep/er/runs" cannot be created' in proc.stdout + proc.stderr
+
+
+def _as_unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
+    """`trainconsole ARGS` without the power to bypass file modes: a normal user, or root run
+    through setpriv with its DAC capabilities dropped (a real permission check, not a fake)."""
+    cmd = [sys.executable, "-m", "console.cli", *args]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root reads files whatever their mode, and setpriv is not here to drop that")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+    env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_CONFIG"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_paths_inside_a_folder_that_cannot_be_searched_are_named_not_a_traceback(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    cfg = tmp_path / "config.toml"
+    try:
+        locked.chmod(0)
+        cfg.write_text('[paths]\nqueue = "locked/q"\n')
+        proc = _as_unprivileged("check-config", str(cfg))
+        _no_traceback(proc)
+        assert proc.returncode == 1
+        assert 'paths.queue = "locked/q" cannot be checked' in proc.stdout + proc.stderr
+        cfg.write_text('[model]\nbase_model = "./locked/m"\n')
+        proc = _as_unprivileged("check-config", str(cfg))
+        _no_traceback(proc)
+        assert proc.returncode == 1 and "model.base_model" in proc.stdout + proc.stderr
+        cfg.write_text('[model]\nbase_model = "./locked"\n')
+        proc = _as_unprivileged("check-config", str(cfg))
+        _no_traceback(proc)
+        assert proc.returncode == 0 and "cannot be read" in proc.stdout + proc.stderr
+    finally:
+        locked.chmod(0o755)
