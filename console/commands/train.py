@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from console.commands.validate import check_data_path
 from console.common import load_layout
 from engine.checkpoints import write_json_atomic
-from engine.errors import UsageError
+from engine.errors import ConfigError, UsageError
 from engine.events import EventTail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,12 +98,16 @@ def run(args: argparse.Namespace) -> int:
                          "(up to 64, starting with a letter or digit)")
     job_id = args.job_id or time.strftime("fg-%Y%m%d-%H%M%S")
     run_dir = layout.runs / job_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     spec_path = run_dir / "spec.json"
-    write_json_atomic(spec_path, {
-        "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
-        "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
-    (run_dir / "report.json").unlink(missing_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(spec_path, {
+            "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
+            "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
+        (run_dir / "report.json").unlink(missing_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{run_dir}: cannot prepare the run folder ({exc.strerror or exc}); check "
+                          f"the permissions and free space of paths.runs ({layout.runs})") from None
     progress = Progress(sys.stderr)
     progress.line(f"training {data} as {job_id} (log: {run_dir / 'worker.log'})")
     tail = EventTail(run_dir / "events.jsonl", (run_dir / "events.jsonl").stat().st_size

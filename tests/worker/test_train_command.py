@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 from tests.worker.wutil import arithmetic, new_workspace, write_jsonl
 
 
@@ -68,3 +69,26 @@ def test_train_job_id_cannot_name_a_folder_outside_runs(tmp_path: Path, shared_c
     assert result.returncode == 2 and "--job-id" in result.stderr, result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (ws / "runs").exists() or not any((ws / "runs").iterdir())
+
+
+def test_an_unwritable_runs_folder_is_one_line_naming_it(tmp_path: Path, shared_cache: Path) -> None:
+    ws = new_workspace(tmp_path / "ws", shared_cache)
+    data = write_jsonl(ws / "d.jsonl", arithmetic(8))
+    runs = ws / "runs"
+    runs.mkdir()
+    # root ignores file modes: run it through setpriv without the DAC capabilities (a real denial)
+    cmd = [sys.executable, "-m", "console.cli", "train", str(data)]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root writes anywhere, and setpriv is not here to drop that")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+    runs.chmod(0o555)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_CONFIG"}
+        env["PYTHONPATH"] = str(ROOT)
+        result = subprocess.run(cmd, cwd=ws, env=env, capture_output=True, text=True, timeout=60)
+    finally:
+        runs.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and f"paths.runs ({runs})" in result.stderr
