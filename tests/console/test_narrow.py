@@ -141,3 +141,18 @@ async def test_a_critical_alert_stays_in_sight_above_newer_warnings_until_acknow
             await pilot.pause(0.05)
         assert [a.key for a in alerts.alerts] == ["acc60", "acc45", "acc30", "acc15", "a2", "a1"]
         assert alerts.alerts[-1].acked
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+async def test_a_confirmation_question_wraps_inside_its_box(size: tuple[int, int]) -> None:
+    from textual.widgets import Label
+
+    async with narrow(size=size) as (app, pilot):
+        await pilot.press("S")
+        await pilot.pause()
+        question = app.screen.query_one("#confirm-question", Label)
+        text = " ".join(line.strip() for line in lines(question))
+        assert text.endswith("The running job checkpoints and is requeued."), text
+        box = app.screen.query_one("#confirm-box")
+        assert question.region.right <= box.content_region.right  # not cut by the box
+        await pilot.press("escape")
