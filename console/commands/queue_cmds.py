@@ -100,10 +100,18 @@ def _status(args: argparse.Namespace) -> int:
     engine = _engine_state(layout)
     jobs: list[dict[str, Any]] = []
     paused = False
-    if layout.state_db.exists():
+    try:
+        db_size = layout.state_db.stat().st_size
+    except OSError:
+        db_size = 0
+    # A deleted or emptied database while job files remain: rebuild from the folders (as any
+    # writer would) rather than report an empty queue.
+    lost = not db_size and any(
+        next(folder.glob("j*.json"), None) for folder in (layout.jobs, layout.done, layout.failed))
+    if db_size or lost or layout.state_db.exists():
         from engine.store import Store
 
-        with Store.open(layout, policy=cfg.queue, repair=False) as store:
+        with Store.open(layout, policy=cfg.queue, repair=lost) as store:
             _say_if_rebuilt(store)
             paused, jobs = store.snapshot(time.time())
     counts = {s: 0 for s in ("queued", "held", "running", "done", "failed", "cancelled")}

@@ -151,3 +151,19 @@ def test_job_id_that_is_not_utf8_is_an_unknown_job_not_a_traceback(workspace: Pa
         res = cli(workspace, *args)
         assert res.returncode == 1, (args, res.stderr)
         assert "Traceback" not in res.stderr and "no job" in res.stderr
+
+
+@pytest.mark.edge(58)
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_status_after_the_database_is_deleted_or_emptied_lists_the_jobs_on_disk(
+        workspace: Path, damage: str) -> None:
+    paths = [write_job_file(workspace / f"d{i}.jsonl", f'{{"n": {i}}}\n') for i in range(2)]
+    assert cli(workspace, "add", *map(str, paths)).returncode == 0
+    db = workspace / "queue" / "state.db"
+    for extra in (db.with_name("state.db-wal"), db.with_name("state.db-shm")):
+        extra.unlink(missing_ok=True)
+    db.unlink()
+    if damage == "emptied":
+        db.write_bytes(b"")
+    doc = status_json(workspace)
+    assert [j["id"] for j in doc["jobs"]] == ["j0001", "j0002"] and doc["counts"]["queued"] == 2
