@@ -74,7 +74,9 @@ class AlertList(DataTable[Text]):
         signature = tuple((a.key, a.acked) for a in alerts)
         if signature == self._shown:
             return
-        keep = self.selected_key
+        # The operator's place is kept only while they are in the list; otherwise the cursor
+        # stayed on the first alert ever seen and the list scrolled newer ones out of sight.
+        keep = self.selected_key if self.has_focus else None
         self._shown = signature
         self._room = self._message_room(alerts) if self.size.width else 0
         self.clear(columns=False)

@@ -156,3 +156,26 @@ async def test_a_confirmation_question_wraps_inside_its_box(size: tuple[int, int
         box = app.screen.query_one("#confirm-box")
         assert question.region.right <= box.content_region.right  # not cut by the box
         await pilot.press("escape")
+
+
+async def test_new_alerts_show_at_the_top_while_the_alerts_panel_is_not_in_use() -> None:
+    """The cursor sat on the first alert ever seen and the panel scrolled to keep it in view, so
+    every newer alert (the broken file's, in the demo) slid out of the three visible rows."""
+    client = ScriptedClient()
+    critical = client.alerts.pop()  # at first only the warning (as the demo's NVML one)
+    async with narrow(client, size=(100, 30)) as (app, pilot):
+        alerts = app.query_one(AlertList)
+        for n in range(6):
+            with client.lock:
+                client.alerts.insert(0, AlertRow(f"w{n}", 69, "warning", "j0002", T0 + n,
+                                                 f"warning number {n}"))
+                if n == 2:
+                    client.alerts.insert(0, critical)
+            app._start_poll()
+            for _ in range(40):
+                if alerts.row_count == len(client.alerts):
+                    break
+                await pilot.pause(0.05)
+        await pilot.pause()
+        shown = [line for line in lines(alerts) if line.strip()]
+        assert "#4" in shown[1] and "warning number 5" in shown[2], shown  # shown[0]: the header
