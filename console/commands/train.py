@@ -9,7 +9,9 @@ never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctr
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,7 +23,7 @@ from typing import Any, TextIO
 from console.commands.validate import check_data_path
 from console.common import load_layout
 from engine.checkpoints import write_json_atomic
-from engine.errors import ConfigError, UsageError
+from engine.errors import ConfigError, TrainconsoleError, UsageError
 from engine.events import EventTail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,22 +55,28 @@ class Progress:
         loss = event.get("loss")
         text = f"step {step}/{total} loss {loss} lr {event.get('lr', 0):.2e} {event.get('tokens_per_s', 0)} tok/s"
         if self.tty:
-            self.out.write(f"\r{_bar(step, total)} {text}\x1b[K")
+            self._write(f"\r{_bar(step, total)} {text}\x1b[K")
             self.open_line = True
         else:
             tenth = 10 * step // total if total else step
             if tenth == self.last_tenth:
                 return
             self.last_tenth = tenth
-            self.out.write(text + "\n")
-        self.out.flush()
+            self._write(text + "\n")
 
     def line(self, text: str) -> None:
         if self.open_line:
-            self.out.write("\n")
+            self._write("\n")
             self.open_line = False
-        self.out.write(text + "\n")
-        self.out.flush()
+        self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        try:
+            self.out.write(text)
+            self.out.flush()
+        except OSError:  # the terminal hung up: keep following the worker to its end, silently
+            self.out = open(os.devnull, "w")  # noqa: SIM115
+            self.tty = False
 
 
 def _show(events: list[dict[str, Any]], progress: Progress) -> None:
@@ -86,6 +94,23 @@ def _show(events: list[dict[str, Any]], progress: Progress) -> None:
             progress.line(event["message"])
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _lock_run(run_dir: Path) -> int:
+    """An flock on the run folder: two workers on one folder would interleave its checkpoints and
+    publish the job's adapter twice."""
+    fd = os.open(run_dir / "train.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TrainconsoleError(f"{run_dir} is in use by another `trainconsole train` (or its worker); "
+                                "wait for it to finish, or choose another --job-id") from None
+    return fd
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, layout = load_layout(args)
     data = Path(args.file).expanduser()
@@ -101,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     spec_path = run_dir / "spec.json"
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock_run(run_dir)
         write_json_atomic(spec_path, {
             "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
             "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
@@ -112,9 +138,17 @@ def run(args: argparse.Namespace) -> int:
     progress.line(f"training {data} as {job_id} (log: {run_dir / 'worker.log'})")
     tail = EventTail(run_dir / "events.jsonl", (run_dir / "events.jsonl").stat().st_size
                      if (run_dir / "events.jsonl").exists() else 0)
+    # A closed terminal (SIGHUP) or a plain kill stops the worker the way Ctrl-C does, rather than
+    # leaving it to run on unwatched.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
     with open(run_dir / "worker.log", "ab") as log:
+        # The worker inherits the run folder's lock, so it stays held for as long as the worker
+        # lives, even if this process is killed.
         proc = subprocess.Popen([sys.executable, "-m", "engine.train.worker", str(spec_path)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                pass_fds=(lock_fd,))
+        os.close(lock_fd)
         interrupts = 0
         while True:
             try:

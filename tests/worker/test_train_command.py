@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,32 @@ def test_an_unwritable_runs_folder_is_one_line_naming_it(tmp_path: Path, shared_
         runs.chmod(0o755)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and f"paths.runs ({runs})" in result.stderr
+
+
+@pytest.mark.timeout(240)
+def test_one_worker_per_run_folder_and_a_hangup_stops_the_worker(tmp_path: Path, shared_cache: Path) -> None:
+    ws = new_workspace(tmp_path / "ws", shared_cache, training__max_steps=2000, training__save_steps=1000)
+    data = write_jsonl(ws / "d.jsonl", arithmetic(30))
+    env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, "-m", "console.cli", "train", str(data), "--job-id", "twice"]
+    first = subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    heartbeat = ws / "runs" / "twice" / "heartbeat.json"
+    try:
+        deadline = time.monotonic() + 180
+        while not heartbeat.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert heartbeat.exists(), "the first worker never started a step"
+        worker_pid = json.loads(heartbeat.read_text())["pid"]
+        second = run_cli("train", str(data), "--job-id", "twice", cwd=ws, timeout=60)
+        assert second.returncode == 1 and "in use by another" in second.stderr, second.stderr
+        first.send_signal(signal.SIGHUP)  # the terminal closed
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 1 and "--job-id twice to resume" in err, err
+    report = json.loads((ws / "runs" / "twice" / "report.json").read_text())
+    assert report["status"] == "interrupted"
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
