@@ -47,7 +47,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, int):
         return "an integer"
     if isinstance(value, float):
-        return "a decimal number" if math.isfinite(value) else "not a finite number"
+        return "a decimal number" if math.isfinite(value) else "an infinite or NaN number"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):

@@ -89,6 +89,12 @@ def test_every_problem_is_reported_on_its_own_line() -> None:
     assert len(exc.message.splitlines()) == 4
 
 
+@pytest.mark.parametrize("value", ["1e400", "nan", "-inf"])
+def test_a_non_finite_float_for_an_integer_key_reads_plainly(value: str) -> None:
+    exc = _problems(f"[training]\nmax_steps = {value}\n")
+    assert "not an infinite or NaN number" in exc.message and "not not" not in exc.message
+
+
 @pytest.mark.edge(35)
 def test_batch_size_zero_is_case_35() -> None:
     exc = _problems("[training]\nbatch_size = 0\n")
