@@ -266,3 +266,16 @@ def test_paths_inside_a_folder_that_cannot_be_searched_are_named_not_a_traceback
         assert proc.returncode == 0 and "cannot be read" in proc.stdout + proc.stderr
     finally:
         locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["init", "--help"]])
+def test_help_into_a_closed_pipe_is_not_a_traceback(args: list[str]) -> None:
+    # `trainconsole --help | head -1`: the reader is gone before the help is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=ROOT, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
