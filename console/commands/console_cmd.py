@@ -42,6 +42,24 @@ def _shown_config(path: Path) -> str:
     return "" if str(rel) == "config.toml" else f" --config {rel}"
 
 
+def start_engine(path: Path) -> str:
+    """Start the engine detached; "" or why it did not start. The console opens either way and
+    shows the engine as not running, and why (a queue folder it cannot create, for one)."""
+    from engine.lock import start_detached
+
+    try:
+        start_detached(path)
+    except TrainconsoleError as exc:
+        notice = exc.message
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        notice = f"could not start the engine: cannot create or open{where}: {exc.strerror or exc}"
+    else:
+        return ""
+    print(f"trainconsole: {notice}", file=sys.stderr, flush=True)
+    return notice
+
+
 def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refresh: float) -> int:
     if refresh < MIN_REFRESH_S:
         raise UsageError(f"--refresh {refresh}: must be at least {MIN_REFRESH_S} seconds")
@@ -50,17 +68,12 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
         raise UsageError("the console needs a terminal (use `ssh -t`); "
                          "`trainconsole status` prints the queue without one")
     layout = cfg.layout()
-    from engine.lock import engine_running, start_detached
+    from engine.lock import engine_running
 
     notice = ""
     if start and not readonly and engine_running(layout) is None:
         print(f"starting the engine for {layout.queue} …", flush=True)
-        try:
-            start_detached(path)
-        except TrainconsoleError as exc:
-            # The console still opens: it shows the engine as not running, and why.
-            notice = exc.message
-            print(f"trainconsole: {exc.message}", file=sys.stderr, flush=True)
+        notice = start_engine(path)
     from console.app import TrainConsole
     from console.client import WorkspaceClient
 

@@ -68,7 +68,12 @@ def prepare(root: Path) -> tuple[Path, bool]:
 
 def run(args: argparse.Namespace) -> int:
     root = Path(args.dir).expanduser().absolute()
-    config, queued = prepare(root)
+    try:
+        config, queued = prepare(root)
+    except OSError as exc:  # a read-only folder, a path through a file: the operator's to fix
+        where = exc.filename or root
+        raise UsageError(f"--dir {args.dir}: cannot set up the demo workspace at {where}: "
+                         f"{exc.strerror or exc}") from None
     names = ", ".join(name for name, _ in demo_files())
     print(f"demo workspace: {root}")
     print(f"sample data {'queued' if queued else 'already queued'}: {names}")

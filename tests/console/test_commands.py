@@ -138,3 +138,26 @@ def test_console_exits_when_its_terminal_dies_without_a_sighup(workspace: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_demo_dir_under_a_file_is_a_clear_message_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    out = run_cli("demo", "--dir", "afile/ws", "--no-console", cwd=tmp_path, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"cannot set up the demo workspace at {tmp_path / 'afile' / 'ws'}" in out.stderr
+
+
+def test_an_engine_that_cannot_make_its_queue_folder_is_a_notice(tmp_path: Path) -> None:
+    """`trainconsole` where the queue folder cannot be created: the console opens with the reason
+    on screen instead of a traceback. /proc refuses new folders even to root, as a read-only
+    mount would; the config check lets it through (its parent exists)."""
+    from console.commands.console_cmd import start_engine
+    from engine.config import default_config_text, set_value
+
+    config = tmp_path / "config.toml"
+    config.write_text(default_config_text())
+    queue = f"/proc/trainconsole-test-{os.getpid()}"
+    set_value(config, "paths.queue", queue)
+    notice = start_engine(config)
+    assert notice.startswith("could not start the engine") and queue in notice
