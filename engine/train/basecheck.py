@@ -173,6 +173,12 @@ def check_files(cfg: Any, max_length: int) -> BaseModel:
     return BaseModel(folder, config, fingerprint(cfg, config_bytes, config), use_safetensors, context)
 
 
+def _brief(exc: BaseException, limit: int) -> str:
+    """A library's multi-line message as one line: the report and the console show one line."""
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def load_tokenizer(cfg: Any, base: BaseModel) -> Any:
     """The tokenizer, checked against the embedding size and for a chat template (case 40)."""
     from transformers import AutoTokenizer
@@ -183,7 +189,8 @@ def load_tokenizer(cfg: Any, base: BaseModel) -> Any:
             revision=cfg.model.revision or None)
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{_key(cfg)}: the tokenizer in {base.path} does not load "
-                          f"({exc.__class__.__name__}: {str(exc)[:200]})", case=40) from None
+                          f"({_brief(exc, 200)}); re-copy its tokenizer files (tokenizer.json, "
+                          "tokenizer_config.json)", case=40) from None
     vocab = base.fingerprint["vocab"]
     if isinstance(vocab, int) and len(tokenizer) > vocab:
         raise ConfigError(
@@ -214,7 +221,7 @@ def load_model(cfg: Any, base: BaseModel, *, dtype: Any) -> Any:
         if isinstance(exc, torch.AcceleratorError):
             raise
         raise ConfigError(f"{_key(cfg)}: the weights in {base.path} do not load "
-                          f"({exc.__class__.__name__}: {str(exc)[:300]})", case=12) from None
+                          f"({_brief(exc, 300)})", case=12) from None
     rows = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[index]
     vocab = base.fingerprint["vocab"]
     if isinstance(vocab, int) and rows < vocab:

@@ -115,6 +115,16 @@ def test_tokenizer_larger_than_the_embedding_is_refused(model_copy: Path, tmp_pa
 
 
 @pytest.mark.edge(40)
+def test_missing_tokenizer_file_is_one_line_saying_what_to_recopy(model_copy: Path, tmp_path: Path,
+                                                                  shared_cache: Path) -> None:
+    (model_copy / "tokenizer.json").unlink()
+    ws = new_workspace(tmp_path / "ws", shared_cache, model__base_model=str(model_copy))
+    report, _ = failing_run(ws)
+    assert report["case"] == 40 and "tokenizer.json" in report["message"]
+    assert "\n" not in report["message"]
+
+
+@pytest.mark.edge(40)
 def test_tokenizer_without_chat_template_is_refused(model_copy: Path, tmp_path: Path,
                                                     shared_cache: Path) -> None:
     from transformers import AutoTokenizer
