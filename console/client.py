@@ -196,9 +196,13 @@ class WorkspaceClient:
 
         info = engine_running(self.layout)
         if info is None:
+            # The console has no start key: opening it is what starts an engine (not read-only).
+            # Short: at 80 columns the status line has room for little more.
+            hint = "" if self.readonly else "reopen the console to start it"
             if read_pidfile(self.layout) is not None:
-                return EngineView("stopped", detail="the engine exited (stale pid file)")
-            return EngineView("not running")
+                return EngineView("stopped", detail=f"it exited; {hint}" if hint
+                                  else "the engine exited (stale pid file)")
+            return EngineView("not running", detail=hint)
         uptime = max(0.0, time.time() - info.start_time)
         return EngineView("paused" if paused else "running", pid=info.pid, uptime_s=uptime,
                           step_rate=running_rate)

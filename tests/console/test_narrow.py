@@ -179,3 +179,28 @@ async def test_new_alerts_show_at_the_top_while_the_alerts_panel_is_not_in_use()
         await pilot.pause()
         shown = [line for line in lines(alerts) if line.strip()]
         assert "#4" in shown[1] and "warning number 5" in shown[2], shown  # shown[0]: the header
+
+
+def test_a_stopped_engine_says_how_to_start_it_within_80_columns(workspace: Path) -> None:
+    from console.snapshot import Snapshot
+    from console.widgets.engine_state import render_state
+
+    cfg = load_config(workspace / "config.toml")
+    layout = cfg.layout()
+    layout.ensure()
+    layout.pidfile.write_text('{"pid": 999999, "start_time": 1.0, "started_at": "then"}')
+    for readonly, wanted in ((False, "reopen the console to start it"), (True, "stale pid file")):
+        client = WorkspaceClient(cfg, readonly=readonly)
+        try:
+            engine = client.snapshot(None, 40).engine
+        finally:
+            client.close()
+        assert engine.state == "stopped" and wanted in engine.detail
+        line = render_state(Snapshot(engine=engine), readonly, "").plain
+        assert len(line) <= 78 or readonly  # the 80-column status line, less its padding
+    layout.pidfile.unlink()
+    client = WorkspaceClient(cfg)
+    try:
+        assert client.snapshot(None, 40).engine.detail == "reopen the console to start it"
+    finally:
+        client.close()
