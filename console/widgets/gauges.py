@@ -47,14 +47,28 @@ def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
             Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
 
 
-def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int) -> list[Text]:
+def gpu_line(gpu: GpuSample, width: int) -> Text:
+    """One GPU on one line (utilisation bar, memory, temperature), when three lines each would
+    push RAM and disk out of a short panel."""
+    util = None if gpu.util_pct is None else gpu.util_pct / 100
+    tail = f" {_num(gpu.util_pct, '%'):>4} {_gb(gpu.mem_used_mb)[:-1]}/{_gb(gpu.mem_total_mb)} {_num(gpu.temp_c, '°C')}"
+    head = Text(f"GPU{gpu.index} ", style="bold")
+    return head + bar(util, max(4, width - head.cell_len - len(tail))) + Text(tail)
+
+
+def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int,
+                  height: int | None = None) -> list[Text]:
+    """The panel's lines; given ``height``, GPUs take one line each when three would not leave
+    room for RAM, swap and disk (80x24 leaves six lines)."""
     width = max(20, width)
     out: list[Text] = []
     if sample is None:
         return [Text("sampling…", style="dim")]
     if sample.gpu_state == "ok" and sample.gpus:
+        rest = 2 + len({int(free) for free in sample.disk_free_mb.values()})
+        roomy = height is None or 3 * len(sample.gpus) + rest <= height
         for gpu in sample.gpus:
-            out += gpu_lines(gpu, width)
+            out += gpu_lines(gpu, width) if roomy else [gpu_line(gpu, width)]
     else:
         head, why = NO_GPU_TEXT.get(sample.gpu_state, ("no GPU: training on CPU", ""))
         style = "bold red" if sample.gpu_state == "error" else "bold yellow"
@@ -84,6 +98,7 @@ class Gauges(Vertical):
     Lines are fixed-size, so an update never needs a layout pass."""
 
     DEFAULT_CSS = """
+    Gauges { overflow-y: auto; }  /* more GPUs than rows even one line each: a scrollbar says so */
     Gauges > Static { height: 1; }
     """
 
@@ -104,7 +119,8 @@ class Gauges(Vertical):
         return "\n".join(line.plain for line in self._lines)
 
     def _draw(self) -> None:
-        lines = render_gauges(*self._args, width=self.content_size.width or 36)
+        lines = render_gauges(*self._args, width=self.content_size.width or 36,
+                              height=self.content_size.height or None)
         if lines == self._lines:
             return
         widgets = list(self.query_children(Static))

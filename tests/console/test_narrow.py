@@ -204,3 +204,17 @@ def test_a_stopped_engine_says_how_to_start_it_within_80_columns(workspace: Path
         assert client.snapshot(None, 40).engine.detail == "reopen the console to start it"
     finally:
         client.close()
+
+
+@pytest.mark.edge(27)
+@pytest.mark.parametrize("gpus", [1, 2])
+async def test_ram_and_disk_stay_in_sight_with_gpus_at_80x24(gpus: int) -> None:
+    from console.widgets.gauges import Gauges
+
+    async with narrow(ScriptedClient(gpus=gpus)) as (app, pilot):
+        gauges = app.query_one(Gauges)
+        await pilot.pause()
+        text = gauges.text
+        assert len(text.splitlines()) <= gauges.content_size.height, text
+        assert "RAM" in text and "disk queue" in text and f"GPU{gpus - 1}" in text
+        assert "87%" in text  # GPU0's utilisation, one line or three
