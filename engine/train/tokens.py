@@ -187,11 +187,40 @@ def token_counter(tokenizer: Any) -> Any:
     def count(examples: Sequence[Any]) -> list[int]:
         texts, _spans, _errors = render_batch([_as_dicts(e.messages)[0] for e in examples], tokenizer,
                                               spans=False)
-        encs = _backend(tokenizer).encode_batch_fast(
-            [t if t is not None else "" for t in texts], add_special_tokens=False)
-        return [len(e.ids) if t is not None else 0 for e, t in zip(encs, texts, strict=True)]
+        backend = _backend(tokenizer)
+        encs = backend.encode_batch_fast(
+            [t if t is not None and len(t) <= LONG_TEXT else "" for t in texts], add_special_tokens=False)
+        return [0 if t is None else _count_long(backend, t) if len(t) > LONG_TEXT else len(e.ids)
+                for e, t in zip(encs, texts, strict=True)]
 
     return count
+
+
+# An encoding costs ~150 bytes a token (ids, offsets, token strings): a 10 MB line would take over
+# 1.5 GB in one piece. Longer texts are counted piece by piece, in bounded memory.
+LONG_TEXT = 1 << 20  # characters
+_PIECE = 1 << 16
+_PIECES_AT_ONCE = 8  # encoded together, in parallel
+
+
+def _count_long(backend: Any, text: str) -> int:
+    """Token count of a very long text, in pieces cut before a space: the pre-tokenizer splits
+    there anyway, so ordinary text counts exactly; a run with no space is cut where it must be
+    (off by a token or so per cut, for a text already far over any max_length)."""
+    pieces: list[str] = []
+    total, start = 0, 0
+    while start < len(text):
+        end = min(start + _PIECE, len(text))
+        if end < len(text):
+            cut = text.rfind(" ", start + 1, end)
+            if cut > start:
+                end = cut
+        pieces.append(text[start:end])
+        start = end
+        if len(pieces) == _PIECES_AT_ONCE or start >= len(text):
+            total += sum(len(e.ids) for e in backend.encode_batch_fast(pieces, add_special_tokens=False))
+            pieces = []
+    return total
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

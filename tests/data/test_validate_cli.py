@@ -234,3 +234,29 @@ def test_token_statistics_are_the_same_from_several_processes(workspace: Path, t
         one = validate_file(CORPUS / name, cfg, tokenizer=counter, workers=1)
         several = validate_file(CORPUS / name, cfg, tokenizer=counter, workers=3)
         assert one == several and one.tokens is not None and one.tokens.examples == one.valid
+
+
+PEAK = """
+import resource, sys
+from console.cli import main
+code = main(sys.argv[1:])
+sys.stdout.flush()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.edge(80)
+def test_token_counts_of_a_line_of_millions_of_tokens_stay_in_bounded_memory(
+        workspace: Path, tiny_model: Path) -> None:
+    # One encoding costs ~150 bytes a token: in one piece this line took about a gigabyte.
+    path = workspace / "long.jsonl"
+    msgs = [{"role": "user", "content": "a" * 3_000_000 + " b" * 1_500_000},
+            {"role": "assistant", "content": "ok"}]
+    path.write_text(json.dumps({"messages": msgs}) + "\n")
+    done = subprocess.run([sys.executable, "-c", PEAK, "validate", "--json", str(path)], cwd=workspace,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tokens = _json(done)["files"][0]["tokens"]
+    assert tokens["max"] > 3_000_000
+    assert int(done.stderr.strip().splitlines()[-1]) < 450, done.stderr
