@@ -32,8 +32,13 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-box"):
             yield Static("[b]trainconsole keys[/b]" + ("  (read-only)" if self.readonly else ""))
             yield Static(help_table(self.readonly))
-            yield Static("[dim]q quits the console only: training goes on. "
-                         "Priority, hold and retry apply to the selected job.[/dim]")
+            yield Static(f"[dim]q quits the console only: training goes on. {self._note()}[/dim]",
+                         id="help-note")
+
+    def _note(self) -> str:
+        if self.readonly:
+            return "This console is read-only: no key changes the queue or the engine."
+        return "Priority, hold and retry apply to the selected job."
 
     def action_dismiss_help(self) -> None:
         self.dismiss(None)

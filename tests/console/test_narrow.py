@@ -218,3 +218,13 @@ async def test_ram_and_disk_stay_in_sight_with_gpus_at_80x24(gpus: int) -> None:
         assert len(text.splitlines()) <= gauges.content_size.height, text
         assert "RAM" in text and "disk queue" in text and f"GPU{gpus - 1}" in text
         assert "87%" in text  # GPU0's utilisation, one line or three
+
+
+async def test_the_read_only_help_does_not_speak_of_keys_it_hides() -> None:
+    from textual.widgets import Static
+
+    async with narrow(readonly=True) as (app, pilot):
+        await pilot.press("question_mark")
+        await pilot.pause()
+        note = str(app.screen.query_one("#help-note", Static).render())
+        assert "read-only" in note and "retry" not in note
