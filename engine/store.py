@@ -413,12 +413,22 @@ class Store:
             row = self._row(job_id)
             if row["status"] not in ("failed", "cancelled", "queued"):
                 raise QueueError(f"{job_id} is {row['status']}; only a failed or cancelled job can be retried")
+            data = folder_for(self.layout, row["status"]) / row["filename"]
+            if not data.is_file():
+                # Queued again it could only fail: the engine's copy is all a job ever reads.
+                raise QueueError(f"{job_id}: its data file {data} is gone, so it cannot be retried; "
+                                 "add the file again with `trainconsole add`")
             return self._update(row, after, status="queued", attempts=0, next_attempt_at=None,
                                 error_class=None, error=None, queued_at=self.clock(), finished_at=None)
 
     def retry_all_failed(self) -> list[Job]:
-        """Every failed job, retried; an empty list when there is none (case 57)."""
-        return [self.retry(job.id) for job in self.jobs(["failed"])]
+        """Every failed job, retried; an empty list when there is none (case 57). A job whose data
+        file is gone is left failed (``retry`` says why), not a reason to stop half-way."""
+        retried = []
+        for job in self.jobs(["failed"]):
+            with contextlib.suppress(QueueError):
+                retried.append(self.retry(job.id))
+        return retried
 
     def cancel(self, job_id: str, *, worker_stopped: bool = False) -> Job:
         """A queued or held job is cancelled at once (its file goes to failed/). A running one is

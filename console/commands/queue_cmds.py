@@ -215,19 +215,27 @@ def _add(args: argparse.Namespace) -> int:
 
 def _retry(args: argparse.Namespace) -> int:
     from engine.errors import UsageError
+    from engine.store import QueueError
 
     if bool(args.job) == bool(args.all_failed):
         raise UsageError("give one job id, or --all-failed (e.g. `trainconsole retry j0003`)")
     _, store = _open(args)
     with store:
         if args.all_failed:
-            jobs = store.retry_all_failed()
-            if not jobs:
+            failed = store.jobs(["failed"])
+            if not failed:
                 print("no failed jobs to retry")
                 return 0
-            for job in jobs:
+            code = 0
+            for job in failed:
+                try:
+                    store.retry(job.id)
+                except QueueError as exc:  # its data file is gone: say so, retry the others
+                    print(f"trainconsole: {exc.message}", file=sys.stderr)
+                    code = 1
+                    continue
                 print(f"{job.id}  queued again (attempts reset)")
-            return 0
+            return code
         job = store.retry(args.job)
         print(f"{job.id}  queued again (attempts reset)")
     return 0

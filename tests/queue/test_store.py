@@ -216,3 +216,16 @@ def test_reopen_keeps_everything(layout: Layout, tmp_path: Path, clock: Clock, p
         job = st.require(job_id)
         assert (job.name, job.priority, job.status, job.attempts) == ("we ird 'name'.jsonl", "low", "running", 1)
         assert st.paused()
+
+
+@pytest.mark.edge(57)
+def test_a_failed_job_whose_data_file_is_gone_is_not_retried(store: Store, tmp_path: Path) -> None:
+    gone, kept = add(store, tmp_path, "gone.jsonl"), add(store, tmp_path, "kept.jsonl")
+    for job_id in (gone, kept):
+        store.start(job_id)
+        store.fail_attempt(job_id, ErrorClass.DATA, "bad")
+    (store.layout.failed / store.require(gone).path.name).unlink()
+    with pytest.raises(QueueError, match="is gone"):
+        store.retry(gone)
+    assert [j.id for j in store.retry_all_failed()] == [kept]
+    assert store.require(gone).status == "failed" and store.require(kept).status == "queued"
