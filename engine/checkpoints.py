@@ -35,6 +35,7 @@ FORMAT_VERSION: Final = 1
 MANIFEST: Final = "manifest.json"
 PREFIX: Final = "checkpoint-"
 STAGING_PREFIX: Final = ".staging-"
+PRUNED_PREFIX: Final = STAGING_PREFIX + "pruned-"
 QUARANTINE: Final = "quarantine"
 TRAINER_STATE: Final = "trainer_state.json"
 ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
@@ -347,6 +348,9 @@ def scan(
     if not root.is_dir():
         return None, rejected
     for leftover in sorted(root.glob(STAGING_PREFIX + "*")):
+        if leftover.name.startswith(PRUNED_PREFIX):
+            shutil.rmtree(leftover, ignore_errors=True)  # an old checkpoint a kill interrupted deleting
+            continue
         rejected.append(Rejection(leftover, 20, "a save that was interrupted before its manifest"))
     chosen: Checkpoint | None = None
     for _, path in list_checkpoints(root):
@@ -372,6 +376,10 @@ def prune(root: Path, *, keep_last: int, keep_steps: Iterable[int] = ()) -> list
     for index, (step, path) in enumerate(list_checkpoints(root)):
         if index < keep_last or step in keep or not (path / MANIFEST).is_file():
             continue
-        shutil.rmtree(path)
+        # Renamed first so a kill mid-delete leaves a staging folder (swept), never a
+        # half-emptied checkpoint-N that a later scan would have to quarantine.
+        doomed = path.with_name(f"{PRUNED_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
         removed.append(path)
     return removed

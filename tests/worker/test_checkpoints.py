@@ -197,6 +197,20 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
                                                           "checkpoint-8"]
 
 
+@pytest.mark.edge(15)
+def test_a_prune_killed_mid_delete_leaves_no_half_empty_checkpoint(ckroot: Path) -> None:
+    """Pruning renames before it deletes: a kill mid-delete leaves a pruned staging folder, which
+    the next scan removes silently instead of meeting an emptied checkpoint-4 (case 15)."""
+    doomed = ckroot / f"{ckpt.PRUNED_PREFIX}checkpoint-4-999999-deadbeef"
+    (ckroot / "checkpoint-4").rename(doomed)
+    (doomed / ckpt.MANIFEST).unlink()  # the delete got this far before the kill
+    chosen, rejected, alerts = scan(ckroot)
+    assert chosen is not None and chosen.step == 8
+    assert rejected == [] and alerts == []
+    assert not doomed.exists()
+    assert not (ckroot / ckpt.QUARANTINE).exists()
+
+
 def test_verify_answers_any_manifest_without_raising(tmp_path: Path) -> None:
     """A hand-edited or garbage manifest is judged, never an exception that stops the scan."""
     from hypothesis import HealthCheck, given, settings
