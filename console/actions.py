@@ -4,6 +4,9 @@ the selected job is decided here too (``_applies``), for the footer, the palette
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections import deque
 from typing import Any, TypeVar
 
 from textual import on, work
@@ -43,6 +46,12 @@ class ConsoleActions(App[None]):
     follow: bool
     poll_interval: float
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._act_lock = threading.Lock()
+        self._pending: deque[tuple[str, str, tuple[Any, ...]]] = deque()
+        self._acting = False
+
     def _start_poll(self) -> None:
         raise NotImplementedError
 
@@ -74,21 +83,49 @@ class ConsoleActions(App[None]):
             return True if self.snapshot.engine.state in ("running", "paused") else None
         return True
 
-    @work(thread=True, exit_on_error=False, group="act")
     def _act(self, label: str, method: str, *args: Any) -> None:
-        try:
-            result = getattr(self.client, method)(*args)
-        except Exception as exc:  # noqa: BLE001 - the store says why (e.g. job not in that state)
-            self.post_message(ActionDone(str(exc) or f"{label} failed", ok=False))
-            return
-        if method == "retry_all_failed":
-            label = f"retried {result} failed job{'s' if result != 1 else ''}"
-        self.post_message(ActionDone(label, ok=True))
+        """Queue a change for the store. One thread applies them in the order the keys were
+        pressed: `p p` must pause then resume, never the other way round."""
+        with self._act_lock:
+            self._pending.append((label, method, args))
+            start = not self._acting
+            self._acting = True
+        if start:
+            self._apply_pending()
+
+    @work(thread=True, exit_on_error=False, group="act")
+    def _apply_pending(self) -> None:
+        while True:
+            with self._act_lock:
+                if not self._pending:
+                    self._acting = False
+                    return
+                label, method, args = self._pending.popleft()
+            try:
+                result = getattr(self.client, method)(*args)
+            except Exception as exc:  # noqa: BLE001 - the store says why (e.g. job not in that state)
+                self.post_message(ActionDone(str(exc) or f"{label} failed", ok=False))
+                continue
+            if method == "retry_all_failed":
+                label = f"retried {result} failed job{'s' if result != 1 else ''}"
+            self.post_message(ActionDone(label, ok=True))
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity="information" if message.ok else "error",
                     timeout=3 if message.ok else 8)
         self._start_poll()
+
+    def _assume(self, job_id: str | None = None, /, **changes: Any) -> None:
+        """Take an asked change as done until the next poll says otherwise, so a key pressed
+        twice before that poll acts on the new state (p p pauses and resumes; + + goes two
+        levels) instead of repeating the first request."""
+        if job_id is None:
+            self.snapshot = dataclasses.replace(self.snapshot, **changes)
+        else:
+            jobs = tuple(dataclasses.replace(j, **changes) if j.id == job_id else j
+                         for j in self.snapshot.jobs)
+            self.snapshot = dataclasses.replace(self.snapshot, jobs=jobs)
+        self._refresh_keys()
 
     def _job_action(self, action: str) -> JobRow | None:
         job = self.selected_job
@@ -112,11 +149,13 @@ class ConsoleActions(App[None]):
         if level == job.priority:
             self.notify(f"{job.id} is already {level} priority", timeout=2)
             return
+        self._assume(job.id, priority=level)
         self._act(f"{job.id} priority {level}", "set_priority", job.id, level)
 
     def action_priority_top(self) -> None:
         job = self._job_action("priority_top")
         if job is not None:
+            self._assume(job.id, priority="high")
             self._act(f"{job.id} priority high", "set_priority", job.id, "high")
 
     def action_hold(self) -> None:
@@ -124,8 +163,10 @@ class ConsoleActions(App[None]):
         if job is None:
             return
         if job.status == "held":
+            self._assume(job.id, status="queued")
             self._act(f"{job.id} released", "release", job.id)
         else:
+            self._assume(job.id, status="held")
             self._act(f"{job.id} held", "hold", job.id)
 
     def action_retry(self) -> None:
@@ -155,6 +196,7 @@ class ConsoleActions(App[None]):
         if self.readonly:
             return
         paused = not self.snapshot.paused
+        self._assume(paused=paused)
         self._act("queue paused: the running job finishes, no new one starts" if paused
                   else "queue resumed", "set_paused", paused)
 

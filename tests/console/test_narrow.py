@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from textual.widget import Widget
 
 from console.app import TrainConsole
 from console.client import WorkspaceClient
-from console.snapshot import AlertRow
+from console.snapshot import AlertRow, Snapshot
 from console.widgets.alerts import AlertList
 from console.widgets.engine_state import EngineState
 from console.widgets.queue_table import QueueTable
@@ -182,7 +183,6 @@ async def test_new_alerts_show_at_the_top_while_the_alerts_panel_is_not_in_use()
 
 
 def test_a_stopped_engine_says_how_to_start_it_within_80_columns(workspace: Path) -> None:
-    from console.snapshot import Snapshot
     from console.widgets.engine_state import render_state
 
     cfg = load_config(workspace / "config.toml")
@@ -228,3 +228,38 @@ async def test_the_read_only_help_does_not_speak_of_keys_it_hides() -> None:
         await pilot.pause()
         note = str(app.screen.query_one("#help-note", Static).render())
         assert "read-only" in note and "retry" not in note
+
+
+class SlowPolls(ScriptedClient):
+    """Polls wait at a gate the test holds shut; changes go through at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def snapshot(self, focus: str | None, width: int) -> Snapshot:
+        self.gate.wait(30)
+        return super().snapshot(focus, width)
+
+
+async def test_a_key_pressed_twice_before_the_next_poll_acts_twice() -> None:
+    """`p p` pauses then resumes, `h h` holds then releases, `+ +` raises two levels: each press
+    acts on the state the previous one asked for, not on the last poll's."""
+    client = SlowPolls()
+    async with narrow(client) as (app, pilot):
+        app.follow = False
+        table = app.query_one(QueueTable)
+        table.move_cursor(row=table.get_row_index("j0004"))  # held, low priority
+        await pilot.pause()
+        client.gate.clear()  # as on a loaded machine: no poll lands between the presses
+        await pilot.press("p", "p", "h", "h", "plus", "plus")
+        client.gate.set()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert [c for c in client.calls if c[0] == "set_paused"] == [("set_paused", True),
+                                                                    ("set_paused", False)]
+        assert ("release", "j0004") in client.calls and ("hold", "j0004") in client.calls
+        assert [c for c in client.calls if c[0] == "set_priority"] == [
+            ("set_priority", "j0004", "normal"), ("set_priority", "j0004", "high")]
+        assert not client.paused and client.jobs["j0004"].priority == "high"
