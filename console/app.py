@@ -263,6 +263,16 @@ class TrainConsole(ConsoleActions):
         # The table takes `enter` for itself; selecting a row is the same request.
         self.action_detail()
 
+    @on(DataTable.RowSelected, "#alerts")
+    def _alert_chosen(self) -> None:
+        # The panel ends a long message in "…": enter on it shows the whole text.
+        alerts = self._main(AlertList)
+        alert = next((a for a in alerts.alerts if a.key == alerts.selected_key), None)
+        if alert is not None:
+            case = f"case {alert.case}, " if alert.case is not None else ""
+            self.notify(alert.message, title=f"{case}{alert.severity}, {alert.job_id or 'engine'}",
+                        severity="error" if alert.severity == "critical" else "warning", timeout=20)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in keymap.MUTATING_ACTIONS and self.readonly:
             return False

@@ -86,5 +86,6 @@ def help_rows(readonly: bool) -> list[tuple[str, str, bool]]:
         seen.add(k.action)
         rows.append((shown, k.long or k.description, k.mutating))
     rows.append(("ctrl+p", "command palette", False))
+    rows.append(("tab", "to the alerts and back (enter on an alert shows it whole)", False))
     rows.append(("escape", "clear filter / close", False))
     return rows

@@ -263,3 +263,14 @@ async def test_a_key_pressed_twice_before_the_next_poll_acts_twice() -> None:
         assert [c for c in client.calls if c[0] == "set_priority"] == [
             ("set_priority", "j0004", "normal"), ("set_priority", "j0004", "high")]
         assert not client.paused and client.jobs["j0004"].priority == "high"
+
+
+async def test_enter_on_an_alert_shows_its_whole_message() -> None:
+    async with narrow(long_client()) as (app, pilot):
+        app.query_one(AlertList).focus()
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        shown = [n.message for n in app._notifications]
+        assert any(m == "job failed (data): " + LONG_REASON[6:] for m in shown), shown
+        assert app.screen is app.screen_stack[0]  # no job detail opened over it
