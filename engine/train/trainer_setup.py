@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import checkpoints as ckpt
-from engine.errors import DataError
+from engine.errors import DataError, DiskFullError
 from engine.events import EventLog
 from engine.train.dataset import Collator
 from engine.train.faults import Injector
@@ -235,12 +235,31 @@ class Hooks:
                      "eval_loss": self.last_eval, "max_steps": self.plan.max_steps}
             ckpt.publish(staging, self.ckpt_root / f"{ckpt.PREFIX}{step}", kind="checkpoint", step=step,
                          fingerprint=self.fingerprint, extra=extra)
+        except RuntimeError as exc:
+            # torch's zip writer reports a full disk as RuntimeError ("unexpected pos"), losing the
+            # errno; the free space, not the message, says whether this was ENOSPC (case 25).
+            full = _disk_nearly_full(self.ckpt_root)
+            shutil.rmtree(staging, ignore_errors=True)
+            if full:
+                raise DiskFullError(f"no space left to save checkpoint-{step} in {self.ckpt_root} "
+                                    f"({exc})", case=25) from exc
+            raise
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         self.saved = step
         best = self.early.best_step
         ckpt.prune(self.ckpt_root, keep_last=2, keep_steps=() if best is None else (best,))
+
+
+_NEARLY_FULL_BYTES = 64 << 20
+
+
+def _disk_nearly_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 _CLASSES: dict[str, Any] = {}

@@ -3,6 +3,7 @@ checkpoint of a real training run does not fit."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -47,11 +48,14 @@ def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: 
         h.run_until(lambda: bool(ckpt.list_checkpoints(ckpts)), timeout=240)
         filler = small_disk / "filler"
         free = shutil.disk_usage(small_disk).free
-        filler.write_bytes(b"\0" * max(0, free - 40 * 1024))
+        filler.write_bytes(b"\0" * max(0, free - 4 * 1024))
         h.run_until(lambda: h.store.paused() or h.jobs()[0].status != "running", timeout=240)
         job = h.jobs()[0]
         assert h.store.paused() and job.status == "queued", (job.status, job.error)
         assert job.error_class == "disk_full" and job.attempts == 0  # not charged
+        # The worker itself knew: torch's writer hides ENOSPC in a RuntimeError, read as disk full.
+        report = json.loads((h.layout.run_dir(job.id) / "report.json").read_text())
+        assert report["error_class"] == "disk_full", report
         assert any(a["case"] == 25 and "paused" in a["message"] for a in h.alerts())
         # The checkpoint saved before the disk filled is intact.
         for _, path in ckpt.list_checkpoints(ckpts):
