@@ -9,7 +9,6 @@ synchronisation.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,18 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.checkpoints import sha256_file
 from engine.errors import DataError
 from engine.train.guards import Sample
 
 IGNORE = -100
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_cache(cfg: Any, data_file: Path, tokenizer: Any, cache_root: Path) -> Any:
@@ -39,7 +31,7 @@ def load_cache(cfg: Any, data_file: Path, tokenizer: Any, cache_root: Path) -> A
     report = validate_file(data_file, cfg)
     if not report.accepted:
         raise DataError(f"{data_file}: rejected: {report.reason}", case=report.case)
-    key = cache_key(file_sha256(data_file), tokenizer, cfg.training.max_length, cfg.data.long_examples)
+    key = cache_key(sha256_file(data_file), tokenizer, cfg.training.max_length, cfg.data.long_examples)
     return build_cache(iter_examples(data_file, cfg.data), tokenizer, cfg.training.max_length,
                        cfg.data.long_examples, cache_root / "tokens" / key[:24], key=key,
                        source=str(data_file))

@@ -10,7 +10,6 @@ and hash: a folder whose manifest is missing or disagrees with its files is rebu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engine.checkpoints import sha256_file
 from engine.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
@@ -164,17 +164,9 @@ def _build_into(folder: Path) -> None:
     _write_manifest(folder)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_manifest(folder: Path) -> None:
     files = {
-        p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
@@ -198,7 +190,7 @@ def is_intact(folder: Path) -> bool:
             return False
         for name, want in body["files"].items():
             path = folder / name
-            if path.stat().st_size != want["size"] or _sha256(path) != want["sha256"]:
+            if path.stat().st_size != want["size"] or sha256_file(path) != want["sha256"]:
                 return False
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
