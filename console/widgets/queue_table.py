@@ -39,6 +39,10 @@ def cells(job: JobRow, compact: bool = False, reason_width: int = 48) -> tuple[s
     )
 
 
+def _plain(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
 def _width(cell: str | Text) -> int:
     return cell.cell_len if isinstance(cell, Text) else Text(cell).cell_len
 
@@ -109,24 +113,23 @@ class QueueTable(DataTable[str | Text]):
         for label, key in COLUMNS:
             self.add_column(label, key=key)
 
-    def reason_room(self, jobs: tuple[JobRow, ...] = ()) -> int:
+    def reason_room(self, rows: list[tuple[str | Text, ...]]) -> int:
         """Cells left for the reason, the last column, after the others (as wide as they are or
-        as ``jobs`` will make them: column widths only grow) and a scrollbar."""
+        as ``rows`` will make them: column widths only grow) and a scrollbar."""
         if self.size.width == 0:  # not laid out yet
             return 48
-        rows = [cells(job, self.compact) for job in jobs]
         used = 0
         for index, column in enumerate(self.columns.values()):
             if column.key.value == "reason":
                 continue
             widest = max((_width(row[index]) for row in rows), default=0)
             used += max(column.content_width, widest) + 2 * self.cell_padding
-        scrollbar = SCROLLBAR if len(jobs) + 1 > self.size.height else 0  # +1: the header
+        scrollbar = SCROLLBAR if len(rows) + 1 > self.size.height else 0  # +1: the header
         return max(8, self.size.width - used - self.cell_padding - scrollbar)
 
     def on_resize(self) -> None:
-        if self._jobs and self.reason_room(self._jobs) != self._room:
-            self.apply(self._jobs)
+        if self._jobs:
+            self.apply(self._jobs)  # cells change only if the reason's room did
 
     def matches(self, job: JobRow) -> bool:
         if not self.filter_text:
@@ -138,8 +141,11 @@ class QueueTable(DataTable[str | Text]):
     def apply(self, jobs: tuple[JobRow, ...]) -> bool:
         """Bring the table to ``jobs``; True when anything changed."""
         self._jobs = jobs
-        self._room = self.reason_room(jobs)
-        wanted = {job.id: cells(job, self.compact, self._room) for job in jobs if self.matches(job)}
+        # Built whole first: their widths decide the room left for the reason, then clipped to it.
+        full = {job.id: cells(job, self.compact, reason_width=1 << 16) for job in jobs if self.matches(job)}
+        self._room = self.reason_room(list(full.values()))
+        wanted = {job_id: (*row[:-1], Text(_clip(_plain(row[-1]), self._room), no_wrap=True))
+                  for job_id, row in full.items()}
         changed = False
         for job_id in [k for k in self._shown if k not in wanted]:
             self.remove_row(job_id)
