@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +32,21 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
 def _web_driver() -> bool:
     # `textual serve` runs the app behind a web driver: no terminal, and that is fine.
     return "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")
+
+
+def shown_command() -> str:
+    """How to run trainconsole again: the bare name only when the shell finds this very one
+    (after `make run` it is .venv/bin/trainconsole, which is not on PATH)."""
+    me = Path(sys.argv[0])
+    if me.name != "trainconsole":  # `python -m console.cli`, a test harness
+        return "trainconsole"
+    found = shutil.which("trainconsole")
+    if found is not None and Path(found).resolve() == me.resolve():
+        return "trainconsole"
+    try:
+        return str(me.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(me.resolve())
 
 
 def _shown_config(path: Path) -> str:
@@ -85,9 +101,9 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
     finally:
         client.close()
     if engine_running(layout) is not None:
-        shown = _shown_config(path)
-        print(f"console closed; the engine keeps training (`trainconsole{shown} stop` stops it, "
-              f"`trainconsole{shown}` reopens this view)")
+        shown = f"{shown_command()}{_shown_config(path)}"
+        print(f"console closed; the engine keeps training (`{shown} stop` stops it, "
+              f"`{shown}` reopens this view)")
     return 0
 
 

@@ -161,3 +161,21 @@ def test_an_engine_that_cannot_make_its_queue_folder_is_a_notice(tmp_path: Path)
     set_value(config, "paths.queue", queue)
     notice = start_engine(config)
     assert notice.startswith("could not start the engine") and queue in notice
+
+
+def test_the_closing_hint_names_a_command_the_shell_will_find(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After `make run`, trainconsole is .venv/bin/trainconsole and not on PATH: the hint printed
+    when the console closes must say that path, or a new user's next command is not found."""
+    from console.commands.console_cmd import shown_command
+
+    script = tmp_path / ".venv" / "bin" / "trainconsole"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(script)])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert shown_command() == ".venv/bin/trainconsole"
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert shown_command() == "trainconsole"
