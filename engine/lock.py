@@ -77,6 +77,17 @@ def read_pidfile(layout: Layout) -> PidInfo | None:
         return None
 
 
+def pidfile_problem(layout: Layout, exc: OSError | None = None) -> str:
+    """Why the PID file cannot be written, as one line saying what to do."""
+    path = layout.pidfile
+    if path.is_dir() and not path.is_symlink():
+        return (f"the engine's PID file {path} is a folder; remove it (rmdir {path}) when no engine "
+                "runs, then start the engine again")
+    why = f" ({exc.strerror or exc})" if exc is not None else ""
+    return (f"the engine cannot write its PID file {path}{why}; give the engine's user write "
+            f"access to {layout.queue} and the file (or remove it when no engine runs)")
+
+
 def engine_running(layout: Layout) -> PidInfo | None:
     """The running engine for this queue folder, or None (a stale PID file counts as none)."""
     info = read_pidfile(layout)
@@ -87,11 +98,15 @@ def engine_running(layout: Layout) -> PidInfo | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class EngineLock:
@@ -109,6 +124,11 @@ class EngineLock:
         self.layout.queue.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
+        except OSError as exc:
+            raise TrainconsoleError(
+                f"the engine cannot open its lock file {self.layout.lockfile} ({exc.strerror or exc}); "
+                "give the engine's user read and write access to it (or remove it when no engine "
+                "runs)", case=46) from None
         except filelock.Timeout:
             # The holder may still be writing its PID file: give it a moment to say who it is.
             holder = None
@@ -126,8 +146,13 @@ class EngineLock:
             start_time=float(me.create_time()),
             started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
-        _write_atomic(self.layout.pidfile, orjson.dumps(
-            {"pid": self.info.pid, "start_time": self.info.start_time, "started_at": self.info.started_at}))
+        try:
+            _write_atomic(self.layout.pidfile, orjson.dumps(
+                {"pid": self.info.pid, "start_time": self.info.start_time, "started_at": self.info.started_at}))
+        except OSError as exc:
+            self.info = None
+            self._lock.release(force=True)
+            raise TrainconsoleError(pidfile_problem(self.layout, exc), case=46) from None
         return self.info
 
     def release(self) -> None:

@@ -174,8 +174,10 @@ def _check_writable(layout: Any) -> tuple[str, str, str]:
 
 
 def _check_pid(layout: Any) -> tuple[str, str, str]:
-    from engine.lock import engine_running, read_pidfile
+    from engine.lock import engine_running, pidfile_problem, read_pidfile
 
+    if layout.pidfile.is_dir() and not layout.pidfile.is_symlink():
+        return ("engine", FAIL, pidfile_problem(layout))
     info = read_pidfile(layout)
     running = engine_running(layout)
     if running is not None:

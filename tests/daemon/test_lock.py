@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,57 @@ def test_doctor_reports_each_check(workspace: Path) -> None:
     configure(workspace, {"hardware.device": "cuda"})
     out = run_cli("doctor", "--config", str(config))
     assert out.returncode == 1 and "FAIL" in out.stdout and "gpu" in out.stdout
+
+
+def _daemon_once(config: Path, *, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    """`trainconsole daemon` run to its exit. ``unprivileged``: as a user file modes bind, which for
+    root means setpriv dropping its DAC override (a real permission check, not a fake)."""
+    cmd = [sys.executable, "-m", "console.cli", "--config", str(config), "daemon"]
+    if unprivileged and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root opens files whatever their mode, and setpriv is not here to drop that")
+        caps = "-dac_override,-dac_read_search"
+        cmd = ["setpriv", "--bounding-set", caps, "--inh-caps", caps, *cmd]
+    return subprocess.run(cmd, cwd=ROOT, env=daemon_env(), capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.edge(46, 48)
+def test_a_pid_file_that_is_a_folder_is_one_line_and_leaves_no_temp_file(workspace: Path) -> None:
+    config = configure(workspace, FAST)
+    layout = load_config(config).layout()
+    layout.ensure()
+    layout.pidfile.mkdir()
+    done = _daemon_once(config)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(layout.pidfile) in lines[0] and "is a folder" in lines[0]
+    assert f"rmdir {layout.pidfile}" in lines[0]
+    assert not list(layout.queue.glob(".engine.pid.*.tmp"))
+    for command in ("status", "doctor"):
+        seen = run_cli(command, "--config", str(config))
+        assert "Traceback" not in seen.stdout + seen.stderr, command
+    doctor = run_cli("doctor", "--config", str(config))
+    assert doctor.returncode == 1 and "is a folder" in doctor.stdout
+    # The lock was given back: once the folder is gone, an engine starts.
+    layout.pidfile.rmdir()
+    with EngineLock(layout):
+        pass
+
+
+@pytest.mark.edge(46)
+def test_an_unreadable_lock_file_is_one_line_naming_it(workspace: Path) -> None:
+    config = configure(workspace, FAST)
+    layout = load_config(config).layout()
+    layout.ensure()
+    layout.lockfile.touch()
+    layout.lockfile.chmod(0)
+    try:
+        done = _daemon_once(config, unprivileged=True)
+    finally:
+        layout.lockfile.chmod(0o644)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(layout.lockfile) in lines[0] and "Permission denied" in lines[0]
+    assert not layout.pidfile.exists()
