@@ -8,6 +8,10 @@ encoded by one batched call of the fast tokenizer; each assistant span is mapped
 back to rendering each conversation prefix by prefix (slower, still exact), and refuses with a
 ConfigError when its output is not prefix-stable: labels are never silently all masked.
 
+Memory stays bounded whatever the lines hold: a chunk is cut short once its text is large, and a
+text longer than max_length tokens could ever span (at the vocabulary's longest token) is encoded
+only up to that point, its assistant spans clipped there; its full length is counted piece by piece.
+
 The cache is three flat binary files (``input_ids`` and ``labels`` int32, concatenated; ``offsets``
 int64, one more than the examples) plus ``lines`` (each kept example's line in the data file),
 read back memory-mapped. It is written in chunks to a staging folder and renamed into place, with
@@ -34,6 +38,7 @@ from engine.train.tokens_render import render_batch
 # Bump when anything here changes what is written, so old caches are rebuilt rather than trusted.
 CACHE_VERSION = 1
 CHUNK = 1000
+CHUNK_CHARS = 1 << 21  # content characters in one chunk: ~1000 examples of ordinary size
 IGNORE = -100
 LONG_POLICIES = ("truncate", "drop")
 FILES = {"input_ids": np.int32, "labels": np.int32, "offsets": np.int64, "lines": np.int64}
@@ -132,28 +137,40 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
     backend = _backend(tokenizer)
     plain, weights = zip(*(_as_dicts(m) for m in messages_list), strict=True)
     texts, spans, errors = render_batch(list(plain), tokenizer)
-    encodings = backend.encode_batch([t if t is not None else "" for t in texts], add_special_tokens=False)
+    limit = _prefix_chars(backend, max_length)
+    long = {i for i, t in enumerate(texts) if t is not None and len(t) > limit}
+    # Far too long to fit: only a prefix long enough for max_length tokens (and a margin) is encoded,
+    # so one huge line costs no more memory than an example that just fits.
+    encodings = backend.encode_batch([("" if t is None else t[:limit] if i in long else t)
+                                      for i, t in enumerate(texts)], add_special_tokens=False)
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
     for i, enc in enumerate(encodings):
-        if texts[i] is None:
+        text = texts[i]
+        if text is None:
             stats.dropped_template += 1
             stats.first_template_error = stats.first_template_error or errors[i]
             out.append(None)
             continue
+        if i in long and len(enc.ids) < max_length + _MARGIN:
+            # A normalizer let tokens cover more characters than the vocabulary shows: stay exact.
+            long.discard(i)
+            enc = backend.encode(text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int32)
-        n = len(ids)
+        n = _count_long(backend, text) if i in long else len(ids)
         stats._seen_length(n)
         if n > max_length and long_examples == "drop":
             stats.dropped_long += 1
             out.append(None)
             continue
-        labels = np.full(n, IGNORE, dtype=np.int32)
+        labels = np.full(len(ids), IGNORE, dtype=np.int32)
         roles = [m["role"] for m in plain[i]]
         turn_weights = [w for r, w in zip(roles, weights[i], strict=True) if r == "assistant"]
+        cut = limit if i in long else len(text)
         for (start, end), weight in zip(spans[i], turn_weights, strict=True):
             if not weight:
                 continue
-            tokens = _span_to_tokens(enc, start, end)
+            # A turn past the cut is past max_length too; one across it is trained up to the cut.
+            tokens = _span_to_tokens(enc, min(start, cut), min(end, cut))
             if tokens is not None:
                 labels[tokens[0]:tokens[1]] = ids[tokens[0]:tokens[1]]
         if n > max_length:
@@ -221,6 +238,32 @@ def _count_long(backend: Any, text: str) -> int:
             total += sum(len(e.ids) for e in backend.encode_batch_fast(pieces, add_special_tokens=False))
             pieces = []
     return total
+
+
+# Tokens encoded past max_length before a cut text is trusted: the tokens next to a cut can differ
+# from those of the whole text, and these keep that difference beyond what is kept.
+_MARGIN = 256
+# backend id -> (backend, longest token in characters); the backend is held so its id is not reused.
+_LONGEST: dict[int, tuple[Any, int]] = {}
+
+
+def _longest_token(backend: Any) -> int:
+    """The most characters of text one token can stand for: its length in the vocabulary, where a
+    byte-level symbol or a metaspace stands for at most one character (and byte-fallback spellings
+    like <0xE3> for fewer). Computed once per tokenizer."""
+    held = _LONGEST.get(id(backend))
+    if held is None or held[0] is not backend:
+        if len(_LONGEST) > 8:
+            _LONGEST.clear()
+        vocab = backend.get_vocab(with_added_tokens=True)
+        held = (backend, max((len(token) for token in vocab), default=1))
+        _LONGEST[id(backend)] = held
+    return max(1, held[1])
+
+
+def _prefix_chars(backend: Any, max_length: int) -> int:
+    """A text longer than this many characters holds more than max_length + _MARGIN tokens."""
+    return (max_length + _MARGIN) * _longest_token(backend)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -304,13 +347,18 @@ class TokenCache:
         return np.diff(self._offsets)
 
 
-def _chunks(examples: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def _chunks(examples: Iterable[Any], size: int, chars: int = CHUNK_CHARS) -> Iterator[list[Any]]:
+    """Lists of up to ``size`` examples, cut early once they hold ``chars`` characters of content:
+    a chunk of long examples is held, rendered and encoded at once, so its text is what bounds RAM."""
     chunk: list[Any] = []
-    for example in examples:
+    held = 0
+    for index, example in enumerate(examples):
         chunk.append(example)
-        if len(chunk) >= size:
+        held += sum(len(m["content"] if isinstance(m, dict) else m.content)
+                    for m in _messages_and_line(example, index)[0])
+        if len(chunk) >= size or held >= chars:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
 
