@@ -27,7 +27,7 @@ __all__ = ["DataWarning", "Example", "Limits", "Message", "Problem", "REASONS", 
 
 # The ``code`` of a rejected file's report, one word per way a file is refused as a whole.
 VERDICT_CODES: Final = ("empty_file", "json_array", "pretty_printed", "utf16_file", "compressed_file",
-                        "no_valid_example", "all_dropped", "too_many_invalid")
+                        "no_valid_example", "all_dropped", "too_many_invalid", "cr_line_endings")
 
 # Below this, forking workers costs more than it saves.
 PARALLEL_MIN_BYTES: Final = 32 << 20
@@ -261,6 +261,10 @@ def _judge(path: Path, size: int, tally: Tally, limits: Limits) -> Report:
         reason = ("the records span several lines (pretty-printed JSON): write each record on one line "
                   f"(for example: jq -c . {path.name} > fixed.jsonl)")
         tally.problems = tally.problems[:1]
+    elif tally.valid == 0 and (tally.start == "cr" or "cr_line_endings" in tally.reasons):
+        case, code = 4, "cr_line_endings"
+        reason = ("the file uses CR line endings (classic Mac), so its records run together on one line: "
+                  f"convert them to LF (for example: tr '\\r' '\\n' < {path.name} > fixed.jsonl)")
     elif tally.valid == 0 and tally.start in COMPRESSED.values():
         case, code = 9, "compressed_file"
         reason = (f"the file is {tally.start}-compressed, not JSON lines; decompress it first "

@@ -21,6 +21,7 @@ REASONS: Final[dict[str, tuple[int, str]]] = {
     "empty_file": (1, "the file has no examples"),
     "json_array": (4, "the file is one JSON array, not JSON lines"),
     "malformed_json": (4, "the line is not valid JSON"),
+    "cr_line_endings": (4, "records separated by a bare CR (classic Mac line endings)"),
     "nan_infinity": (4, "NaN or Infinity is not JSON"),
     "not_object": (4, "the line is not a JSON object"),
     "bad_message": (4, "a message is not an object with a role and content"),
@@ -243,6 +244,20 @@ def _depth(line: bytes) -> int:
     return deepest
 
 
+def _cr_records(text: str) -> int:
+    """How many records a line holds when its bare CRs are read as line ends: 0 unless there are
+    several and the first is JSON by itself. A CR is JSON whitespace, so such a line parses up to
+    the second record and then fails with "Extra data", which says nothing of the cause."""
+    pieces = [piece for piece in text.split("\r") if piece.strip()]
+    if len(pieces) < 2:
+        return 0
+    try:
+        orjson.loads(pieces[0])
+    except orjson.JSONDecodeError:
+        return 0
+    return len(pieces)
+
+
 def diagnose(line: bytes) -> RecordError:
     """Why orjson refused this line, told by checks on the bytes rather than by its message text."""
     nul = line.find(b"\x00")
@@ -273,6 +288,11 @@ def diagnose(line: bytes) -> RecordError:
     except json.JSONDecodeError as exc:
         if flags.constant:
             return RecordError("nan_infinity", f"{flags.constant} is not valid JSON (use null or a string)")
+        records = _cr_records(text)
+        if records:
+            return RecordError("cr_line_endings", f"{records} records on one line, separated by bare CRs: "
+                               "the file uses CR line endings (classic Mac); convert them to LF "
+                               "(for example: tr '\\r' '\\n' < in.jsonl > fixed.jsonl)")
         return RecordError("malformed_json", f"invalid JSON: {exc.msg} at column {exc.colno}")
     except ValueError as exc:  # a hook's int() past the interpreter's digit limit
         return RecordError("number_too_large", f"a number too large to convert ({exc})")

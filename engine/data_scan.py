@@ -164,7 +164,8 @@ COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip", b"\x28\xb5\x2f\xfd": "z
 
 def _file_start(f: BinaryIO) -> str:
     """"array" when the file opens with ``[`` (one JSON array), "pretty" when with ``{`` alone on
-    its line, "utf16" for a UTF-16 byte order mark, "gzip" (etc.) for a compressed file, else ""."""
+    its line, "cr" when its lines end in CR alone, "utf16" for a UTF-16 byte order mark, "gzip"
+    (etc.) for a compressed file, else ""."""
     f.seek(0)
     head = f.read(4096)
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
@@ -177,6 +178,8 @@ def _file_start(f: BinaryIO) -> str:
     head = head.lstrip()
     if head[:1] == b"[":
         return "array"
+    if b"\r" in head and b"\n" not in head:  # classic Mac line endings: the file is one long line
+        return "cr"
     if head.split(b"\n", 1)[0].strip() == b"{":  # an object opened alone on its line: pretty-printed
         return "pretty"
     return ""

@@ -89,6 +89,29 @@ def test_pretty_printed_records_are_recognised_with_advice() -> None:
     assert "pretty-printed" in report.reason and "jq -c ." in report.reason
 
 
+@pytest.mark.edge(4)
+def test_cr_line_endings_are_recognised_with_advice() -> None:
+    report = check("cr_line_endings.jsonl")
+    assert "CR line endings" in report.reason and "tr '\\r' '\\n'" in report.reason
+    assert "Extra data" not in report.problems[0].message and "3 records" in report.problems[0].message
+
+
+@pytest.mark.edge(4)
+def test_records_joined_by_a_bare_cr_inside_an_lf_file_are_named_by_line() -> None:
+    report = check("cr_joined_line.jsonl")
+    assert "CR line endings" in report.problems[0].message
+
+
+@pytest.mark.edge(4, 80)
+def test_a_cr_file_longer_than_the_line_cap_is_still_told_apart(tmp_path: Path) -> None:
+    record = (CORPUS / "single_example.jsonl").read_bytes().strip()
+    path = tmp_path / "mac.jsonl"
+    path.write_bytes(b"\r".join([record] * 200) + b"\r")
+    report = validate_file(path, Limits(max_line_bytes=1024))
+    assert report.code == "cr_line_endings" and report.case == 4
+    assert [p.reason for p in report.problems] == ["line_too_long"]
+
+
 @pytest.mark.edge(4, 77)
 def test_numbers_too_large_to_convert_are_their_own_reason() -> None:
     report = check("big_numbers.jsonl")
