@@ -6,7 +6,9 @@ Two launchers today: one local process, and ``torch.distributed.run`` (torchrun)
 devices (DDP through the HF Trainer; on CPU the gloo backend, which is how tests cover it).
 
 Every worker starts in its own session (its own process group: a signal to the group reaches
-torchrun's children too), with no inherited file descriptors (the engine lock stays ours), and
+torchrun's children too), inheriting only the run folder's lock (``engine.lock.lock_run_folder``,
+held for the worker's life so a `trainconsole train` of the same job id is refused; the engine lock
+stays ours), and
 ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` against fragmentation (case 29).
 """
 
@@ -172,7 +174,8 @@ class Launcher(Protocol):
 
     def command(self, spec: Path) -> list[str]: ...
 
-    def launch(self, spec: Path, env: Mapping[str, str], log_path: Path) -> WorkerProcess: ...
+    def launch(self, spec: Path, env: Mapping[str, str], log_path: Path, *,
+               keep_fds: tuple[int, ...] = ()) -> WorkerProcess: ...
 
 
 class LocalLauncher:
@@ -183,13 +186,15 @@ class LocalLauncher:
     def command(self, spec: Path) -> list[str]:
         return [sys.executable, "-m", WORKER_MODULE, str(spec)]
 
-    def launch(self, spec: Path, env: Mapping[str, str], log_path: Path) -> WorkerProcess:
+    def launch(self, spec: Path, env: Mapping[str, str], log_path: Path, *,
+               keep_fds: tuple[int, ...] = ()) -> WorkerProcess:
+        """``keep_fds``: descriptors the worker inherits (the run folder's lock), nothing else."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log: IO[bytes]
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(
                 self.command(spec), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(env), start_new_session=True, close_fds=True,
+                env=dict(env), start_new_session=True, close_fds=True, pass_fds=keep_fds,
             )
         return WorkerProcess(popen, log_path)
 

@@ -11,6 +11,7 @@ would block every later start.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import os
 import subprocess
 import sys
@@ -173,6 +174,25 @@ class EngineLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class RunFolderBusy(TrainconsoleError):
+    """Another worker (a `trainconsole train`, or the engine's) holds the run folder."""
+
+
+def lock_run_folder(run_dir: Path) -> int:
+    """An flock on ``run_dir/train.lock``, returned as a file descriptor for the worker to inherit
+    (``pass_fds``) so it stays held for the worker's life, even if whoever started it dies. Two
+    workers on one folder would interleave its checkpoints and publish the job's adapter twice.
+    Raises ``RunFolderBusy`` at once, never waits."""
+    fd = os.open(run_dir / "train.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderBusy(f"{run_dir} is in use by another worker (a `trainconsole train`, or the "
+                            "engine training that job)") from None
+    return fd
 
 
 def detached_log(layout: Layout) -> Path:

@@ -27,6 +27,7 @@ from engine import ingest, store_files, store_repair
 from engine.errors import ErrorClass
 from engine.events import EventLog, EventTail
 from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
+from engine.lock import RunFolderBusy, lock_run_folder
 from engine.notify import Notifier
 from engine.outcome import apply_outcome
 from engine.recovery import sweep_run_staging, sweep_staging
@@ -89,6 +90,7 @@ class Supervisor:
         self.device_faults: list[float] = []
         self.io_failures = 0
         self.io_retry_at = 0.0
+        self.busy_retry_at = 0.0  # a job's run folder was held by another worker: look again then
         self.needs_repair = False
         self._cpu_warned = False
         self._resource_emit_at = 0.0
@@ -212,7 +214,7 @@ class Supervisor:
         self._emit_resources()
 
     def _maybe_start(self) -> None:
-        if not self.guard.state.ok or self.store.paused():
+        if not self.guard.state.ok or self.store.paused() or time.monotonic() < self.busy_retry_at:
             return
         plan = self._device_plan()
         if plan.hold:
@@ -239,6 +241,22 @@ class Supervisor:
     def _launch(self, job: Job, plan: DevicePlan) -> None:
         run_dir = self.layout.run_dir(job.id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # Taken before anything in the folder is touched: its files may be another worker's.
+            lock_fd = lock_run_folder(run_dir)
+        except RunFolderBusy as exc:
+            self.busy_retry_at = time.monotonic() + max(1.0, min(IO_BACKOFF_MAX_S, self.poll_s * 20))
+            self.notifier.alert(None, f"{job.id} waits: {exc.message}; it starts once that worker "
+                                      "ends (or cancel it, or stop the other worker)",
+                                job_id=job.id, severity="warning", key=f"run-busy:{job.id}")
+            return
+        try:
+            self._launch_locked(job, plan, run_dir, lock_fd)
+        finally:
+            os.close(lock_fd)  # the worker holds its own copy for as long as it lives
+        self.notifier.forget(f"run-busy:{job.id}")
+
+    def _launch_locked(self, job: Job, plan: DevicePlan, run_dir: Path, lock_fd: int) -> None:
         for name in ("report.json", "heartbeat.json", "stacks.txt"):
             (run_dir / name).unlink(missing_ok=True)  # this attempt's files only
         if not job.path.exists():
@@ -262,7 +280,7 @@ class Supervisor:
         job = self.store.start(job.id)  # durable before the spawn: a kill now still used an attempt
         oom_before = oom_kill_count()
         try:
-            worker = launcher.launch(spec_path, env, run_dir / "worker.log")
+            worker = launcher.launch(spec_path, env, run_dir / "worker.log", keep_fds=(lock_fd,))
         except OSError as exc:
             self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"could not start the worker: {exc}")
             raise

@@ -9,7 +9,6 @@ never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctr
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from console.common import load_layout
 from engine.checkpoints import write_json_atomic
 from engine.errors import ConfigError, TrainconsoleError, UsageError
 from engine.events import EventTail
+from engine.lock import RunFolderBusy, lock_run_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -99,16 +99,10 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _lock_run(run_dir: Path) -> int:
-    """An flock on the run folder: two workers on one folder would interleave its checkpoints and
-    publish the job's adapter twice."""
-    fd = os.open(run_dir / "train.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise TrainconsoleError(f"{run_dir} is in use by another `trainconsole train` (or its worker); "
-                                "wait for it to finish, or choose another --job-id") from None
-    return fd
+        return lock_run_folder(run_dir)
+    except RunFolderBusy as exc:
+        raise TrainconsoleError(f"{exc.message}; wait for it to finish, or choose another --job-id") from None
 
 
 def run(args: argparse.Namespace) -> int:
