@@ -259,16 +259,12 @@ class Supervisor:
     def _launch_locked(self, job: Job, plan: DevicePlan, run_dir: Path, lock_fd: int) -> None:
         for name in ("report.json", "heartbeat.json", "stacks.txt"):
             (run_dir / name).unlink(missing_ok=True)  # this attempt's files only
-        if not job.path.exists():
-            if not (job.path.parent / store_files.sidecar_name(job.id)).exists():
-                # The job's sidecar went with it: the folder itself is gone or unmounted (45), not
-                # the file. Back off without using the job's attempts; it is not the job's fault.
-                raise FileNotFoundError(errno.ENOENT, "the queue's jobs folder is gone or empty "
-                                        "(an unmounted share?)", str(job.path.parent))
-            self.store.start(job.id)
-            message = f"the engine's copy of the data, {job.path}, is missing; retrying with back-off"
-            self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, message)
-            self.notifier.alert(45, f"{job.id}: {message}", job_id=job.id, severity="warning")
+        if not self._data_copy_present(job):
+            message = (f"the engine's copy of the data, {job.path}, was removed by hand (the queue "
+                       "folder itself is fine), so the job cannot run; add the file again with "
+                       f"`trainconsole add FILE` or drop it into {self.layout.incoming}")
+            self.store.fail_attempt(job.id, ErrorClass.DATA, message)
+            self.notifier.alert(51, f"{job.id}: {message}", job_id=job.id, severity="warning")
             return
         spec_path = run_dir / "spec.json"
         _write_json(spec_path, {
@@ -294,6 +290,23 @@ class Supervisor:
         self.events.emit("log", level="info", job_id=job.id, message=(
             f"{job.id} attempt {job.attempts} started: {launcher.name} pid {worker.pid}, "
             f"{plan.device} x{plan.nproc}" + (f", overrides {job.overrides}" if job.overrides else "")))
+
+    def _data_copy_present(self, job: Job) -> bool:
+        """False only when the job's own copy under jobs/ was deleted (51). A queue folder that is
+        gone, unmounted or unreadable (45) raises instead: the guarded phase backs off without
+        using the job's attempts, since nothing is wrong with the job."""
+        folder = job.path.parent
+        try:
+            if job.path.exists():
+                return True
+            # The sidecar beside it, still there, shows the folder is mounted and readable.
+            if (folder / store_files.sidecar_name(job.id)).exists() and self.layout.queue.is_dir():
+                return False
+            why = "gone or empty"
+        except OSError as exc:
+            why = f"unreadable ({exc.strerror or exc})"
+        raise FileNotFoundError(errno.ENOENT, f"the queue's jobs folder is {why} (an unmounted share?)",
+                                str(folder))
 
     def _boundary(self, job: Job) -> Callable[[int], bool]:
         t = self.cfg.training

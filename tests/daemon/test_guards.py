@@ -219,17 +219,49 @@ def test_a_vanished_queue_folder_is_transient(workspace: Path) -> None:
         h.close()
 
 
-@pytest.mark.edge(45)
-def test_a_missing_data_file_is_retried_with_backoff_not_a_hang(workspace: Path) -> None:
-    h = Harness(workspace, {"queue.max_attempts": 2})
+@pytest.mark.edge(51)
+def test_a_job_copy_removed_by_hand_fails_at_once_saying_how_to_re_add_it(workspace: Path) -> None:
+    h = Harness(workspace, {"queue.max_attempts": 3})
     try:
         h.store.set_paused(True)
         drop(workspace, "a.jsonl")
         h.run_until(lambda: len(h.jobs()) == 1)
-        h.jobs()[0].path.unlink()
+        h.jobs()[0].path.unlink()  # the queue folder is fine: only the job's own copy is gone
         h.store.set_paused(False)
-        h.run_until(lambda: h.jobs()[0].status == "failed")
-        assert h.jobs()[0].error_class == ErrorClass.TRANSIENT and "missing" in (h.jobs()[0].error or "")
+        h.run_until(lambda: h.jobs()[0].status == "failed", timeout=30)
+        job = h.jobs()[0]
+        assert job.error_class == ErrorClass.DATA and job.attempts == 0, job
+        assert "removed by hand" in (job.error or "") and "trainconsole add" in (job.error or "")
+        assert [a["case"] for a in h.alerts() if a["case"] in (45, 51)] == [51]
+        assert h.sup.io_failures == 0  # not taken for a vanished mount: no back-off, no retries
+    finally:
+        h.close()
+
+
+@pytest.mark.edge(45)
+def test_a_jobs_folder_left_empty_by_a_lost_mount_is_transient(workspace: Path) -> None:
+    """An unmounted share leaves its mount point behind, empty: the job's copy and its sidecar are
+    both missing, which is the mount's fault, not the job's."""
+    h = Harness(workspace)
+    try:
+        h.store.set_paused(True)
+        drop(workspace, "a.jsonl")
+        h.run_until(lambda: len(h.jobs()) == 1)
+        aside = workspace / "jobs-unmounted"
+        h.layout.jobs.rename(aside)
+        h.layout.jobs.mkdir()
+        h.store.set_paused(False)
+        for _ in range(10):
+            h.sup.tick()
+            time.sleep(0.05)
+        assert any(a["case"] == 45 and "gone or empty" in a["message"] for a in h.alerts())
+        job = h.jobs()[0]
+        assert job.status == "queued" and job.attempts == 0, job
+        h.layout.jobs.rmdir()
+        aside.rename(h.layout.jobs)
+        h.sup.io_retry_at = 0.0  # skip the rest of the back-off
+        h.run_until(lambda: _done(h))
+        assert h.jobs()[0].status == "done"
     finally:
         h.close()
 
