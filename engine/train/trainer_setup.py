@@ -125,6 +125,7 @@ class Hooks:
         self.configured_lr = configured_lr
         self.parent = parent
         self.early = EarlyStop(cfg.guards.early_stop_patience)
+        self.tripped: dict[str, bool] = {}  # guard -> over its limit at the last evaluation
         if early:
             self.early.restore(early)
         self.step_events = StepEvents(events, job_id, cfg.guards, plan.max_steps, cfg.training.logging_steps)
@@ -193,14 +194,20 @@ class Hooks:
         self.last_eval = eval_loss
         self.events.emit("eval", job_id=self.job_id, step=step, eval_loss=eval_loss, **gen)
         g = self.cfg.guards
-        if gen and gen["think_share"] > g.think_tag_max_share:
+        # One alert when a metric crosses its limit, not one per evaluation: a 3000-step job
+        # would otherwise bury every other alert under dozens of identical warnings.
+        think_bad = bool(gen) and gen["think_share"] > g.think_tag_max_share
+        if think_bad and not self.tripped.get("think"):
             self.events.alert(68, f"{gen['think_share']:.0%} of held-out generations contain <think> "
-                                  f"(limit guards.think_tag_max_share = {g.think_tag_max_share})",
-                              severity="warning", job_id=self.job_id, key=f"think-{step}")
-        if gen and gen["accuracy"] < g.min_accuracy:
+                                  f"at step {step} (limit guards.think_tag_max_share = "
+                                  f"{g.think_tag_max_share})",
+                              severity="warning", job_id=self.job_id, key="think")
+        accuracy_bad = bool(gen) and gen["accuracy"] < g.min_accuracy
+        if accuracy_bad and not self.tripped.get("accuracy"):
             self.events.alert(69, f"held-out accuracy {gen['accuracy']:.0%} at step {step} is below "
                                   f"guards.min_accuracy = {g.min_accuracy}",
-                              severity="warning", job_id=self.job_id, key=f"accuracy-{step}")
+                              severity="warning", job_id=self.job_id, key="accuracy")
+        self.tripped.update(think=think_bad, accuracy=accuracy_bad)
         if math.isfinite(eval_loss) and self.early.add(step, eval_loss):
             trainer.control.should_save = True  # the best checkpoint must exist to be published
         elif self.early.exhausted:
