@@ -47,9 +47,6 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except TrainconsoleError as exc:
         fail(exc.message)
         return 1
-    except KeyboardInterrupt:
-        fail("interrupted")
-        return 130
     except BrokenPipeError:
         # `trainconsole status --json | head` closing the pipe is not an error worth a traceback.
         try:
@@ -57,3 +54,11 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         except OSError:
             pass
         return 0
+    except OSError as exc:
+        # A disk, a permission or a vanished mount: the operator's to fix, so a line, not a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}")
+        return 1
+    except KeyboardInterrupt:
+        fail("interrupted")
+        return 130
