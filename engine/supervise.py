@@ -132,8 +132,11 @@ class Supervisor:
             ok = repaired and ok
         if due:
             ok = self._guarded("sampling resources", self._check_resources) and ok
-        if self.current is None and not self.stop_requested and due:
+        if not self.stop_requested and due:
+            # The inbox is read while a job trains too, so a file dropped meanwhile is queued (and
+            # can be held or reprioritised) at once rather than when the job ends.
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
+        if self.current is None and not self.stop_requested and due:
             ok = self._guarded("schedule", self._maybe_start) and ok
         if ok and due and failed_before and self.io_failures == failed_before:
             self.io_failures = 0

@@ -159,3 +159,18 @@ def test_outside_sigkill_is_charged_and_bounded(harness: Harness, monkeypatch: p
     drop(harness.ws, "a.jsonl")
     harness.run_until(lambda: [j.status for j in harness.jobs()] == ["failed"])
     assert harness.jobs()[0].attempts == 2
+
+
+@pytest.mark.edge(59)
+def test_a_file_dropped_while_a_job_trains_is_queued_at_once(harness: Harness,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inbox is read during training, so the operator can hold or reprioritise a new arrival
+    before the running job ends."""
+    monkeypatch.setenv("FAKE_STEPS", "200")
+    drop(harness.ws, "a.jsonl")
+    harness.run_until(lambda: harness.sup.current is not None)
+    drop(harness.ws, "b.jsonl")
+    harness.run_until(lambda: len(harness.jobs()) == 2)
+    first, second = harness.jobs()
+    assert first.status == "running" and second.status == "queued"
+    assert harness.sup.current is not None  # the first job is still training
