@@ -236,12 +236,16 @@ def test_token_statistics_are_the_same_from_several_processes(workspace: Path, t
         assert one == several and one.tokens is not None and one.tokens.examples == one.valid
 
 
+# The baseline is taken once what the command imports anyway is loaded (console, the tokenizer's
+# library): that part of the peak varies from run to run by tens of MB and is not what is measured.
 PEAK = """
 import resource, sys
 from console.cli import main
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 code = main(sys.argv[1:])
 sys.stdout.flush()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, file=sys.stderr)
 sys.exit(code)
 """
 
@@ -259,4 +263,5 @@ def test_token_counts_of_a_line_of_millions_of_tokens_stay_in_bounded_memory(
     assert done.returncode == 0, done.stderr
     tokens = _json(done)["files"][0]["tokens"]
     assert tokens["max"] > 3_000_000
-    assert int(done.stderr.strip().splitlines()[-1]) < 450, done.stderr
+    base, peak = map(int, done.stderr.strip().splitlines()[-1].split())
+    assert peak - base < 200, done.stderr
