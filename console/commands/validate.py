@@ -10,7 +10,7 @@ us). Token statistics use the configured model's tokenizer; torch is never impor
      "files": [{
         "path", "verdict": "accepted" | "rejected",
         "reason": why rejected ("" when accepted), "code": the rejection in one word
-            (empty_file, json_array, pretty_printed, utf16_file, compressed_file,
+            (empty_file, json_array, pretty_printed, utf16_file, compressed_file, cr_line_endings,
             no_valid_example, all_dropped, too_many_invalid),
         "case": the memo case of the rejection or null,
         "examples": non-blank lines, "valid", "invalid", "truncated", "dropped",
