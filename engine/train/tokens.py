@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ConfigError, DataError
+from engine.train.tokens_long import LONG_TEXT, MARGIN, count_long, prefix_chars
 from engine.train.tokens_render import render_batch
 
 # Bump when anything here changes what is written, so old caches are rebuilt rather than trusted.
@@ -137,7 +138,7 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
     backend = _backend(tokenizer)
     plain, weights = zip(*(_as_dicts(m) for m in messages_list), strict=True)
     texts, spans, errors = render_batch(list(plain), tokenizer)
-    limit = _prefix_chars(backend, max_length)
+    limit = prefix_chars(backend, max_length)
     long = {i for i, t in enumerate(texts) if t is not None and len(t) > limit}
     # Far too long to fit: only a prefix long enough for max_length tokens (and a margin) is encoded,
     # so one huge line costs no more memory than an example that just fits.
@@ -151,12 +152,12 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
             stats.first_template_error = stats.first_template_error or errors[i]
             out.append(None)
             continue
-        if i in long and len(enc.ids) < max_length + _MARGIN:
+        if i in long and len(enc.ids) < max_length + MARGIN:
             # A normalizer let tokens cover more characters than the vocabulary shows: stay exact.
             long.discard(i)
             enc = backend.encode(text, add_special_tokens=False)
         ids = np.asarray(enc.ids, dtype=np.int32)
-        n = _count_long(backend, text) if i in long else len(ids)
+        n = count_long(backend, text) if i in long else len(ids)
         stats._seen_length(n)
         if n > max_length and long_examples == "drop":
             stats.dropped_long += 1
@@ -207,63 +208,10 @@ def token_counter(tokenizer: Any) -> Any:
         backend = _backend(tokenizer)
         encs = backend.encode_batch_fast(
             [t if t is not None and len(t) <= LONG_TEXT else "" for t in texts], add_special_tokens=False)
-        return [0 if t is None else _count_long(backend, t) if len(t) > LONG_TEXT else len(e.ids)
+        return [0 if t is None else count_long(backend, t) if len(t) > LONG_TEXT else len(e.ids)
                 for e, t in zip(encs, texts, strict=True)]
 
     return count
-
-
-# An encoding costs ~150 bytes a token (ids, offsets, token strings): a 10 MB line would take over
-# 1.5 GB in one piece. Longer texts are counted piece by piece, in bounded memory.
-LONG_TEXT = 1 << 20  # characters
-_PIECE = 1 << 16
-_PIECES_AT_ONCE = 8  # encoded together, in parallel
-
-
-def _count_long(backend: Any, text: str) -> int:
-    """Token count of a very long text, in pieces cut before a space: the pre-tokenizer splits
-    there anyway, so ordinary text counts exactly; a run with no space is cut where it must be
-    (off by a token or so per cut, for a text already far over any max_length)."""
-    pieces: list[str] = []
-    total, start = 0, 0
-    while start < len(text):
-        end = min(start + _PIECE, len(text))
-        if end < len(text):
-            cut = text.rfind(" ", start + 1, end)
-            if cut > start:
-                end = cut
-        pieces.append(text[start:end])
-        start = end
-        if len(pieces) == _PIECES_AT_ONCE or start >= len(text):
-            total += sum(len(e.ids) for e in backend.encode_batch_fast(pieces, add_special_tokens=False))
-            pieces = []
-    return total
-
-
-# Tokens encoded past max_length before a cut text is trusted: the tokens next to a cut can differ
-# from those of the whole text, and these keep that difference beyond what is kept.
-_MARGIN = 256
-# backend id -> (backend, longest token in characters); the backend is held so its id is not reused.
-_LONGEST: dict[int, tuple[Any, int]] = {}
-
-
-def _longest_token(backend: Any) -> int:
-    """The most characters of text one token can stand for: its length in the vocabulary, where a
-    byte-level symbol or a metaspace stands for at most one character (and byte-fallback spellings
-    like <0xE3> for fewer). Computed once per tokenizer."""
-    held = _LONGEST.get(id(backend))
-    if held is None or held[0] is not backend:
-        if len(_LONGEST) > 8:
-            _LONGEST.clear()
-        vocab = backend.get_vocab(with_added_tokens=True)
-        held = (backend, max((len(token) for token in vocab), default=1))
-        _LONGEST[id(backend)] = held
-    return max(1, held[1])
-
-
-def _prefix_chars(backend: Any, max_length: int) -> int:
-    """A text longer than this many characters holds more than max_length + _MARGIN tokens."""
-    return (max_length + _MARGIN) * _longest_token(backend)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.train.tokens import IGNORE, _chunks, _prefix_chars, encode_batch
+from engine.train.tokens import IGNORE, _chunks, encode_batch
+from engine.train.tokens_long import prefix_chars
 from tests.helpers import ROOT
 
 
@@ -37,7 +38,7 @@ def _prose(words: int) -> str:
 
 
 def _limit(tok: Any, max_length: int) -> int:
-    return _prefix_chars(tok.backend_tokenizer, max_length)
+    return prefix_chars(tok.backend_tokenizer, max_length)
 
 
 @pytest.mark.edge(3, 80)
