@@ -125,11 +125,6 @@ class EngineLock:
         self.layout.queue.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)
-        except OSError as exc:
-            raise TrainconsoleError(
-                f"the engine cannot open its lock file {self.layout.lockfile} ({exc.strerror or exc}); "
-                "give the engine's user read and write access to it (or remove it when no engine "
-                "runs)", case=46) from None
         except filelock.Timeout:
             # The holder may still be writing its PID file: give it a moment to say who it is.
             holder = None
@@ -141,6 +136,11 @@ class EngineLock:
             who = holder.describe() if holder else "pid unknown"
             raise AlreadyRunning(
                 f"an engine is already running for {self.layout.queue} ({who})", holder) from None
+        except OSError as exc:  # after Timeout, which is an OSError too (TimeoutError)
+            raise TrainconsoleError(
+                f"the engine cannot open its lock file {self.layout.lockfile} ({exc.strerror or exc}); "
+                "give the engine's user read and write access to it (or remove it when no engine "
+                "runs)", case=46) from None
         me = psutil.Process()
         self.info = PidInfo(
             pid=me.pid,
