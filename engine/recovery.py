@@ -50,7 +50,7 @@ def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
         if proc.pid == me or WORKER_MODULE not in cmd:
             continue
         spec = cmd[-1] if cmd else ""
-        if spec.startswith(runs + os.sep) and proc.pid not in found:
+        if spec.startswith(runs + os.sep) and proc.pid not in found and not _foreground(proc):
             # torchrun's ranks are found through their parent's group; one entry per group.
             try:
                 pgid = os.getpgid(proc.pid)
@@ -59,6 +59,21 @@ def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
             if pgid not in found:
                 found[pgid] = Orphan(pgid, Path(spec).parent.name, "found by its command line")
     return list(found.values())
+
+
+def _foreground(proc: psutil.Process) -> bool:
+    """A worker that a live `trainconsole train` started (its parent, or torchrun's parent) is an
+    operator's foreground run, not an orphan of a killed engine: it is left alone."""
+    try:
+        for parent in proc.parents()[:2]:
+            argv = parent.cmdline()
+            command = [a for a in argv if not a.startswith("-")]
+            is_cli = any(a == "console.cli" or a.endswith("trainconsole") for a in argv)
+            if is_cli and "train" in command:
+                return True
+    except psutil.Error:
+        return False
+    return False
 
 
 def _group_alive(pgid: int) -> bool:

@@ -106,3 +106,38 @@ def test_engine_and_train_never_share_a_run_folder(workspace: Path, tiny_model: 
         _kill_group(fg_worker)
         for job in store_jobs(config):
             _kill_group(job.pid)
+
+
+@pytest.mark.edge(41, 48)
+def test_an_engine_starting_leaves_a_foreground_run_alone(workspace: Path, tiny_model: Path) -> None:
+    """Recovery ends orphans of a killed engine, found by their command line; a worker that a live
+    `trainconsole train` started is the operator's, not an orphan, and keeps running."""
+    config = configure(workspace, {**FAST, **TINY, **REAL})
+    layout = load_config(config).layout()
+    run_dir = layout.run_dir("fg1")
+    data = workspace / "fg.jsonl"
+    data.write_text(chat_lines(16, "fg"))
+    fg = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "train",
+                           "--job-id", "fg1", str(data)], cwd=ROOT,
+                          env=daemon_env({"TRAINCONSOLE_FAULT": "hang@1"}),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    daemon: subprocess.Popen[bytes] | None = None
+    fg_worker: int | None = None
+    try:
+        wait_for(lambda: (run_dir / "spec.json").exists(), 60, "train wrote its spec")
+        wait_for(lambda: bool(psutil.Process(fg.pid).children()), 60, "train started its worker")
+        fg_worker = psutil.Process(fg.pid).children()[0].pid
+        daemon = start_daemon(config)
+        wait_for(lambda: engine_running(layout) is not None, 60, "the engine started")
+        # Recovery runs before the engine's loop; a file taken from the inbox proves the loop began.
+        assert run_cli("--config", str(config), "pause").returncode == 0
+        drop(workspace, "a.jsonl")
+        wait_for(lambda: len(store_jobs(config)) == 1, 60, "the engine's loop took the inbox file")
+        assert psutil.pid_exists(fg_worker) and psutil.Process(fg_worker).status() != psutil.STATUS_ZOMBIE
+        assert fg.poll() is None and _held(run_dir)
+    finally:
+        for proc in (fg, daemon):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        _kill_group(fg_worker)
