@@ -24,6 +24,7 @@ import filelock
 import orjson
 import psutil
 
+from engine.checkpoints import write_atomic
 from engine.errors import TrainconsoleError
 from engine.layout import Layout
 
@@ -97,19 +98,6 @@ def engine_running(layout: Layout) -> PidInfo | None:
     return info
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class EngineLock:
     """Held for the daemon's life. ``acquire`` raises ``AlreadyRunning`` at once, never waits."""
 
@@ -148,7 +136,7 @@ class EngineLock:
             started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
         try:
-            _write_atomic(self.layout.pidfile, orjson.dumps(
+            write_atomic(self.layout.pidfile, orjson.dumps(
                 {"pid": self.info.pid, "start_time": self.info.start_time, "started_at": self.info.started_at}))
         except OSError as exc:
             self.info = None
