@@ -3,9 +3,9 @@ checkpoint of a real training run does not fit."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +33,25 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+def _fill_leaving(filler: Path, room: int) -> None:
+    """Fill the disk to ENOSPC (the worker writes meanwhile, so a size measured first can be
+    stale), then give back ``room`` bytes: less than any save needs."""
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - room))
+
+
 @pytest.mark.edge(25)
 def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: Path, tiny_model: Path,
                                                                       small_disk: Path) -> None:
@@ -47,8 +66,7 @@ def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: 
         # Once the first checkpoint exists, fill the disk from outside, leaving less than a save needs.
         h.run_until(lambda: bool(ckpt.list_checkpoints(ckpts)), timeout=240)
         filler = small_disk / "filler"
-        free = shutil.disk_usage(small_disk).free
-        filler.write_bytes(b"\0" * max(0, free - 4 * 1024))
+        _fill_leaving(filler, 4 * 1024)
         h.run_until(lambda: h.store.paused() or h.jobs()[0].status != "running", timeout=240)
         job = h.jobs()[0]
         assert h.store.paused() and job.status == "queued", (job.status, job.error)
