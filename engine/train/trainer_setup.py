@@ -242,9 +242,10 @@ class Hooks:
                      "eval_loss": self.last_eval, "max_steps": self.plan.max_steps}
             ckpt.publish(staging, self.ckpt_root / f"{ckpt.PREFIX}{step}", kind="checkpoint", step=step,
                          fingerprint=self.fingerprint, extra=extra)
-        except RuntimeError as exc:
-            # torch's zip writer reports a full disk as RuntimeError ("unexpected pos"), losing the
-            # errno; the free space, not the message, says whether this was ENOSPC (case 25).
+        except Exception as exc:
+            # torch's zip writer reports a full disk as RuntimeError ("unexpected pos") and
+            # safetensors as its own error type, both losing the errno; the free space, not the
+            # message, says whether this was ENOSPC (case 25).
             full = _disk_nearly_full(self.ckpt_root)
             shutil.rmtree(staging, ignore_errors=True)
             if full:
