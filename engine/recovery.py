@@ -206,6 +206,10 @@ def sweep_run_staging(run_dir: Path) -> list[Path]:
 
 def _sweep_run(run_dir: Path) -> list[Path]:
     removed = sweep_run_staging(run_dir)
+    # A worker killed mid-write leaves its atomic-write temp file (.heartbeat.json.<pid>.<hex>.tmp).
+    for leftover in run_dir.glob(".*.tmp"):
+        if _writer_dead(leftover.name) and _remove(leftover):
+            removed.append(leftover)
     for name in ("heartbeat.json", "stacks.txt"):
         leftover = run_dir / name
         if leftover.exists() and _remove(leftover):
