@@ -195,6 +195,10 @@ def sweep_run_staging(run_dir: Path) -> list[Path]:
     """Partial saves of dead writers in one run folder: they never got a manifest, so they are
     not checkpoints; left alone they would be quarantined and pile up with every kill mid-save."""
     removed = sweep_staging(run_dir)
+    # A worker killed mid-write leaves its atomic-write temp file (.heartbeat.json.<pid>.<hex>.tmp).
+    for leftover in run_dir.glob(".*.tmp"):
+        if _writer_dead(leftover.name) and _remove(leftover):
+            removed.append(leftover)
     try:
         subdirs = [d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError:
@@ -206,10 +210,6 @@ def sweep_run_staging(run_dir: Path) -> list[Path]:
 
 def _sweep_run(run_dir: Path) -> list[Path]:
     removed = sweep_run_staging(run_dir)
-    # A worker killed mid-write leaves its atomic-write temp file (.heartbeat.json.<pid>.<hex>.tmp).
-    for leftover in run_dir.glob(".*.tmp"):
-        if _writer_dead(leftover.name) and _remove(leftover):
-            removed.append(leftover)
     for name in ("heartbeat.json", "stacks.txt"):
         leftover = run_dir / name
         if leftover.exists() and _remove(leftover):
