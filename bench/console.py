@@ -50,9 +50,9 @@ COLS, ROWS = 120, 40
 ENGINE = r"""
 import os, sys, time, math
 from pathlib import Path
-from engine.config import load_config
-from engine.events import EventLog
-from engine.store import Store
+from trainconsole.engine.config import load_config
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.store import Store
 cfg = load_config(Path(sys.argv[1]))
 layout = cfg.layout()
 job_id, quiet = sys.argv[2], Path(sys.argv[3])
@@ -79,9 +79,9 @@ while True:
 CONSOLE = r"""
 import sys
 from pathlib import Path
-from engine.config import load_config
-from console.app import TrainConsole
-from console.client import WorkspaceClient
+from trainconsole.engine.config import load_config
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.client import WorkspaceClient
 TrainConsole(WorkspaceClient(load_config(Path(sys.argv[1]))), poll_interval=1.0).run()
 """
 
@@ -90,11 +90,11 @@ NAIVE = r"""
 # every refresh, with a layout pass each time. The same data, the same terminal.
 import sys
 from pathlib import Path
-from engine.config import load_config
-from console.app import TrainConsole
-from console.client import WorkspaceClient
-from console.widgets.loss_plot import LossPlot
-from console.widgets.queue_table import QueueTable, cells
+from trainconsole.engine.config import load_config
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.client import WorkspaceClient
+from trainconsole.console.widgets.loss_plot import LossPlot
+from trainconsole.console.widgets.queue_table import QueueTable, cells
 
 def rebuild(self, jobs):
     self.clear()
@@ -116,9 +116,9 @@ TrainConsole(WorkspaceClient(load_config(Path(sys.argv[1]))), poll_interval=1.0)
 
 
 def make_workspace(root: Path) -> tuple[Path, str]:
-    from engine.config import default_config_text, load_config
-    from engine.events import EventLog
-    from engine.store import Store
+    from trainconsole.engine.config import default_config_text, load_config
+    from trainconsole.engine.events import EventLog
+    from trainconsole.engine.store import Store
 
     config = root / "config.toml"
     config.write_text(default_config_text())
@@ -253,7 +253,7 @@ def run(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tc-bench-console-") as tmp:
         root = Path(tmp)
         config, job_id = make_workspace(root)
-        from engine.config import load_config
+        from trainconsole.engine.config import load_config
 
         layout = load_config(config).layout()
         quiet = root / "quiet"

@@ -4,11 +4,11 @@ run on one generated chat-format JSONL file.
 File passes (each in a fresh child process, timed inside it, best of N; peak RSS from getrusage):
   raw       ``orjson.loads`` on every line of ``for line in file`` and nothing else (the baseline)
   naive     ``[json.loads(l) for l in f]`` plus per-record checks: what many projects do
-  ours-1    ``engine.data.validate_file(path, workers=1)``
-  ours-all  ``engine.data.validate_file(path)``: every core for a large file
+  ours-1    ``trainconsole.engine.data.gate.validate_file(path, workers=1)``
+  ours-all  ``trainconsole.engine.data.gate.validate_file(path)``: every core for a large file
 Tokenization (in this process, on a sample of the file's examples, built-in tiny model):
   raw       the fast tokenizer's batched ``encode_batch`` on texts already rendered with the template
-  ours      ``engine.train.tokens.tokenize_batch``: render with the chat template, encode, assistant labels
+  ours      ``trainconsole.engine.train.tokens.tokenize_batch``: render with the chat template, encode, assistant labels
 
 Targets: validate >= 0.85x raw on one core, >= 1.6x with two; peak RSS <= 150 MB; tokenize >= 0.8x.
 
@@ -41,7 +41,7 @@ method, path = sys.argv[1], sys.argv[2]
 sys.path.insert(0, sys.argv[3])
 import orjson
 if method.startswith("ours"):
-    from engine.data import validate_file  # imports are start-up, not per-byte work: not timed
+    from trainconsole.engine.data.gate import validate_file  # imports are start-up, not per-byte work: not timed
 t0 = time.perf_counter()
 c0 = time.process_time()
 if method == "raw":
@@ -132,10 +132,10 @@ def file_passes(path: Path, repeats: int) -> dict[str, dict[str, Any]]:
 def tokenization(path: Path, sample: int, repeats: int) -> dict[str, float]:
     from transformers import AutoTokenizer
 
-    from engine.config import Config
-    from engine.data import iter_examples
-    from engine.data_tokenizer import model_folder
-    from engine.train.tokens import CHUNK, tokenize_batch
+    from trainconsole.engine.config import Config
+    from trainconsole.engine.data.gate import iter_examples
+    from trainconsole.engine.data.tokenizer import model_folder
+    from trainconsole.engine.train.tokens import CHUNK, tokenize_batch
 
     folder, why = model_folder(Config(source=ROOT / "config.toml"))
     if folder is None:

@@ -22,10 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.ingest import Inbox  # noqa: E402
-from engine.layout import Layout  # noqa: E402
-from engine.store import Store  # noqa: E402
-from engine.store_schema import COLUMNS  # noqa: E402
+from trainconsole.engine.daemon.inbox import Inbox  # noqa: E402
+from trainconsole.engine.layout import Layout  # noqa: E402
+from trainconsole.engine.store import Store  # noqa: E402
+from trainconsole.engine.store.schema import COLUMNS  # noqa: E402
 
 N_JOBS = 10_000
 N_FILES = 1_000
@@ -117,7 +117,7 @@ def main() -> int:
         ws, layout = _workspace(base)
         _fill(layout, N_JOBS)
         startup = _time_process([sys.executable, "-c", "pass"], runs, ws)
-        status = _time_process([sys.executable, "-m", "console.cli", "--config", str(ws / "config.toml"),
+        status = _time_process([sys.executable, "-m", "trainconsole.console.cli", "--config", str(ws / "config.toml"),
                                 "status", "--json"], runs, ws)
         (base / "ingest").mkdir()
         _, layout2 = _workspace(base / "ingest")

@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 
-from engine.config import default_config_text, load_config, set_value  # noqa: E402
-from engine.events import read_all  # noqa: E402
-from engine.store import Store  # noqa: E402
+from trainconsole.engine.config import default_config_text, load_config, set_value  # noqa: E402
+from trainconsole.engine.events import read_all  # noqa: E402
+from trainconsole.engine.store import Store  # noqa: E402
 
 SAVE_STEPS = 2
 
@@ -74,7 +74,7 @@ def _drop(base: Path, name: str, tag: str) -> float:
 def _worker_for(runs: Path) -> psutil.Process | None:
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "engine.train.worker" in cmd and cmd[-1].startswith(str(runs)):
+        if "trainconsole.engine.train.worker" in cmd and cmd[-1].startswith(str(runs)):
             return proc
     return None
 
@@ -112,7 +112,7 @@ def run(quick: bool) -> dict[str, float]:
     cfg = load_config(config)
     layout = cfg.layout()
     log = open(base / "daemon.log", "ab")  # noqa: SIM115
-    daemon = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "daemon"],
+    daemon = subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "daemon"],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait(lambda: (layout.queue / "engine.pid").exists(), 60, "the daemon", 0.05)

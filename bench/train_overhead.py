@@ -52,7 +52,7 @@ def build_model(cache: Path, where: Path, dims: dict[str, int]) -> Path:
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
 
-    from engine.train.model import ensure_builtin
+    from trainconsole.engine.train.model import ensure_builtin
 
     tiny = ensure_builtin("builtin:tiny-chat", cache)
     config = AutoConfig.from_pretrained(tiny)
@@ -85,7 +85,7 @@ def write_data(path: Path, n: int, words: int) -> Path:
 
 
 def write_config(ws: Path, cache: Path, model: Path, steps: int) -> Path:
-    from engine.config import default_config_text, set_value
+    from trainconsole.engine.config import default_config_text, set_value
 
     cfg = ws / "config.toml"
     cfg.write_text(default_config_text().replace('cache = ".cache"', f'cache = "{cache}"'))
@@ -99,9 +99,9 @@ def write_config(ws: Path, cache: Path, model: Path, steps: int) -> Path:
 
 def dataset(cfg_path: Path, data: Path) -> tuple[Any, Any, Any]:
     """The token cache and tokenizer exactly as the worker builds them."""
-    from engine.config import load_config
-    from engine.train import basecheck
-    from engine.train.dataset import TokenDataset, load_cache
+    from trainconsole.engine.config import load_config
+    from trainconsole.engine.train import basecheck
+    from trainconsole.engine.train.dataset import TokenDataset, load_cache
 
     cfg = load_config(cfg_path)
     base = basecheck.check_files(cfg, cfg.training.max_length)
@@ -125,7 +125,7 @@ def peft_model(cfg: Any, model_dir: Path) -> Any:
 def run_raw(cfg: Any, model_dir: Path, data: Any, pad: int, steps: int) -> list[float]:
     import torch
 
-    from engine.train.dataset import Collator
+    from trainconsole.engine.train.dataset import Collator
 
     model = peft_model(cfg, model_dir)
     model.train()
@@ -155,7 +155,7 @@ def run_raw(cfg: Any, model_dir: Path, data: Any, pad: int, steps: int) -> list[
 def run_plain(cfg: Any, model_dir: Path, data: Any, pad: int, steps: int, out: Path) -> list[float]:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from engine.train.dataset import Collator
+    from trainconsole.engine.train.dataset import Collator
 
     stamps: list[float] = []
 
@@ -177,11 +177,11 @@ def run_plain(cfg: Any, model_dir: Path, data: Any, pad: int, steps: int, out: P
 
 
 def run_guarded(ws: Path, cfg_path: Path, data_file: Path, job: str) -> tuple[list[float], list[float], float]:
-    """The worker's own job runner (what ``python -m engine.train.worker`` runs), in this process."""
-    from engine.events import EventLog, read_all
-    from engine.train.guards import Heartbeat
-    from engine.train.job import TrainJob
-    from engine.train.worker import read_spec, write_spec
+    """The worker's own job runner (what ``python -m trainconsole.engine.train.worker`` runs), in this process."""
+    from trainconsole.engine.events import EventLog, read_all
+    from trainconsole.engine.train.guards import Heartbeat
+    from trainconsole.engine.train.job import TrainJob
+    from trainconsole.engine.train.worker import read_spec, write_spec
 
     spec_path = write_spec(ws / "runs" / job, job_id=job, data_file=data_file, config=cfg_path,
                            adapters_dir=ws / "adapters", overrides={})

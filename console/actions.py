@@ -16,16 +16,16 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Input
 
-from console import keymap
-from console.client import PRIORITIES, ConsoleClient
-from console.snapshot import JobRow, Snapshot
-from console.widgets.alerts import AlertList
-from console.widgets.confirm import ConfirmDialog
-from console.widgets.engine_state import EngineState
-from console.widgets.help_screen import HelpScreen
-from console.widgets.job_detail import JobDetailScreen
-from console.widgets.loss_plot import LossPlot
-from console.widgets.queue_table import QueueTable
+from trainconsole.console import keymap
+from trainconsole.console.client import PRIORITIES, ConsoleClient
+from trainconsole.console.snapshot import JobRow, Snapshot
+from trainconsole.console.widgets.alerts import AlertList
+from trainconsole.console.widgets.confirm import ConfirmDialog
+from trainconsole.console.widgets.engine_state import EngineState
+from trainconsole.console.widgets.help_screen import HelpScreen
+from trainconsole.console.widgets.job_detail import JobDetailScreen
+from trainconsole.console.widgets.loss_plot import LossPlot
+from trainconsole.console.widgets.queue_table import QueueTable
 
 W = TypeVar("W", bound=Widget)
 

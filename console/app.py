@@ -29,16 +29,16 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input
 
-from console import keymap
-from console.actions import ConsoleActions
-from console.client import ConsoleClient
-from console.snapshot import Snapshot
-from console.widgets.alerts import AlertList
-from console.widgets.engine_state import EngineState
-from console.widgets.gauges import Gauges
-from console.widgets.job_detail import JobDetailScreen
-from console.widgets.loss_plot import LossPlot
-from console.widgets.queue_table import QueueTable
+from trainconsole.console import keymap
+from trainconsole.console.actions import ConsoleActions
+from trainconsole.console.client import ConsoleClient
+from trainconsole.console.snapshot import Snapshot
+from trainconsole.console.widgets.alerts import AlertList
+from trainconsole.console.widgets.engine_state import EngineState
+from trainconsole.console.widgets.gauges import Gauges
+from trainconsole.console.widgets.job_detail import JobDetailScreen
+from trainconsole.console.widgets.loss_plot import LossPlot
+from trainconsole.console.widgets.queue_table import QueueTable
 
 NARROW_BELOW = 100
 SHORT_BELOW = 22  # rows: under this the plot and alerts shrink so the queue keeps some rows

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-# name -> (module under console.commands, one-line help). The module defines
+# name -> (module under trainconsole.console.commands, one-line help). The module defines
 # ``build(parser)`` to add its arguments and ``run(args) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "console": ("console_cmd", "open the console; start the engine if none runs, else attach"),
@@ -100,7 +100,7 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         name = "console"
     module_name, text = COMMANDS[name]
-    module = importlib.import_module(f"console.commands.{module_name}")
+    module = importlib.import_module(f"trainconsole.console.commands.{module_name}")
     parser = argparse.ArgumentParser(prog=f"trainconsole {name}" if name != "console" else "trainconsole",
                                      description=text)
     parser.add_argument("--config", metavar="PATH", default=None,
@@ -108,7 +108,7 @@ def _main(argv: Sequence[str] | None) -> int:
     module.build(parser, name)
     args = parser.parse_args(pre + rest)
     args.command = name
-    from console.common import run_guarded
+    from trainconsole.console.common import run_guarded
 
     return run_guarded(module.run, args)
 

@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
-from console.series import Ema, downsample
-from console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
-from engine.events import EventTail
-from engine.sysmon import Sysmon
+from trainconsole.console.series import Ema, downsample
+from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
+from trainconsole.engine.events import EventTail
+from trainconsole.engine.sysmon import Sysmon
 
 if TYPE_CHECKING:
-    from engine.config import Config
-    from engine.layout import Layout
+    from trainconsole.engine.config import Config
+    from trainconsole.engine.layout import Layout
 
 MAX_ALERTS = 200
 MAX_POINTS = 200_000  # per job; a longer run keeps its newest points
 PRIORITIES = ("low", "normal", "high")
-# The engine's copy of a job's file (`j0002--name.jsonl`, see engine.store_files) leading a
+# The engine's copy of a job's file (`j0002--name.jsonl`, see trainconsole.engine.store.files) leading a
 # message: the id and name columns already say it, and at 80 columns it is all a reason showed.
 _JOB_COPY = re.compile(r"\bj\d{4,}--[A-Za-z0-9._-]+\.jsonl: ")
 
@@ -141,7 +141,7 @@ class WorkspaceClient:
     # --- reading ---------------------------------------------------------------------------
 
     def _open_store(self) -> Any:
-        from engine.store import Store
+        from trainconsole.engine.store import Store
 
         # repair=False: reconciling folders is the daemon's business, never a watcher's.
         return Store.open(self.layout, repair=False)
@@ -192,7 +192,7 @@ class WorkspaceClient:
         return _JOB_COPY.sub("", text.replace(f"{self.layout.jobs}/", ""))
 
     def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
-        from engine.lock import engine_running, read_pidfile
+        from trainconsole.engine.lock import engine_running, read_pidfile
 
         info = engine_running(self.layout)
         if info is None:

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.errors import TrainconsoleError, UsageError
+from trainconsole.engine.errors import TrainconsoleError, UsageError
 
 if TYPE_CHECKING:
-    from engine.config import Config
-    from engine.layout import Layout
+    from trainconsole.engine.config import Config
+    from trainconsole.engine.layout import Layout
 
 
 def config_path(args: argparse.Namespace) -> Path:
@@ -24,7 +24,7 @@ def config_path(args: argparse.Namespace) -> Path:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    from engine.config import load_config as _load
+    from trainconsole.engine.config import load_config as _load
 
     return _load(config_path(args))
 

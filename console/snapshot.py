@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.sysmon import Sample
+from trainconsole.engine.sysmon import Sample
 
 MUTABLE_STATUSES = ("queued", "held")
 

@@ -1,9 +1,9 @@
 """The catalogue of the memo's 80 failure cases: for each, how we detect it, what we do, how loud we
-are about it. The one source of truth for alert severities (``engine.events``), for
+are about it. The one source of truth for alert severities (``trainconsole.engine.events``), for
 ``docs/edge-cases.md`` and for the test-coverage report.
 
-``python -m engine.catalog --write-docs docs/edge-cases.md`` regenerates the document;
-``python -m engine.catalog --report`` lists which cases have a ``@pytest.mark.edge(N)`` test.
+``python -m trainconsole.engine.catalog --write-docs docs/edge-cases.md`` regenerates the document;
+``python -m trainconsole.engine.catalog --report`` lists which cases have a ``@pytest.mark.edge(N)`` test.
 """
 
 from __future__ import annotations
@@ -417,7 +417,7 @@ def render_markdown() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.catalog", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m trainconsole.engine.catalog", description=__doc__.splitlines()[0])
     parser.add_argument("--write-docs", metavar="PATH", type=Path, help="write the markdown table")
     parser.add_argument("--report", action="store_true", help="which cases have a marked test")
     parser.add_argument("--tests", metavar="DIR", type=Path, default=Path("tests"),
@@ -432,10 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.write_docs.write_text(render_markdown(), encoding="utf-8")
         print(f"wrote {args.write_docs} ({len(CASES)} cases)")
     if args.report:
-        from engine.edge_coverage import format_report, scan_tests
+        from trainconsole.engine.edge_coverage import format_report, scan_tests
 
         if not args.tests.is_dir():
-            print(f"python -m engine.catalog: no test folder at {args.tests}", file=sys.stderr)
+            print(f"python -m trainconsole.engine.catalog: no test folder at {args.tests}", file=sys.stderr)
             return 1
         coverage = scan_tests(args.tests)
         try:

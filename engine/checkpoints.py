@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from engine.events import EventLog
+from trainconsole.engine.events import EventLog
 
 FORMAT_VERSION: Final = 1
 MANIFEST: Final = "manifest.json"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.catalog import CASES, check_edge_args
+from trainconsole.engine.catalog import CASES, check_edge_args
 
 
 def _is_test_file(path: Path) -> bool:

@@ -114,7 +114,7 @@ class NullEventLog(EventLog):
 def default_severity(case: int | None) -> str:
     if case is None:
         return "warning"
-    from engine import catalog  # late: the catalogue is large and only alerts need it
+    from trainconsole.engine import catalog  # late: the catalogue is large and only alerts need it
 
     entry = catalog.CASES.get(case)
     return entry.severity if entry is not None else "warning"

@@ -24,9 +24,9 @@ import filelock
 import orjson
 import psutil
 
-from engine.checkpoints import write_atomic
-from engine.errors import TrainconsoleError
-from engine.layout import Layout
+from trainconsole.engine.checkpoints import write_atomic
+from trainconsole.engine.errors import TrainconsoleError
+from trainconsole.engine.layout import Layout
 
 # create_time is derived from boot time and clock ticks: equal for the same process, but allow
 # for float formatting through JSON.
@@ -195,7 +195,7 @@ def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
     and never becomes a zombie of a long-lived console (case 49). Its output goes to
     ``queue/engine.log``; it inherits no file descriptors.
     """
-    from engine.config import load_config
+    from trainconsole.engine.config import load_config
 
     cfg = load_config(config_path)
     layout: Layout = cfg.layout()
@@ -233,7 +233,7 @@ def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
 def _spawn(config_path: str, log_path: str) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "--config", config_path, "daemon"],
+            [sys.executable, "-m", "trainconsole.console.cli", "--config", config_path, "daemon"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True, cwd=str(Path(config_path).parent),
         )
@@ -244,5 +244,5 @@ def _spawn(config_path: str, log_path: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--spawn":
         sys.exit(_spawn(sys.argv[2], sys.argv[3]))
-    print("usage: python -m engine.lock --spawn CONFIG LOG", file=sys.stderr)
+    print("usage: python -m trainconsole.engine.lock --spawn CONFIG LOG", file=sys.stderr)
     sys.exit(2)

@@ -336,7 +336,7 @@ class Sysmon:
 
 
 def _main() -> int:
-    """``python -m engine.sysmon``: one sample, for a quick look at what the engine sees."""
+    """``python -m trainconsole.engine.sysmon``: one sample, for a quick look at what the engine sees."""
     import json
 
     mon = Sysmon()

@@ -26,7 +26,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def workspace(tmp_path: Path, shared_cache: Path) -> Iterator[Path]:
     """A fresh folder holding the default config (paths.cache pointed at the shared cache)."""
-    from engine.config import default_config_text
+    from trainconsole.engine.config import default_config_text
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -38,7 +38,7 @@ def workspace(tmp_path: Path, shared_cache: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def tiny_model(shared_cache: Path) -> Path:
     """The folder of the built-in tiny model (built once per session)."""
-    from engine.train.model import ensure_builtin
+    from trainconsole.engine.train.model import ensure_builtin
 
     return ensure_builtin("builtin:tiny-chat", shared_cache)
 
@@ -46,7 +46,7 @@ def tiny_model(shared_cache: Path) -> Path:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A mistyped case number (edge(81), edge("3"), edge(True)) would count toward the wrong case,
     or none, in `make edge-report`: refuse to run until it is fixed."""
-    from engine.catalog import check_edge_args
+    from trainconsole.engine.catalog import check_edge_args
 
     bad = []
     for item in items:

@@ -31,7 +31,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     if env:
         full_env.update(env)
     return subprocess.run(
-        [*(prefix or []), sys.executable, "-m", "console.cli", *args],
+        [*(prefix or []), sys.executable, "-m", "trainconsole.console.cli", *args],
         cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout,
         input=stdin,
     )

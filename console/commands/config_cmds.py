@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from console.common import config_path
-from engine.errors import ConfigError, UsageError
+from trainconsole.console.common import config_path
+from trainconsole.engine.errors import ConfigError, UsageError
 
 
 def build(parser: argparse.ArgumentParser, name: str) -> None:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from engine.config import ConfigProblems, ConfigUnreadable, check_warnings, load_config
+    from trainconsole.engine.config import ConfigProblems, ConfigUnreadable, check_warnings, load_config
 
     path = Path(args.path).expanduser() if args.path else config_path(args)
     try:
@@ -73,7 +73,7 @@ def _print_json(path: Path, valid: bool, problems: list[dict[str, object]], warn
 
 
 def _init(args: argparse.Namespace) -> int:
-    from engine.config import default_config_text, load_config
+    from trainconsole.engine.config import default_config_text, load_config
 
     if args.dir is None and getattr(args, "config", None):
         # `trainconsole --config PATH init`: create exactly the file every other command will read

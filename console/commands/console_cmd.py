@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from console.common import config_path, load_config
-from engine.errors import TrainconsoleError, UsageError
+from trainconsole.console.common import config_path, load_config
+from trainconsole.engine.errors import TrainconsoleError, UsageError
 
 if TYPE_CHECKING:
-    from engine.config import Config
+    from trainconsole.engine.config import Config
 
 MIN_REFRESH_S = 0.25
 
@@ -38,7 +38,7 @@ def shown_command() -> str:
     """How to run trainconsole again: the bare name only when the shell finds this very one
     (after `make run` it is .venv/bin/trainconsole, which is not on PATH)."""
     me = Path(sys.argv[0])
-    if me.name != "trainconsole":  # `python -m console.cli`, a test harness
+    if me.name != "trainconsole":  # `python -m trainconsole.console.cli`, a test harness
         return "trainconsole"
     found = shutil.which("trainconsole")
     if found is not None and Path(found).resolve() == me.resolve():
@@ -61,7 +61,7 @@ def _shown_config(path: Path) -> str:
 def start_engine(path: Path) -> str:
     """Start the engine detached; "" or why it did not start. The console opens either way and
     shows the engine as not running, and why (a queue folder it cannot create, for one)."""
-    from engine.lock import start_detached
+    from trainconsole.engine.lock import start_detached
 
     try:
         start_detached(path)
@@ -84,14 +84,14 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
         raise UsageError("the console needs a terminal (use `ssh -t`); "
                          "`trainconsole status` prints the queue without one")
     layout = cfg.layout()
-    from engine.lock import engine_running
+    from trainconsole.engine.lock import engine_running
 
     notice = ""
     if start and not readonly and engine_running(layout) is None:
         print(f"starting the engine for {layout.queue} …", flush=True)
         notice = start_engine(path)
-    from console.app import TrainConsole
-    from console.client import WorkspaceClient
+    from trainconsole.console.app import TrainConsole
+    from trainconsole.console.client import WorkspaceClient
 
     client = WorkspaceClient(cfg, readonly=readonly)
     app = TrainConsole(client, poll_interval=refresh, readonly=readonly, watch_terminal=interactive,

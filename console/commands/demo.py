@@ -8,7 +8,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from engine.errors import UsageError
+from trainconsole.engine.errors import UsageError
 
 MARKER = ".demo-queued"
 # Small enough to train on a laptop CPU in a minute or two, loud enough to show a falling curve.
@@ -42,7 +42,7 @@ def demo_files() -> list[tuple[str, bytes]]:
 
 def prepare(root: Path) -> tuple[Path, bool]:
     """Make the workspace and queue the sample data once. Returns (config path, queued now)."""
-    from engine.config import default_config_text, load_config, set_value
+    from trainconsole.engine.config import default_config_text, load_config, set_value
 
     if root.exists() and not root.is_dir():
         raise UsageError(f"--dir {root}: exists and is not a folder")
@@ -77,16 +77,16 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(name for name, _ in demo_files())
     print(f"demo workspace: {root}")
     print(f"sample data {'queued' if queued else 'already queued'}: {names}")
-    from engine.config import load_config
+    from trainconsole.engine.config import load_config
 
     cfg = load_config(config)
     if args.no_console:
-        from engine.lock import start_detached
+        from trainconsole.engine.lock import start_detached
 
         pid = start_detached(config)
         print(f"engine running, pid {pid}; watch it with `trainconsole --config {config}`")
         return 0
-    from console.commands.console_cmd import open_console
+    from trainconsole.console.commands.console_cmd import open_console
 
     return open_console(cfg, config, readonly=args.readonly, start=True, refresh=args.refresh)
 

@@ -37,23 +37,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from console.common import load_config
-    from engine.daemon import run_daemon
+    from trainconsole.console.common import load_config
+    from trainconsole.engine.daemon.main import run_daemon
 
     return run_daemon(load_config(args))
 
 
 def _store(args: argparse.Namespace) -> tuple[Any, Any]:
-    from console.common import load_layout
-    from engine.events import EventLog
-    from engine.store import Store
+    from trainconsole.console.common import load_layout
+    from trainconsole.engine.events import EventLog
+    from trainconsole.engine.store import Store
 
     cfg, layout = load_layout(args)
     return layout, Store.open(layout, EventLog(layout.engine_events), policy=cfg.queue, repair=False)
 
 
 def _set_paused(args: argparse.Namespace, paused: bool) -> int:
-    from engine.lock import engine_running
+    from trainconsole.engine.lock import engine_running
 
     layout, store = _store(args)
     with store:
@@ -77,7 +77,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from engine.lock import engine_running
+    from trainconsole.engine.lock import engine_running
 
     layout, store = _store(args)
     info = engine_running(layout)
@@ -109,8 +109,8 @@ def _stop(args: argparse.Namespace) -> int:
 # -- doctor ---------------------------------------------------------------------------------------
 
 def _check_config(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any]:
-    from console.common import config_path, load_config
-    from engine.errors import TrainconsoleError
+    from trainconsole.console.common import config_path, load_config
+    from trainconsole.engine.errors import TrainconsoleError
 
     try:
         cfg = load_config(args)
@@ -120,7 +120,7 @@ def _check_config(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]],
 
 
 def _check_gpu(cfg: Any) -> tuple[str, str, str]:
-    from engine.sysmon import Sysmon
+    from trainconsole.engine.sysmon import Sysmon
 
     mon = Sysmon()
     sample = mon.sample()
@@ -143,7 +143,7 @@ def _check_gpu(cfg: Any) -> tuple[str, str, str]:
 
 
 def _check_disk_ram(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
-    from engine.sysmon import Sysmon
+    from trainconsole.engine.sysmon import Sysmon
 
     sample = Sysmon().sample([layout.queue, layout.runs, layout.adapters])
     out = []
@@ -159,7 +159,7 @@ def _check_disk_ram(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
 
 
 def _check_writable(layout: Any) -> tuple[str, str, str]:
-    from engine.resources import check_writable
+    from trainconsole.engine.daemon.resources import check_writable
 
     present = []
     for folder in layout.folders():
@@ -174,7 +174,7 @@ def _check_writable(layout: Any) -> tuple[str, str, str]:
 
 
 def _check_pid(layout: Any) -> tuple[str, str, str]:
-    from engine.lock import engine_running, pidfile_problem, read_pidfile
+    from trainconsole.engine.lock import engine_running, pidfile_problem, read_pidfile
 
     if layout.pidfile.is_dir() and not layout.pidfile.is_symlink():
         return ("engine", FAIL, pidfile_problem(layout))

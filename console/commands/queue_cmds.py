@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.layout import Layout
-    from engine.store import Store
+    from trainconsole.engine.layout import Layout
+    from trainconsole.engine.store import Store
 
 STATUS_SCHEMA = 1
 
@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace, *, repair: bool = True) -> tuple[Layout, Store]:
-    from console.common import load_layout
-    from engine.events import EventLog
-    from engine.store import Store
+    from trainconsole.console.common import load_layout
+    from trainconsole.engine.events import EventLog
+    from trainconsole.engine.store import Store
 
     cfg, layout = load_layout(args)
     store = Store.open(layout, EventLog(layout.engine_events), policy=cfg.queue, repair=repair)
@@ -81,7 +81,7 @@ def _say_if_rebuilt(store: Store) -> None:
 def _engine_state(layout: Layout) -> dict[str, Any]:
     if not layout.pidfile.exists():  # the common "no engine" answer, without psutil's import cost
         return {"state": "stopped", "pid": None, "started_at": None}
-    from engine.lock import engine_running, read_pidfile
+    from trainconsole.engine.lock import engine_running, read_pidfile
 
     info = engine_running(layout)
     if info is not None:
@@ -94,7 +94,7 @@ def _engine_state(layout: Layout) -> dict[str, Any]:
 def _status(args: argparse.Namespace) -> int:
     import orjson
 
-    from console.common import load_layout
+    from trainconsole.console.common import load_layout
 
     cfg, layout = load_layout(args)
     engine = _engine_state(layout)
@@ -109,7 +109,7 @@ def _status(args: argparse.Namespace) -> int:
     lost = not db_size and any(
         next(folder.glob("j*.json"), None) for folder in (layout.jobs, layout.done, layout.failed))
     if db_size or lost or layout.state_db.exists():
-        from engine.store import Store
+        from trainconsole.engine.store import Store
 
         with Store.open(layout, policy=cfg.queue, repair=lost) as store:
             _say_if_rebuilt(store)
@@ -170,9 +170,9 @@ def _add(args: argparse.Namespace) -> int:
     import os
     import stat
 
-    from engine.errors import TrainconsoleError
-    from engine.store_add import NewFile
-    from engine.store_files import display, hash_file
+    from trainconsole.engine.errors import TrainconsoleError
+    from trainconsole.engine.store.add import NewFile
+    from trainconsole.engine.store.files import display, hash_file
 
     layout, store = _open(args)
     bad = 0
@@ -214,8 +214,8 @@ def _add(args: argparse.Namespace) -> int:
 
 
 def _retry(args: argparse.Namespace) -> int:
-    from engine.errors import UsageError
-    from engine.store import QueueError
+    from trainconsole.engine.errors import UsageError
+    from trainconsole.engine.store import QueueError
 
     if bool(args.job) == bool(args.all_failed):
         raise UsageError("give one job id, or --all-failed (e.g. `trainconsole retry j0003`)")
@@ -250,7 +250,7 @@ def _priority(args: argparse.Namespace) -> int:
 
 
 def _each(args: argparse.Namespace, action: str) -> int:
-    from engine.store import QueueError
+    from trainconsole.engine.store import QueueError
 
     layout, store = _open(args)
     bad = 0

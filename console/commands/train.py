@@ -1,7 +1,7 @@
 """``trainconsole train FILE``: one guarded job in the foreground, outside the queue.
 
 For an operator debugging a file, and for tests that come before the daemon. The job runs in a
-real worker process (``python -m engine.train.worker``), exactly as the daemon runs it; this
+real worker process (``python -m trainconsole.engine.train.worker``), exactly as the daemon runs it; this
 command only writes its spec, follows its events with a progress bar, and reads its report. It
 never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctrl-C kills it).
 """
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from console.commands.validate import check_data_path
-from console.common import load_layout
-from engine.checkpoints import write_json_atomic
-from engine.errors import ConfigError, TrainconsoleError, UsageError
-from engine.events import EventTail
-from engine.lock import RunFolderBusy, lock_run_folder
+from trainconsole.console.commands.validate import check_data_path
+from trainconsole.console.common import load_layout
+from trainconsole.engine.checkpoints import write_json_atomic
+from trainconsole.engine.errors import ConfigError, TrainconsoleError, UsageError
+from trainconsole.engine.events import EventTail
+from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     with open(run_dir / "worker.log", "ab") as log:
         # The worker inherits the run folder's lock, so it stays held for as long as the worker
         # lives, even if this process is killed.
-        proc = subprocess.Popen([sys.executable, "-m", "engine.train.worker", str(spec_path)], cwd=ROOT,
+        proc = subprocess.Popen([sys.executable, "-m", "trainconsole.engine.train.worker", str(spec_path)], cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 pass_fds=(lock_fd,))
         os.close(lock_fd)

@@ -18,7 +18,7 @@ us). Token statistics use the configured model's tokenizer; torch is never impor
         "problems": [{"line", "case", "reason", "message"}, ...]  (the first data.max_problems),
         "reasons": {reason code: count}, "warnings": [{"case", "message"}], "bytes", "lines"}]}
 
-Reason codes and their cases are ``engine.data.REASONS``."""
+Reason codes and their cases are ``trainconsole.engine.data.gate.REASONS``."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from console.common import config_path
-from engine.errors import UsageError
-from engine.store_files import display
+from trainconsole.console.common import config_path
+from trainconsole.engine.errors import UsageError
+from trainconsole.engine.store.files import display
 
 PROGRESS_MIN_BYTES = 64 << 20  # smaller files finish before a bar would be worth drawing
 
@@ -75,7 +75,7 @@ def _path_problem(given: str) -> str | None:
 
 def _config(args: argparse.Namespace) -> tuple[Any, bool]:
     """The config, and whether it came from a file (defaults are fine for checking data)."""
-    from engine.config import Config, load_config
+    from trainconsole.engine.config import Config, load_config
 
     path = config_path(args)
     explicit = bool(getattr(args, "config", None) or os.environ.get("TRAINCONSOLE_CONFIG"))
@@ -124,13 +124,13 @@ def run(args: argparse.Namespace) -> int:
         for why in problems[:-1]:
             print(f"trainconsole: {why}", file=sys.stderr)
         raise UsageError(problems[-1])
-    from engine.data import validate_file
+    from trainconsole.engine.data.gate import validate_file
 
     cfg, from_file = _config(args)
     counter = None
     skipped = "--no-tokens"
     if not args.no_tokens:
-        from engine.data_tokenizer import token_counter_for
+        from trainconsole.engine.data.tokenizer import token_counter_for
 
         # Without a config there is no workspace to build the built-in model in: use it only if
         # it is already there, rather than leave a cache folder wherever the command was run.

@@ -9,7 +9,7 @@ import time
 from rich.text import Text
 from textual.widgets import DataTable
 
-from console.snapshot import AlertRow
+from trainconsole.console.snapshot import AlertRow
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 LABELS = ("case", "severity", "job", "time", "message")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from console.snapshot import Snapshot, format_age
+from trainconsole.console.snapshot import Snapshot, format_age
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "stopped": "bold red",
                "not running": "bold red"}

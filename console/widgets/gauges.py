@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from engine.sysmon import GpuSample, Sample
+from trainconsole.engine.sysmon import GpuSample, Sample
 
 NO_GPU_TEXT = {
     "no_nvml": ("no GPU: training on CPU", "no NVIDIA driver (NVML) found"),

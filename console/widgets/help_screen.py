@@ -9,7 +9,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from console.keymap import help_rows
+from trainconsole.console.keymap import help_rows
 
 
 def help_table(readonly: bool) -> Table:

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Log, Static
 
-from console.snapshot import JobRow
+from trainconsole.console.snapshot import JobRow
 
 
 def describe(job: JobRow) -> str:

@@ -9,7 +9,7 @@ import time
 
 from textual_plotext import PlotextPlot
 
-from console.snapshot import LossView
+from trainconsole.console.snapshot import LossView
 
 # While a job trains the curve changes every refresh; building the plot is the console's largest
 # single cost, and a trend drawn every 2 s reads the same. A new job, log-y or a resize draw at once.

@@ -9,7 +9,7 @@ from rich.text import Text
 from textual import events
 from textual.widgets import DataTable
 
-from console.snapshot import JobRow
+from trainconsole.console.snapshot import JobRow
 
 COLUMNS = (("id", "id"), ("name", "name"), ("prio", "priority"), ("status", "status"),
            ("try", "attempts"), ("progress", "progress"), ("reason", "reason"))

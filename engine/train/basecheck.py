@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
+from trainconsole.engine.errors import ConfigError
 
 _SAFE_INDEX = "model.safetensors.index.json"
 _BIN_INDEX = "pytorch_model.bin.index.json"
@@ -41,7 +41,7 @@ def _key(cfg: Any) -> str:
 
 def locate(cfg: Any) -> Path:
     """The folder the base model loads from (cases 11 and 39)."""
-    from engine.train.model import resolve_base_model
+    from trainconsole.engine.train.model import resolve_base_model
 
     where = resolve_base_model(cfg)
     if isinstance(where, Path):

@@ -16,17 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from engine.checkpoints import sha256_file
-from engine.errors import DataError
-from engine.train.guards import Sample
+from trainconsole.engine.checkpoints import sha256_file
+from trainconsole.engine.errors import DataError
+from trainconsole.engine.train.guards import Sample
 
 IGNORE = -100
 
 
 def load_cache(cfg: Any, data_file: Path, tokenizer: Any, cache_root: Path) -> Any:
     """Validate the file (a rejected file is a permanent DataError) and build or reuse its cache."""
-    from engine.data import iter_examples, validate_file
-    from engine.train.tokens import build_cache, cache_key
+    from trainconsole.engine.data.gate import iter_examples, validate_file
+    from trainconsole.engine.train.tokens import build_cache, cache_key
 
     report = validate_file(data_file, cfg)
     if not report.accepted:

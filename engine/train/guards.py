@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.events import EventLog
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.events import EventLog
 
 
 class NonFinite(Exception):

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.errors import ConfigError, DeviceError, DivergedError
-from engine.events import EventLog
-from engine.train import basecheck, lineage
-from engine.train.dataset import Collator, TokenDataset, eval_samples, load_cache, split_indices
-from engine.train.faults import Injector
-from engine.train.guards import Heartbeat, NonFinite
-from engine.train.trainer_setup import (
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.errors import ConfigError, DeviceError, DivergedError
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.train import basecheck, lineage
+from trainconsole.engine.train.dataset import Collator, TokenDataset, eval_samples, load_cache, split_indices
+from trainconsole.engine.train.faults import Injector
+from trainconsole.engine.train.guards import Heartbeat, NonFinite
+from trainconsole.engine.train.trainer_setup import (
     Hooks,
     StepPlan,
     guarded_trainer_class,
@@ -86,7 +86,7 @@ class TrainJob:
 
         from transformers.utils import logging as hf_logging_module
 
-        from engine.config import load_config
+        from trainconsole.engine.config import load_config
 
         # The worker's stdout is a log file, not a terminal: no progress bars or advice to upgrade.
         hf_logging: Any = hf_logging_module

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.errors import ConfigError
-from engine.events import EventLog
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.errors import ConfigError
+from trainconsole.engine.events import EventLog
 
 LINEAGE = "lineage.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -128,7 +128,7 @@ def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: d
                     step: int, parent: str | None, extra: dict[str, Any] | None = None) -> Path:
     """Copy the adapter files of checkpoint ``source`` into a new numbered folder, sealed with a
     manifest, and point ``latest`` at it. Tensors are checked finite first."""
-    from engine.train.guards import assert_finite_file
+    from trainconsole.engine.train.guards import assert_finite_file
 
     assert_finite_file(source / ckpt.ADAPTER_WEIGHTS)
     adapters.mkdir(parents=True, exist_ok=True)

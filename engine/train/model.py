@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.checkpoints import sha256_file
-from engine.errors import ConfigError
+from trainconsole.engine.checkpoints import sha256_file
+from trainconsole.engine.errors import ConfigError
 
 BUILTIN_PREFIX = "builtin:"
 MANIFEST = "trainconsole-builtin.json"

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ConfigError, DataError
-from engine.train.tokens_long import LONG_TEXT, MARGIN, count_long, prefix_chars
-from engine.train.tokens_render import render_batch
+from trainconsole.engine.data.chat_render import render_batch
+from trainconsole.engine.data.long_text import LONG_TEXT, MARGIN, count_long, prefix_chars
+from trainconsole.engine.errors import ConfigError, DataError
 
 # Bump when anything here changes what is written, so old caches are rebuilt rather than trusted.
 CACHE_VERSION = 1

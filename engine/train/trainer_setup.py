@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.errors import DataError, DiskFullError
-from engine.events import EventLog
-from engine.train.dataset import Collator
-from engine.train.faults import Injector
-from engine.train.guards import (
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.errors import DataError, DiskFullError
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.train.dataset import Collator
+from trainconsole.engine.train.faults import Injector
+from trainconsole.engine.train.guards import (
     EarlyStop,
     Heartbeat,
     NonFinite,

@@ -1,7 +1,7 @@
-"""The worker process: ``python -m engine.train.worker runs/<job>/spec.json``.
+"""The worker process: ``python -m trainconsole.engine.train.worker runs/<job>/spec.json``.
 
 Protocol (docs/contracts.md): it writes ``events.jsonl``, ``heartbeat.json`` (each step),
-``checkpoints/`` and, last, ``report.json``; its exit code comes from ``engine.errors.EXIT_CODES``.
+``checkpoints/`` and, last, ``report.json``; its exit code comes from ``trainconsole.engine.errors.EXIT_CODES``.
 SIGTERM (or SIGINT) asks for a checkpoint at the next step boundary, then exit 18. SIGUSR1
 dumps every thread's Python stack to ``stacks.txt`` (the daemon asks for it before ending a hung
 worker). Under torchrun only rank 0 writes events, the heartbeat, checkpoints, the adapter and
@@ -32,10 +32,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
-from engine.events import EventLog, NullEventLog
-from engine.train.guards import Heartbeat
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
+from trainconsole.engine.events import EventLog, NullEventLog
+from trainconsole.engine.train.guards import Heartbeat
 
 SPEC_SCHEMA = 1
 BUG_CASES: dict[type[BaseException], int] = {
@@ -69,7 +69,7 @@ def classify(exc: BaseException, *, loading: bool) -> tuple[ErrorClass, int | No
 
 
 def read_spec(path: Path) -> dict[str, Any]:
-    from engine.errors import ConfigError
+    from trainconsole.engine.errors import ConfigError
 
     try:
         spec = json.loads(Path(path).read_bytes())
@@ -119,7 +119,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
         heartbeat = Heartbeat(run_dir / "heartbeat.json" if lead else None)
         heartbeat.beat(0)
         events.emit("log", level="info", message=f"worker {os.getpid()} started", job_id=spec["job_id"])
-        from engine.train.job import TrainJob  # torch and friends load from here on
+        from trainconsole.engine.train.job import TrainJob  # torch and friends load from here on
 
         job = TrainJob(spec, events, heartbeat, stop)
         outcome = job.run()
@@ -166,7 +166,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m engine.train.worker runs/<job>/spec.json", file=sys.stderr)
+        print("usage: python -m trainconsole.engine.train.worker runs/<job>/spec.json", file=sys.stderr)
         return 2
     stop = [False]
 

@@ -8,9 +8,9 @@ import math
 import threading
 from typing import Any
 
-from console.series import downsample, ema_debiased
-from console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
-from engine.sysmon import GpuSample, Sample
+from trainconsole.console.series import downsample, ema_debiased
+from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
+from trainconsole.engine.sysmon import GpuSample, Sample
 
 T0 = 1_780_000_000.0  # a fixed wall time: snapshots render the same on every run
 

@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 
 from textual.pilot import Pilot
 
-from console.app import TrainConsole
-from console.widgets.alerts import AlertList
-from console.widgets.confirm import ConfirmDialog
-from console.widgets.help_screen import HelpScreen
-from console.widgets.job_detail import JobDetailScreen
-from console.widgets.loss_plot import LossPlot
-from console.widgets.queue_table import QueueTable
 from tests.console.fakes import ScriptedClient
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.widgets.alerts import AlertList
+from trainconsole.console.widgets.confirm import ConfirmDialog
+from trainconsole.console.widgets.help_screen import HelpScreen
+from trainconsole.console.widgets.job_detail import JobDetailScreen
+from trainconsole.console.widgets.loss_plot import LossPlot
+from trainconsole.console.widgets.queue_table import QueueTable
 
 
 @asynccontextmanager
@@ -288,7 +288,7 @@ async def test_palette_runs_an_action() -> None:
 
 
 async def test_help_lists_every_key_and_hides_mutations_when_readonly() -> None:
-    from console.keymap import help_rows
+    from trainconsole.console.keymap import help_rows
 
     shown = {row[1] for row in help_rows(readonly=False)}
     assert any("cancel" in text for text in shown) and any("quit" in text for text in shown)
@@ -307,8 +307,8 @@ async def test_clearing_a_filter_restores_id_order() -> None:
 
 
 async def test_a_new_critical_alert_pops_up_once_and_old_ones_do_not() -> None:
-    from console.snapshot import AlertRow
     from tests.console.fakes import T0
+    from trainconsole.console.snapshot import AlertRow
 
     async with console() as (app, pilot, client):
         await pilot.pause(0.3)

@@ -11,14 +11,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from console.app import TrainConsole
-from console.client import WorkspaceClient
-from console.widgets.confirm import ConfirmDialog
-from console.widgets.queue_table import QueueTable
-from engine.config import load_config
-from engine.events import EventLog
-from engine.layout import Layout
-from engine.store import Store
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.client import WorkspaceClient
+from trainconsole.console.widgets.confirm import ConfirmDialog
+from trainconsole.console.widgets.queue_table import QueueTable
+from trainconsole.engine.config import load_config
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
 
 LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
 
@@ -165,7 +165,7 @@ def test_a_store_error_reaches_the_operator_as_a_notice(ws: tuple[WorkspaceClien
     client, layout = ws
     a = add(layout, "a.jsonl")
     client.cancel(a)
-    from engine.errors import TrainconsoleError
+    from trainconsole.engine.errors import TrainconsoleError
 
     with pytest.raises(TrainconsoleError, match="already cancelled"):
         client.cancel(a)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from console.commands.demo import MARKER, demo_files, prepare
-from engine.config import load_config
-from engine.data import validate_file
 from tests.helpers import ROOT, run_cli
+from trainconsole.console.commands.demo import MARKER, demo_files, prepare
+from trainconsole.engine.config import load_config
+from trainconsole.engine.data.gate import validate_file
 
 
 def test_demo_data_is_two_good_files_and_one_broken() -> None:
@@ -81,7 +81,7 @@ def _spawn_in_pty(workspace: Path, controlling: bool = True) -> tuple[subprocess
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(workspace / "config.toml"),
+    proc = subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(workspace / "config.toml"),
                              "--readonly"], stdin=slave, stdout=slave, stderr=slave, cwd=workspace, env=env,
                             preexec_fn=own_terminal if controlling else os.setsid)
     os.close(slave)
@@ -152,8 +152,8 @@ def test_an_engine_that_cannot_make_its_queue_folder_is_a_notice(tmp_path: Path)
     """`trainconsole` where the queue folder cannot be created: the console opens with the reason
     on screen instead of a traceback. /proc refuses new folders even to root, as a read-only
     mount would; the config check lets it through (its parent exists)."""
-    from console.commands.console_cmd import start_engine
-    from engine.config import default_config_text, set_value
+    from trainconsole.console.commands.console_cmd import start_engine
+    from trainconsole.engine.config import default_config_text, set_value
 
     config = tmp_path / "config.toml"
     config.write_text(default_config_text())
@@ -167,7 +167,7 @@ def test_the_closing_hint_names_a_command_the_shell_will_find(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """After `make run`, trainconsole is .venv/bin/trainconsole and not on PATH: the hint printed
     when the console closes must say that path, or a new user's next command is not found."""
-    from console.commands.console_cmd import shown_command
+    from trainconsole.console.commands.console_cmd import shown_command
 
     script = tmp_path / ".venv" / "bin" / "trainconsole"
     script.parent.mkdir(parents=True)

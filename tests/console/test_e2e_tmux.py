@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from console.commands.demo import DEMO_SETTINGS
 from tests.helpers import ROOT, run_cli
+from trainconsole.console.commands.demo import DEMO_SETTINGS
 
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed: the terminal end-to-end "
@@ -51,7 +51,7 @@ class Tmux:
 def demo_dir(tmp_path: Path, shared_cache: Path) -> Iterator[Path]:
     """A demo workspace whose config shares the session's model cache (so the built-in model is
     built once); `trainconsole demo` fills in the rest itself."""
-    from engine.config import default_config_text, set_value
+    from trainconsole.engine.config import default_config_text, set_value
 
     ws = tmp_path / "demo-workspace"
     ws.mkdir()
@@ -70,7 +70,7 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMUX")}
     env.pop("TRAINCONSOLE_CONFIG", None)
     env["PYTHONPATH"] = str(ROOT)
-    command = (f"cd {demo_dir.parent} && {sys.executable} -m console.cli demo --dir {demo_dir.name}; "
+    command = (f"cd {demo_dir.parent} && {sys.executable} -m trainconsole.console.cli demo --dir {demo_dir.name}; "
                "echo CONSOLE-EXITED $?; sleep 60")
     subprocess.run([str(TMUX), "-L", tmux.socket, "-f", "/dev/null", "new-session", "-d", "-s", "demo",
                     "-x", "100", "-y", "32", command], env=env, check=True, timeout=30)

@@ -12,10 +12,10 @@ from tests.helpers import ROOT
 SCRIPT = r"""
 import asyncio, sys
 from pathlib import Path
-from engine.config import load_config
-from console.app import TrainConsole
-from console.client import WorkspaceClient
-import console.commands.console_cmd, console.commands.demo
+from trainconsole.engine.config import load_config
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.client import WorkspaceClient
+import trainconsole.console.commands.console_cmd, trainconsole.console.commands.demo
 
 cfg = load_config(Path(sys.argv[1]))
 client = WorkspaceClient(cfg)

@@ -15,16 +15,16 @@ import pytest
 from textual.pilot import Pilot
 from textual.widget import Widget
 
-from console.app import TrainConsole
-from console.client import WorkspaceClient
-from console.snapshot import AlertRow, Snapshot
-from console.widgets.alerts import AlertList
-from console.widgets.engine_state import EngineState
-from console.widgets.queue_table import QueueTable
-from engine.config import load_config
-from engine.events import EventLog
-from engine.store import Store
 from tests.console.fakes import T0, ScriptedClient
+from trainconsole.console.app import TrainConsole
+from trainconsole.console.client import WorkspaceClient
+from trainconsole.console.snapshot import AlertRow, Snapshot
+from trainconsole.console.widgets.alerts import AlertList
+from trainconsole.console.widgets.engine_state import EngineState
+from trainconsole.console.widgets.queue_table import QueueTable
+from trainconsole.engine.config import load_config
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.store import Store
 
 
 @asynccontextmanager
@@ -183,7 +183,7 @@ async def test_new_alerts_show_at_the_top_while_the_alerts_panel_is_not_in_use()
 
 
 def test_a_stopped_engine_says_how_to_start_it_within_80_columns(workspace: Path) -> None:
-    from console.widgets.engine_state import render_state
+    from trainconsole.console.widgets.engine_state import render_state
 
     cfg = load_config(workspace / "config.toml")
     layout = cfg.layout()
@@ -209,7 +209,7 @@ def test_a_stopped_engine_says_how_to_start_it_within_80_columns(workspace: Path
 @pytest.mark.edge(27)
 @pytest.mark.parametrize("gpus", [1, 2])
 async def test_ram_and_disk_stay_in_sight_with_gpus_at_80x24(gpus: int) -> None:
-    from console.widgets.gauges import Gauges
+    from trainconsole.console.widgets.gauges import Gauges
 
     async with narrow(ScriptedClient(gpus=gpus)) as (app, pilot):
         gauges = app.query_one(Gauges)

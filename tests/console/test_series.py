@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from console.series import downsample, ema_debiased
+from trainconsole.console.series import downsample, ema_debiased
 
 
 def test_ema_is_debiased_from_the_first_point() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from console.app import TrainConsole
 from tests.console.fakes import ScriptedClient
+from trainconsole.console.app import TrainConsole
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from typing import Any
 import pynvml
 import pytest
 
-from engine import sysmon
-from engine.sysmon import Sysmon, cgroup_memory
+from trainconsole.engine import sysmon
+from trainconsole.engine.sysmon import Sysmon, cgroup_memory
 
 MB = 1024 * 1024
 

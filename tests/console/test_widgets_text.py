@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from console.snapshot import EngineView, JobRow, Snapshot, format_age, format_duration
-from console.widgets.engine_state import render_state
-from console.widgets.gauges import render_gauges
-from console.widgets.queue_table import cells
-from engine.sysmon import GpuSample, Sample
+from trainconsole.console.snapshot import EngineView, JobRow, Snapshot, format_age, format_duration
+from trainconsole.console.widgets.engine_state import render_state
+from trainconsole.console.widgets.gauges import render_gauges
+from trainconsole.console.widgets.queue_table import cells
+from trainconsole.engine.sysmon import GpuSample, Sample
 
 
 def sample(**changes: object) -> Sample:

@@ -1,4 +1,4 @@
-"""A stand-in for ``engine.train.worker`` that speaks the same protocol (spec.json in;
+"""A stand-in for ``trainconsole.engine.train.worker`` that speaks the same protocol (spec.json in;
 heartbeat.json, events.jsonl, report.json and the exit code out; SIGTERM -> checkpoint at the next
 step boundary and exit 18; stacks on SIGUSR1) without torch, so supervision unit tests launch it
 in a tenth of a second. Acceptance tests use the real worker.

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.config import load_config, set_value
-from engine.events import EventLog, read_all
-from engine.launcher import DevicePlan, Launcher, LocalLauncher
-from engine.notify import Notifier
-from engine.store import Job, Store
-from engine.supervise import Supervisor
+from trainconsole.engine.config import load_config, set_value
+from trainconsole.engine.daemon.launcher import DevicePlan, Launcher, LocalLauncher
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.daemon.supervisor import Supervisor
+from trainconsole.engine.events import EventLog, read_all
+from trainconsole.engine.store import Job, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
@@ -97,7 +97,7 @@ class Harness:
         self.store = Store.open(self.layout, self.events, policy=self.cfg.queue)
         self.notifier = Notifier(self.events, self.cfg.guards.alert_command, self.cfg.guards.alert_min_severity)
         if sysmon is None:
-            from engine.sysmon import Sysmon
+            from trainconsole.engine.sysmon import Sysmon
 
             sysmon = Sysmon()
         self.sup = Supervisor(self.cfg, self.store, self.events, self.notifier, sysmon,
@@ -146,7 +146,7 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 def start_daemon(config: Path, env: Mapping[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
     out = open(log or config.parent / "daemon.log", "ab")  # noqa: SIM115 - the child holds it
     try:
-        return subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "daemon"],
+        return subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "daemon"],
                                 cwd=ROOT, env=daemon_env(env), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:

@@ -6,9 +6,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from engine import checkpoints as ckpt
-from engine.events import read_all
-from engine.layout import Layout
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.events import read_all
+from trainconsole.engine.layout import Layout
 
 # Real worker runs: the watchdog floor must cover a save and the end of a job on a busy 2-core box.
 REAL: dict[str, Any] = {"guards.hang_floor_s": 30.0, "guards.hang_multiple": 20.0}

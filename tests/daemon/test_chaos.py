@@ -14,8 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.config import load_config
-from engine.launcher import WORKER_MODULE
 from tests.daemon.harness import FAST, TINY, configure, drop, start_daemon, store_jobs, wait_for
 from tests.daemon.realrun import (
     REAL,
@@ -24,6 +22,8 @@ from tests.daemon.realrun import (
     step_trail,
     worst_step_loss,
 )
+from trainconsole.engine.config import load_config
+from trainconsole.engine.daemon.launcher import WORKER_MODULE
 
 
 def _workers_under(runs: Path) -> list[int]:

@@ -12,10 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.errors import ErrorClass
-from engine.events import read_all
-from engine.launcher import launcher_for
 from tests.daemon.harness import FAST, TINY, Harness, configure, drop, start_daemon, store_jobs, wait_for
 from tests.daemon.realrun import (
     REAL,
@@ -25,6 +21,10 @@ from tests.daemon.realrun import (
     step_trail,
     worst_step_loss,
 )
+from trainconsole.engine.config import load_config
+from trainconsole.engine.daemon.launcher import launcher_for
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import read_all
 
 
 def real(ws: Path, values: dict | None = None) -> Harness:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoints as ckpt
 from tests.daemon.harness import TINY, Harness, drop
 from tests.daemon.realrun import REAL
+from trainconsole.engine import checkpoints as ckpt
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def _fill_leaving(filler: Path, room: int) -> None:
 @pytest.mark.edge(25)
 def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: Path, tiny_model: Path,
                                                                       small_disk: Path) -> None:
-    from engine.launcher import launcher_for
+    from trainconsole.engine.daemon.launcher import launcher_for
 
     h = Harness(workspace, {**TINY, **REAL, "training.max_steps": 4, "paths.runs": str(small_disk / "runs"),
                             "paths.adapters": str(small_disk / "adapters")}, launcher_factory=launcher_for)

@@ -21,12 +21,13 @@ from typing import Any
 import pynvml
 import pytest
 
-from engine import ingest, sysmon
-from engine.errors import ErrorClass
-from engine.events import read_all
-from engine.launcher import TorchrunLauncher, launcher_for, plan_devices
-from engine.sysmon import Sysmon
 from tests.daemon.harness import FAST, ROOT, Harness, configure, drop
+from trainconsole.engine import sysmon
+from trainconsole.engine.daemon import inbox as ingest
+from trainconsole.engine.daemon.launcher import TorchrunLauncher, launcher_for, plan_devices
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import read_all
+from trainconsole.engine.sysmon import Sysmon
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_a_kernel_oom_kill_walks_the_ladder_and_is_charged(workspace: Path, monk
     # The kernel's OOM killer cannot be provoked safely on a shared box: the worker SIGKILLs itself
     # and the kernel's oom_kill counter (/proc/vmstat) is faked to have moved meanwhile.
     counter = iter(range(0, 1000, 1))
-    monkeypatch.setattr("engine.supervise.oom_kill_count", lambda: next(counter))
+    monkeypatch.setattr("trainconsole.engine.daemon.supervisor.oom_kill_count", lambda: next(counter))
     monkeypatch.setenv("TRAINCONSOLE_FAULT", "crash@2")
     h = Harness(workspace, {"queue.max_attempts": 2})
     try:
@@ -334,7 +335,7 @@ def test_unwritable_folders_are_reported_plainly_at_start(tmp_path: Path) -> Non
         (base / "runs").mkdir(mode=0o755)  # owned by root: not writable for nobody
         os.chmod(base / "config.toml", 0o644)
         done = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                               sys.executable, "-m", "console.cli", "--config", str(base / "config.toml"),
+                               sys.executable, "-m", "trainconsole.console.cli", "--config", str(base / "config.toml"),
                                "daemon"], cwd=ROOT, capture_output=True, text=True, timeout=60,
                               env={**os.environ, "HOME": str(base)})
         assert done.returncode == 1, done.stderr
@@ -375,7 +376,7 @@ def test_a_slow_or_failing_alert_command_is_logged_not_waited_for(workspace: Pat
 
 
 def test_folder_modes_do_not_matter_to_this_helper(tmp_path: Path) -> None:
-    from engine.resources import check_writable
+    from trainconsole.engine.daemon.resources import check_writable
 
     ro = tmp_path / "ro"
     ro.mkdir()

@@ -14,17 +14,17 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.config import load_config
-from engine.lock import EngineLock, engine_running, read_pidfile, start_detached
 from tests.daemon.harness import FAST, ROOT, configure, daemon_env, wait_for
 from tests.helpers import run_cli
+from trainconsole.engine.config import load_config
+from trainconsole.engine.lock import EngineLock, engine_running, read_pidfile, start_detached
 
 
 @pytest.mark.edge(48)
 def test_twenty_daemons_at_once_exactly_one_runs(workspace: Path) -> None:
     config = configure(workspace, FAST)
     layout = load_config(config).layout()
-    procs = [subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "daemon"],
+    procs = [subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "daemon"],
                               cwd=ROOT, env=daemon_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True) for _ in range(20)]
     try:
@@ -124,7 +124,7 @@ def test_doctor_reports_each_check(workspace: Path) -> None:
 def _daemon_once(config: Path, *, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
     """`trainconsole daemon` run to its exit. ``unprivileged``: as a user file modes bind, which for
     root means setpriv dropping its DAC override (a real permission check, not a fake)."""
-    cmd = [sys.executable, "-m", "console.cli", "--config", str(config), "daemon"]
+    cmd = [sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "daemon"]
     if unprivileged and os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root opens files whatever their mode, and setpriv is not here to drop that")

@@ -7,9 +7,9 @@ import signal
 import time
 from pathlib import Path
 
-from engine.errors import ErrorClass
-from engine.retry_policy import classify, effective_batch, next_oom_rung, oom_kill_count
-from engine.watchdog import Watchdog
+from trainconsole.engine.daemon.retry_policy import classify, effective_batch, next_oom_rung, oom_kill_count
+from trainconsole.engine.daemon.watchdog import Watchdog
+from trainconsole.engine.errors import ErrorClass
 
 
 def test_report_wins_over_exit_code_and_signal() -> None:

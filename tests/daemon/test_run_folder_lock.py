@@ -15,9 +15,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.config import load_config
-from engine.events import read_all
-from engine.lock import RunFolderBusy, engine_running, lock_run_folder
 from tests.daemon.harness import (
     FAST,
     ROOT,
@@ -32,6 +29,9 @@ from tests.daemon.harness import (
 )
 from tests.daemon.realrun import REAL
 from tests.helpers import run_cli
+from trainconsole.engine.config import load_config
+from trainconsole.engine.events import read_all
+from trainconsole.engine.lock import RunFolderBusy, engine_running, lock_run_folder
 
 
 def _held(run_dir: Path) -> bool:
@@ -62,7 +62,7 @@ def test_engine_and_train_never_share_a_run_folder(workspace: Path, tiny_model: 
     try:
         wait_for(lambda: engine_running(layout) is not None, 60, "the engine started")
         # A foreground run takes j0001 first; its worker hangs at step 1, holding the folder.
-        fg = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "train",
+        fg = subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "train",
                                "--job-id", "j0001", str(data)], cwd=ROOT,
                               env=daemon_env({"TRAINCONSOLE_FAULT": "hang@1"}),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -117,7 +117,7 @@ def test_an_engine_starting_leaves_a_foreground_run_alone(workspace: Path, tiny_
     run_dir = layout.run_dir("fg1")
     data = workspace / "fg.jsonl"
     data.write_text(chat_lines(16, "fg"))
-    fg = subprocess.Popen([sys.executable, "-m", "console.cli", "--config", str(config), "train",
+    fg = subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "train",
                            "--job-id", "fg1", str(data)], cwd=ROOT,
                           env=daemon_env({"TRAINCONSOLE_FAULT": "hang@1"}),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

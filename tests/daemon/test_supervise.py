@@ -10,8 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from engine.errors import ErrorClass
 from tests.daemon.harness import Harness, drop
+from trainconsole.engine.errors import ErrorClass
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_a_hang_is_caught_with_stacks_in_the_job_log(harness: Harness, monkeypat
     job = harness.jobs()[0]
     first = job.history[0]
     assert first["attempt"] == 1 and first["class"] == "transient" and "watchdog" in first["message"]
-    from engine.events import read_all
+    from trainconsole.engine.events import read_all
 
     logs = [e for e in read_all(harness.layout.job_events(job.id)) if e["type"] == "log"]
     assert any("Python stacks" in e["message"] and "fake_worker.py" in e["message"] for e in logs)

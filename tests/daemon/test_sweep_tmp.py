@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from engine.recovery import sweep
+from trainconsole.engine.config import load_config
+from trainconsole.engine.daemon.recovery import sweep
 
 
 @pytest.mark.edge(41)

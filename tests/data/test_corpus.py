@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.data import REASONS, Limits, Report, iter_examples, validate_file
+from trainconsole.engine.data.gate import REASONS, Limits, Report, iter_examples, validate_file
 
 CORPUS = Path(__file__).resolve().parent.parent / "fixtures" / "data"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
@@ -242,7 +242,7 @@ def _work_dying_past_the_first_range(bounds: tuple[int, int]) -> Any:
     import os
     import signal
 
-    from engine import data_scan
+    from trainconsole.engine.data import scan as data_scan
 
     if bounds[0] > 0:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -250,7 +250,7 @@ def _work_dying_past_the_first_range(bounds: tuple[int, int]) -> Any:
 
 
 def test_a_scan_worker_killed_from_outside_does_not_hang_the_gate(monkeypatch: pytest.MonkeyPatch) -> None:
-    from engine import data_scan
+    from trainconsole.engine.data import scan as data_scan
 
     want = validate_file(CORPUS / "few_bad_lines.jsonl", workers=1)
     # Real processes really killed; only which function the workers run is swapped.

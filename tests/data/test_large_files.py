@@ -17,7 +17,7 @@ from tests.helpers import ROOT
 
 MEASURE = """
 import json, resource, sys
-from engine.data import validate_file
+from trainconsole.engine.data.gate import validate_file
 r = validate_file(sys.argv[1], workers=int(sys.argv[2]) or None)
 peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.errors import ConfigError, DataError
-from engine.train.tokens import (
+from trainconsole.engine.errors import ConfigError, DataError
+from trainconsole.engine.train.tokens import (
     IGNORE,
     TokenCache,
     build_cache,
@@ -82,7 +82,7 @@ def test_every_turn_weight_zero_is_dropped_not_trained_on_nothing(tok: Any) -> N
 
 
 def test_message_objects_from_the_data_gate(tok: Any, tmp_path: Path) -> None:
-    from engine.data import iter_examples
+    from trainconsole.engine.data.gate import iter_examples
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CHATS))
@@ -230,7 +230,7 @@ def test_cache_is_rebuilt_when_the_key_changes_or_files_are_damaged(tok: Any, tm
 
 
 def test_token_counter_agrees_with_the_chat_template(tok: Any, tmp_path: Path) -> None:
-    from engine.data import iter_examples
+    from trainconsole.engine.data.gate import iter_examples
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CHATS))
@@ -253,7 +253,7 @@ def _variant(tok: Any, kind: str) -> Any:
 
 @pytest.mark.parametrize("kind", ["builtin", "trim", "branch"])
 def test_batched_rendering_matches_the_template_exactly(tok: Any, kind: str) -> None:
-    from engine.train.tokens_render import _prints_content_only
+    from trainconsole.engine.data.chat_render import _prints_content_only
 
     variant = _variant(tok, kind)
     assert variant.chat_template != tok.chat_template or kind == "builtin"
@@ -279,7 +279,7 @@ def _write_jsonl(path: Path, chats: list[list[dict[str, Any]]], bad_line_at: int
 
 @pytest.mark.edge(3)
 def test_long_examples_in_a_real_file_are_truncated_or_dropped(tok: Any, tmp_path: Path) -> None:
-    from engine.data import iter_examples
+    from trainconsole.engine.data.gate import iter_examples
 
     data = tmp_path / "long.jsonl"
     _write_jsonl(data, _long_chats(), bad_line_at=1)
@@ -297,7 +297,7 @@ def test_long_examples_in_a_real_file_are_truncated_or_dropped(tok: Any, tmp_pat
 
 @pytest.mark.edge(33)
 def test_max_length_below_every_example_in_a_real_file(tok: Any, tmp_path: Path) -> None:
-    from engine.data import iter_examples
+    from trainconsole.engine.data.gate import iter_examples
 
     data = tmp_path / "wordy.jsonl"
     _write_jsonl(data, [[{"role": "user", "content": f"question {i} " + "and more " * 60},

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from engine.train.tokens import IGNORE, _chunks, encode_batch
-from engine.train.tokens_long import prefix_chars
 from tests.helpers import ROOT
+from trainconsole.engine.data.long_text import prefix_chars
+from trainconsole.engine.train.tokens import IGNORE, _chunks, encode_batch
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +98,8 @@ MEASURE = """
 import json, resource, sys
 from pathlib import Path
 from transformers import AutoTokenizer
-from engine.data import iter_examples
-from engine.train.tokens import build_cache
+from trainconsole.engine.data.gate import iter_examples
+from trainconsole.engine.train.tokens import build_cache
 tok = AutoTokenizer.from_pretrained(sys.argv[2])
 tok.apply_chat_template([{"role": "user", "content": "warm"}, {"role": "assistant", "content": "up"}])
 base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

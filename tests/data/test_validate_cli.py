@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from console.commands.validate import PROGRESS_MIN_BYTES, Bar
-from engine.config import set_value
 from tests.helpers import ROOT, run_cli
+from trainconsole.console.commands.validate import PROGRESS_MIN_BYTES, Bar
+from trainconsole.engine.config import set_value
 
 CORPUS = ROOT / "tests" / "fixtures" / "data"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((CORPUS / "expected.json").read_text())
@@ -125,7 +125,7 @@ def test_max_length_below_the_shortest_example(workspace: Path, tiny_model: Path
 
 def test_validate_never_imports_torch(workspace: Path, tiny_model: Path) -> None:
     code = ("import sys, io, contextlib\n"
-            "from console.cli import main\n"
+            "from trainconsole.console.cli import main\n"
             "out = io.StringIO()\n"
             "with contextlib.redirect_stdout(out):\n"
             "    rc = main(['validate', '--json', sys.argv[1]])\n"
@@ -188,7 +188,7 @@ def test_a_large_file_on_a_terminal_shows_progress_on_stderr_only(workspace: Pat
     big.write_bytes(line * ((PROGRESS_MIN_BYTES + (1 << 20)) // len(line)))
     main, child = pty.openpty()
     try:
-        done = subprocess.run([sys.executable, "-m", "console.cli", "validate", "--json", "--no-tokens",
+        done = subprocess.run([sys.executable, "-m", "trainconsole.console.cli", "validate", "--json", "--no-tokens",
                                str(big)], cwd=workspace, stdout=subprocess.PIPE, stderr=child,
                               timeout=120, env=_env())
         os.close(child)
@@ -223,9 +223,9 @@ def test_progress_bar_shows_bytes_rate_and_time_left() -> None:
 
 @pytest.mark.edge(3)
 def test_token_statistics_are_the_same_from_several_processes(workspace: Path, tiny_model: Path) -> None:
-    from engine.config import load_config
-    from engine.data import validate_file
-    from engine.data_tokenizer import token_counter_for
+    from trainconsole.engine.config import load_config
+    from trainconsole.engine.data.gate import validate_file
+    from trainconsole.engine.data.tokenizer import token_counter_for
 
     cfg = load_config(workspace / "config.toml")
     counter, why = token_counter_for(cfg)
@@ -240,7 +240,7 @@ def test_token_statistics_are_the_same_from_several_processes(workspace: Path, t
 # library): that part of the peak varies from run to run by tens of MB and is not what is measured.
 PEAK = """
 import resource, sys
-from console.cli import main
+from trainconsole.console.cli import main
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 code = main(sys.argv[1:])

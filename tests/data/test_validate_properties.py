@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.data import REASONS, Limits, Report, iter_examples, validate_file
+from trainconsole.engine.data.gate import REASONS, Limits, Report, iter_examples, validate_file
 
 LIMITS = Limits(max_line_bytes=1024, max_problems=5)
 ONE_PROBLEM = ("json_array", "pretty_printed", "utf16_file", "compressed_file")

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine.errors import ConfigError
-from engine.layout import Layout
-from engine.train.model import MANIFEST, ensure_builtin, is_intact, resolve_base_model
+from trainconsole.engine.errors import ConfigError
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.train.model import MANIFEST, ensure_builtin, is_intact, resolve_base_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +134,7 @@ def test_damaged_folder_is_rebuilt(tiny_model: Path, tmp_path: Path, damage: str
 
 def test_concurrent_builds_do_not_corrupt(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    code = "import sys; from pathlib import Path; from engine.train.model import ensure_builtin; " \
+    code = "import sys; from pathlib import Path; from trainconsole.engine.train.model import ensure_builtin; " \
         "print(ensure_builtin('builtin:tiny-chat', Path(sys.argv[1])))"
     procs = [
         subprocess.Popen([sys.executable, "-c", code, str(cache)], stdout=subprocess.PIPE,
@@ -178,7 +178,7 @@ def test_lora_visibly_learns_a_toy_task(tiny_model: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from engine.train.tokens import IGNORE, tokenize_batch
+    from trainconsole.engine.train.tokens import IGNORE, tokenize_batch
 
     tok = _tokenizer(tiny_model)
     model = get_peft_model(
@@ -212,7 +212,7 @@ def test_lora_visibly_learns_a_toy_task(tiny_model: Path) -> None:
 
 
 def test_resolve_base_model_from_the_shipped_config(workspace: Path, tiny_model: Path) -> None:
-    from engine.config import load_config
+    from trainconsole.engine.config import load_config
 
     cfg = load_config(workspace / "config.toml")
     assert cfg.model.base_model == "builtin:tiny-chat"

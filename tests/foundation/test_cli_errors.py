@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-from console.common import run_guarded
+from trainconsole.console.common import run_guarded
 
 
 def _raising(exc: BaseException):  # type: ignore[no-untyped-def]

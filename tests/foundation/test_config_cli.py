@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import default_config_text
 from tests.helpers import ROOT, modes_bind_prefix, run_cli
+from trainconsole.engine.config import default_config_text
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "configs"
 
@@ -176,8 +176,8 @@ def test_permission_denied_is_a_usage_error_in_process(tmp_path: Path,
     it: opening the file raises the same PermissionError a real denial gives."""
     import argparse
 
-    from console.commands import config_cmds
-    from console.common import run_guarded
+    from trainconsole.console.commands import config_cmds
+    from trainconsole.console.common import run_guarded
 
     path = tmp_path / "config.toml"
     path.write_text("")
@@ -236,7 +236,7 @@ def test_a_path_under_a_file_is_refused_at_check_time(tmp_path: Path) -> None:
 def _as_unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
     """`trainconsole ARGS` without the power to bypass file modes: a normal user, or root run
     through setpriv with its DAC capabilities dropped (a real permission check, not a fake)."""
-    cmd = [sys.executable, "-m", "console.cli", *args]
+    cmd = [sys.executable, "-m", "trainconsole.console.cli", *args]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root reads files whatever their mode, and setpriv is not here to drop that")
@@ -275,7 +275,7 @@ def test_help_into_a_closed_pipe_is_not_a_traceback(args: list[str]) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        proc = subprocess.run([sys.executable, "-m", "console.cli", *args], cwd=ROOT, stdout=write_end,
+        proc = subprocess.run([sys.executable, "-m", "trainconsole.console.cli", *args], cwd=ROOT, stdout=write_end,
                               stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write_end)

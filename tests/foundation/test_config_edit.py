@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import ConfigProblems, default_config_text, load_config, parse_value, set_value
-from engine.errors import ConfigError, UsageError
+from trainconsole.engine.config import (
+    ConfigProblems,
+    default_config_text,
+    load_config,
+    parse_value,
+    set_value,
+)
+from trainconsole.engine.errors import ConfigError, UsageError
 
 
 @pytest.fixture

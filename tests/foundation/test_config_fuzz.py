@@ -11,8 +11,15 @@ import tomlkit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Config, ConfigError, default_config_text, load_config, parse_config_text, set_value
-from engine.config_schema import KEYS, Key
+from trainconsole.engine.config import (
+    Config,
+    ConfigError,
+    default_config_text,
+    load_config,
+    parse_config_text,
+    set_value,
+)
+from trainconsole.engine.config.schema import KEYS, Key
 
 SECTION_NAMES = [*KEYS, "trainig", "extra"]
 KEY_NAMES = sorted({name for keys in KEYS.values() for name in keys} | {"batchsize", "x"})

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.config import (
+from trainconsole.engine.config import (
     Config,
     ConfigError,
     ConfigProblems,
@@ -18,8 +18,8 @@ from engine.config import (
     load_config,
     parse_config_text,
 )
-from engine.config_schema import KEYS, SECTIONS
-from engine.layout import Layout
+from trainconsole.engine.config.schema import KEYS, SECTIONS
+from trainconsole.engine.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "configs"

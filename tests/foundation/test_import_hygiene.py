@@ -12,19 +12,19 @@ import sys
 
 import pytest
 
-from console.cli import COMMANDS
 from tests.helpers import ROOT
+from trainconsole.console.cli import COMMANDS
 
 HEAVY = ("torch", "peft", "accelerate", "transformers")
 
-# Lists every module of `console` and of `engine` outside `engine.train` (new modules are covered
+# Lists every module of `trainconsole.console` and of `trainconsole.engine` outside its `train` (new modules are covered
 # without touching this test), imports them all, and prints what heavy packages came along.
-# `engine.train` is skipped before it is imported: even its __init__ belongs to the torch side.
+# `trainconsole.engine.train` is skipped before it is imported: even its __init__ belongs to the torch side.
 PROBE = r"""
 import importlib, json, pkgutil, sys, traceback
 
 HEAVY = @HEAVY@
-SKIP = ("engine.train",)
+SKIP = ("trainconsole.engine.train",)
 
 def walk(package):
     names = [package]
@@ -36,7 +36,7 @@ def walk(package):
     return names
 
 only = sys.argv[1:]
-names = only or walk("engine") + walk("console")
+names = only or walk("trainconsole.engine") + walk("trainconsole.console")
 failed = {}
 for name in names:
     try:
@@ -66,8 +66,8 @@ def test_light_modules_never_import_torch_peft_accelerate_or_transformers() -> N
     modules = result["modules"]
     assert isinstance(modules, list)
     # The walk really found the tree (and skipped the torch side).
-    assert {"engine.catalog", "engine.events", "console.cli"} <= set(modules)
-    assert not any(str(m).startswith("engine.train") for m in modules)
+    assert {"trainconsole.engine.catalog", "trainconsole.engine.events", "trainconsole.console.cli"} <= set(modules)
+    assert not any(str(m).startswith("trainconsole.engine.train") for m in modules)
     assert not result["failed"], f"modules that do not even import: {result['failed']}"
     if result["heavy"]:
         # Name the culprits: one fresh interpreter per module.
@@ -84,7 +84,7 @@ def test_the_probe_sees_a_heavy_import() -> None:
 # The wrapper runs the real entry point, then reports sys.modules, whatever the command did.
 CLI_PROBE = r"""
 import json, sys
-from console.cli import main
+from trainconsole.console.cli import main
 HEAVY = @HEAVY@
 try:
     code = main(sys.argv[1:])
@@ -100,7 +100,7 @@ def _help_cases() -> list[object]:
     for name, (module, _) in COMMANDS.items():
         argv = [name, "--help"]
         marks = []
-        if importlib.util.find_spec(f"console.commands.{module}") is None:
+        if importlib.util.find_spec(f"trainconsole.console.commands.{module}") is None:
             marks.append(pytest.mark.skip(reason=f"console/commands/{module}.py is not written yet"))
         cases.append(pytest.param(argv, marks=marks, id=f"trainconsole {name} --help"))
     return cases
@@ -120,12 +120,12 @@ def test_status_help_imports_no_torch_per_the_interpreters_own_import_log() -> N
     """The same claim measured another way: `python -X importtime` logs the modules that `import`
     statements load (not a module loaded by importlib.import_module itself, so the command module
     is missing from the log, but everything it imports is there)."""
-    if importlib.util.find_spec("console.commands.queue_cmds") is None:
+    if importlib.util.find_spec("trainconsole.console.commands.queue_cmds") is None:
         pytest.skip("console/commands/queue_cmds.py is not written yet")
-    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "console.cli", "status", "--help"],
+    run = subprocess.run([sys.executable, "-X", "importtime", "-m", "trainconsole.console.cli", "status", "--help"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert {"console", "argparse"} <= imported  # the log is really there
+    assert {"trainconsole.console", "argparse"} <= imported  # the log is really there
     assert not {m.split(".")[0] for m in imported} & set(HEAVY)

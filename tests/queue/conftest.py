@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import EventLog, read_all
-from engine.layout import Layout
-from engine.store import Store
+from trainconsole.engine.events import EventLog, read_all
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
 
 
 @dataclass
@@ -84,7 +84,7 @@ def store(layout: Layout, clock: Clock, policy: Policy) -> Iterator[Store]:
 
 def add(store: Store, tmp: Path, name: str, priority: str = "normal", text: str | None = None) -> str:
     """Add a job from a fresh file (unique content per name unless ``text`` says otherwise)."""
-    from engine.store_files import hash_file
+    from trainconsole.engine.store.files import hash_file
 
     src = write_job_file(tmp / "src" / f"{len(store.jobs())}-{name}", text)
     sha, size = hash_file(src)

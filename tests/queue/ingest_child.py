@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from engine.ingest import Inbox
-from engine.layout import Layout
-from engine.store import Store
+from trainconsole.engine.daemon.inbox import Inbox
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
 
 
 def main(root: Path) -> None:

@@ -93,8 +93,8 @@ def test_hold_release_priority_cancel_and_unknown_ids(workspace: Path) -> None:
 
 
 def test_cancel_of_a_running_job_is_a_command_for_the_engine(workspace: Path) -> None:
-    from engine.config import load_config
-    from engine.store import Store
+    from trainconsole.engine.config import load_config
+    from trainconsole.engine.store import Store
 
     cli(workspace, "add", str(write_job_file(workspace / "a.jsonl")))
     layout = load_config(workspace / "config.toml").layout()
@@ -134,7 +134,7 @@ def test_status_reports_a_stale_pid_file(workspace: Path) -> None:
 
 def test_status_never_imports_torch_or_textual(workspace: Path) -> None:
     code = (
-        "import sys; from console.cli import main; "
+        "import sys; from trainconsole.console.cli import main; "
         f"rc = main(['--config', {str(workspace / 'config.toml')!r}, 'status', '--json']); "
         "heavy = [m for m in ('torch', 'transformers', 'textual', 'peft') if m in sys.modules]; "
         "sys.stderr.write(repr(heavy)); sys.exit(rc)"

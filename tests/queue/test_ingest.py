@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import EventLog
-from engine.ingest import Inbox, scan
-from engine.layout import Layout
-from engine.store import Store
-from engine.store_files import hash_file
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.daemon.inbox import Inbox, scan
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
+from trainconsole.engine.store.files import hash_file
 
 from .conftest import alerts, write_job_file
 
@@ -251,7 +251,7 @@ def test_a_file_deleted_before_it_is_taken_is_simply_gone(layout: Layout, store:
     path.unlink()
     assert settle(box, mono, store, events) == []
     # And one that vanishes at the very moment of the move: a clear DataError, nothing recorded.
-    from engine.errors import DataError
+    from trainconsole.engine.errors import DataError
 
     with pytest.raises(DataError, match="vanished") as info:
         store.add_job("ghost.jsonl", layout.incoming / "ghost.jsonl", "0" * 64, 1, move=True)
@@ -364,7 +364,7 @@ def test_a_file_swapped_for_a_link_at_the_last_moment_is_put_back(layout: Layout
                                                                   tmp_path: Path) -> None:
     """The race an attacker would need: examined as a regular file, a link to a file outside by the
     time it is renamed. The job store never keeps a link; it goes back to the inbox."""
-    from engine.errors import DataError
+    from trainconsole.engine.errors import DataError
 
     outside = write_job_file(tmp_path / "outside" / "secret.jsonl")
     path = write_job_file(layout.incoming / "swap.jsonl")

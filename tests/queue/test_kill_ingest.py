@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.ingest import Inbox
-from engine.layout import Layout
-from engine.store import Store
+from trainconsole.engine.daemon.inbox import Inbox
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
 
 from .conftest import make_layout
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ErrorClass
-from engine.events import EventLog
-from engine.layout import Layout
-from engine.store import Store
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
 
 from .conftest import Clock, Policy, add, alerts
 
@@ -115,7 +115,7 @@ def test_two_processes_finding_the_damage_rebuild_once(layout: Layout, tmp_path:
 
     _populate(layout, tmp_path, clock, policy)
     _garbage(layout.state_db)
-    code = ("import sys; from engine.layout import Layout; from engine.store import Store; "
+    code = ("import sys; from trainconsole.engine.layout import Layout; from trainconsole.engine.store import Store; "
             "from pathlib import Path; r = Path(sys.argv[1]); "
             "L = Layout(r/'queue', r/'runs', r/'adapters', r/'cache'); "
             "s = Store.open(L); print(len(s.jobs()))")
@@ -129,7 +129,7 @@ def test_two_processes_finding_the_damage_rebuild_once(layout: Layout, tmp_path:
 def test_a_database_from_a_newer_version_is_refused_not_destroyed(layout: Layout) -> None:
     import sqlite3
 
-    from engine.errors import ConfigError
+    from trainconsole.engine.errors import ConfigError
 
     conn = sqlite3.connect(layout.state_db)
     conn.execute("PRAGMA user_version=99")
@@ -144,7 +144,7 @@ def test_a_locked_database_is_waited_for_never_set_aside(layout: Layout, tmp_pat
     stays. Only SQLITE_CORRUPT / SQLITE_NOTADB count as damage."""
     import sqlite3
 
-    from engine.store_schema import _is_corruption
+    from trainconsole.engine.store.schema import _is_corruption
 
     Store.open(layout).close()
     holder = sqlite3.connect(layout.state_db, isolation_level=None)
@@ -212,7 +212,7 @@ def test_a_console_never_rebuilds_under_a_running_engine(layout: Layout, tmp_pat
     import subprocess
     import sys
 
-    from engine.errors import TransientError
+    from trainconsole.engine.errors import TransientError
 
     _populate(layout, tmp_path, clock, policy)
     _garbage(layout.state_db)

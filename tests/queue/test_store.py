@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ErrorClass
-from engine.layout import Layout
-from engine.store import QueueError, Store
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import QueueError, Store
 
 from .conftest import Clock, Policy, add, alerts
 
@@ -160,7 +160,7 @@ def test_hold_release_priority_and_wrong_states(store: Store, tmp_path: Path) ->
     store.start(job_id)
     with pytest.raises(QueueError, match="only a queued job can be held"):
         store.hold(job_id)
-    from engine.errors import UsageError
+    from trainconsole.engine.errors import UsageError
 
     with pytest.raises(UsageError, match="priority must be one of"):
         store.set_priority(job_id, "urgent")

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine.errors import ErrorClass
-from engine.layout import Layout
-from engine.store import Store
-from engine.store_files import read_sidecar
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Store
+from trainconsole.engine.store.files import read_sidecar
 
 from .conftest import Clock, Policy, make_layout
 
@@ -60,7 +60,7 @@ class StoreMachine(RuleBasedStateMachine):
         src.parent.mkdir(exist_ok=True)
         content = b"same\n" if dup else f"job {self.n}\n".encode()
         src.write_bytes(content)
-        from engine.store_files import hash_file
+        from trainconsole.engine.store.files import hash_file
 
         sha, size = hash_file(src)
         job = self.store.add_job(f"name {self.n}.jsonl", src, sha, size, priority)
@@ -76,8 +76,8 @@ class StoreMachine(RuleBasedStateMachine):
                          min_size=1, max_size=4))
     def enqueue_batch(self, batch: list[tuple[str, int]]) -> None:
         """Several files at once, as the inbox does; equal tags mean equal content."""
-        from engine.store_add import NewFile
-        from engine.store_files import hash_file
+        from trainconsole.engine.store.add import NewFile
+        from trainconsole.engine.store.files import hash_file
 
         files = []
         for priority, tag in batch:

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config, set_value
-from engine.errors import EXIT_CODES, ConfigError, ErrorClass
-from engine.train import basecheck
 from tests.worker.wutil import (
     alerts,
     arithmetic,
@@ -23,6 +20,9 @@ from tests.worker.wutil import (
     run_inprocess,
     write_jsonl,
 )
+from trainconsole.engine.config import load_config, set_value
+from trainconsole.engine.errors import EXIT_CODES, ConfigError, ErrorClass
+from trainconsole.engine.train import basecheck
 
 CONFIG_EXIT = EXIT_CODES[ErrorClass.CONFIG]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoints as ckpt
-from engine.events import EventLog, read_all
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.events import EventLog, read_all
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import EXIT_CODES, ErrorClass
-from engine.train.worker import classify
 from tests.worker.wutil import alerts, arithmetic, make_spec, new_workspace, run_inprocess, spawn, write_jsonl
+from trainconsole.engine.errors import EXIT_CODES, ErrorClass
+from trainconsole.engine.train.worker import classify
 
 
 @pytest.fixture

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import EXIT_CODES, DataError, ErrorClass
-from engine.train.dataset import Collator, split_indices
-from engine.train.trainer_setup import plan_steps, training_arguments
 from tests.worker.wutil import (
     alerts,
     arithmetic,
@@ -21,6 +18,9 @@ from tests.worker.wutil import (
     run_inprocess,
     write_jsonl,
 )
+from trainconsole.engine.errors import EXIT_CODES, DataError, ErrorClass
+from trainconsole.engine.train.dataset import Collator, split_indices
+from trainconsole.engine.train.trainer_setup import plan_steps, training_arguments
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -177,7 +177,7 @@ def test_step_plan_is_ints_and_matches_the_trainer_count() -> None:
 @pytest.mark.parametrize(("epochs", "max_steps"), [(2, 0), (0, 5), (1, 3)])
 def test_epochs_or_max_steps_left_out_never_gives_none(tmp_path: Path, shared_cache: Path, epochs: int,
                                                        max_steps: int) -> None:
-    from engine.config import load_config
+    from trainconsole.engine.config import load_config
 
     ws = new_workspace(tmp_path / "ws", shared_cache, training__epochs=epochs, training__max_steps=max_steps)
     cfg = load_config(ws / "config.toml")

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from engine import checkpoints as ckpt
-from engine.errors import EXIT_CODES, ErrorClass
 from tests.worker.wutil import (
     alerts,
     arithmetic,
@@ -24,6 +22,8 @@ from tests.worker.wutil import (
     spawn,
     write_jsonl,
 )
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.errors import EXIT_CODES, ErrorClass
 
 
 def copy_ws(src: Path, dest: Path) -> Path:
@@ -150,7 +150,7 @@ def test_job_already_at_max_steps_completes_without_training(finished_run: Path,
 @pytest.mark.edge(63)
 def test_max_steps_lowered_below_the_checkpoint_completes_without_training(finished_run: Path,
                                                                            tmp_path: Path) -> None:
-    from engine.config import set_value
+    from trainconsole.engine.config import set_value
 
     ws = copy_ws(finished_run, tmp_path / "ws")
     shutil.rmtree(ws / "adapters")
@@ -183,7 +183,7 @@ def test_distributed_run_on_two_cpu_ranks_writes_once(tmp_path: Path, shared_cac
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(port), "-m", "engine.train.worker", str(spec)],
+                           "--master_port", str(port), "-m", "trainconsole.engine.train.worker", str(spec)],
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((spec.parent / "report.json").read_text())
@@ -198,7 +198,7 @@ def test_distributed_run_on_two_cpu_ranks_writes_once(tmp_path: Path, shared_cac
 def test_checkpoint_of_another_adapter_shape_is_not_resumed(finished_run: Path, tmp_path: Path) -> None:
     """lora.r changed while a job waited to resume: its checkpoints would load into the Trainer
     only to fail on the tensor shapes, so they are skipped and the job starts over."""
-    from engine.config import set_value
+    from trainconsole.engine.config import set_value
 
     ws = copy_ws(finished_run, tmp_path / "ws")
     shutil.rmtree(ws / "adapters")

@@ -46,7 +46,7 @@ def test_train_with_a_missing_file_is_a_usage_error(tmp_path: Path, shared_cache
 
 
 def test_train_command_never_imports_torch() -> None:
-    code = "import sys, console.commands.train; print('torch' in sys.modules)"
+    code = "import sys, trainconsole.console.commands.train; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -79,7 +79,7 @@ def test_an_unwritable_runs_folder_is_one_line_naming_it(tmp_path: Path, shared_
     runs = ws / "runs"
     runs.mkdir()
     # root ignores file modes: run it through setpriv without the DAC capabilities (a real denial)
-    cmd = [sys.executable, "-m", "console.cli", "train", str(data)]
+    cmd = [sys.executable, "-m", "trainconsole.console.cli", "train", str(data)]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("root writes anywhere, and setpriv is not here to drop that")
@@ -102,7 +102,7 @@ def test_one_worker_per_run_folder_and_a_hangup_stops_the_worker(tmp_path: Path,
     data = write_jsonl(ws / "d.jsonl", arithmetic(30))
     env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_CONFIG"}
     env["PYTHONPATH"] = str(ROOT)
-    cmd = [sys.executable, "-m", "console.cli", "train", str(data), "--job-id", "twice"]
+    cmd = [sys.executable, "-m", "trainconsole.console.cli", "train", str(data), "--job-id", "twice"]
     first = subprocess.Popen(cmd, cwd=ws, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     heartbeat = ws / "runs" / "twice" / "heartbeat.json"
     try:

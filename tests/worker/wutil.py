@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.config import set_value
-from engine.events import read_all
+from trainconsole.engine.config import set_value
+from trainconsole.engine.events import read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,7 +49,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | None = None) -> Path:
-    from engine.train.worker import write_spec
+    from trainconsole.engine.train.worker import write_spec
 
     return write_spec(ws / "runs" / job_id, job_id=job_id, data_file=data, config=ws / "config.toml",
                       adapters_dir=ws / "adapters", overrides=overrides)
@@ -57,7 +57,7 @@ def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | Non
 
 def run_inprocess(spec: Path, fault: str | None = None) -> tuple[int, dict[str, Any]]:
     """The worker's own entry, in this process (saves a torch import per test)."""
-    from engine.train.worker import run
+    from trainconsole.engine.train.worker import run
 
     old = os.environ.pop("TRAINCONSOLE_FAULT", None)
     if fault:
@@ -75,7 +75,7 @@ def spawn(spec: Path, fault: str | None = None, **kw: Any) -> subprocess.Popen[b
     env = {k: v for k, v in os.environ.items() if k != "TRAINCONSOLE_FAULT"}
     if fault:
         env["TRAINCONSOLE_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "engine.train.worker", str(spec)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "trainconsole.engine.train.worker", str(spec)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -94,7 +94,7 @@ def alerts(run_dir: Path) -> list[dict[str, Any]]:
 
 def new_workspace(root: Path, cache: Path, **overrides: Any) -> Path:
     """A workspace folder with a FAST config (plus overrides) sharing the session's model cache."""
-    from engine.config import default_config_text
+    from trainconsole.engine.config import default_config_text
 
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "config.toml"

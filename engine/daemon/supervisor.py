@@ -23,18 +23,27 @@ from typing import Any
 
 import orjson
 
-from engine import ingest, store_files, store_repair
-from engine.errors import ErrorClass
-from engine.events import EventLog, EventTail
-from engine.launcher import DevicePlan, Launcher, WorkerProcess, launcher_for, plan_devices, worker_env
-from engine.lock import RunFolderBusy, lock_run_folder
-from engine.notify import Notifier
-from engine.outcome import apply_outcome
-from engine.recovery import sweep_run_staging, sweep_staging
-from engine.resources import ResourceGuard, checkpoint_mb
-from engine.retry_policy import classify, oom_kill_count, read_report
-from engine.store import Job, QueueError, Store
-from engine.watchdog import Watchdog
+from trainconsole.engine.daemon import inbox as ingest
+from trainconsole.engine.daemon.launcher import (
+    DevicePlan,
+    Launcher,
+    WorkerProcess,
+    launcher_for,
+    plan_devices,
+    worker_env,
+)
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.daemon.outcome import apply_outcome
+from trainconsole.engine.daemon.recovery import sweep_run_staging, sweep_staging
+from trainconsole.engine.daemon.resources import ResourceGuard, checkpoint_mb
+from trainconsole.engine.daemon.retry_policy import classify, oom_kill_count, read_report
+from trainconsole.engine.daemon.watchdog import Watchdog
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import EventLog, EventTail
+from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
+from trainconsole.engine.store import Job, QueueError, Store
+from trainconsole.engine.store import files as store_files
+from trainconsole.engine.store import repair as store_repair
 
 STACK_WAIT_S = 3.0
 IO_BACKOFF_MAX_S = 60.0

@@ -17,10 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from engine.data_records import REASONS, Example, Message, RecordError
-from engine.data_scan import COMPRESSED, Progress, Tally, TokenCounter, iter_records, scan, scan_parallel
-from engine.errors import DataError
-from engine.store_files import display
+from trainconsole.engine.data.records import REASONS, Example, Message, RecordError
+from trainconsole.engine.data.scan import (
+    COMPRESSED,
+    Progress,
+    Tally,
+    TokenCounter,
+    iter_records,
+    scan,
+    scan_parallel,
+)
+from trainconsole.engine.errors import DataError
+from trainconsole.engine.store.files import display
 
 __all__ = ["DataWarning", "Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
            "TokenStats", "iter_examples", "iter_problems", "validate_file"]

@@ -10,13 +10,13 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
-from engine import scheduling as sch
-from engine.store_files import display
-from engine.store_schema import folder_for
+from trainconsole.engine.store import scheduling as sch
+from trainconsole.engine.store.files import display
+from trainconsole.engine.store.schema import folder_for
 
 if TYPE_CHECKING:
-    from engine.store import Store
-    from engine.store_types import Job
+    from trainconsole.engine.store.store import Store
+    from trainconsole.engine.store.types import Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
          "error_class", "error", "created_at", "queued_at", "started_at", "finished_at", "step",

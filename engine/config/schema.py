@@ -1,6 +1,6 @@
 """The config's one source of truth: every section, key, type, default, range and explanation.
 
-Validation (``engine.config``), the shipped commented ``config.toml`` and the console's settings
+Validation (``trainconsole.engine.config.load``), the shipped commented ``config.toml`` and the console's settings
 editor are all derived from the dataclasses below, so a key cannot be documented in one place
 and forgotten in another."""
 

@@ -6,7 +6,7 @@ Two launchers today: one local process, and ``torch.distributed.run`` (torchrun)
 devices (DDP through the HF Trainer; on CPU the gloo backend, which is how tests cover it).
 
 Every worker starts in its own session (its own process group: a signal to the group reaches
-torchrun's children too), inheriting only the run folder's lock (``engine.lock.lock_run_folder``,
+torchrun's children too), inheriting only the run folder's lock (``trainconsole.engine.lock.lock_run_folder``,
 held for the worker's life so a `trainconsole train` of the same job id is refused; the engine lock
 stays ours), and
 ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` against fragmentation (case 29).
@@ -27,7 +27,7 @@ from typing import IO, Protocol
 
 import psutil
 
-WORKER_MODULE = "engine.train.worker"
+WORKER_MODULE = "trainconsole.engine.train.worker"
 ALLOC_CONF = "expandable_segments:True"
 # Tests force several CPU processes (the torchrun path) on a machine without GPUs.
 NPROC_ENV = "TRAINCONSOLE_NPROC"

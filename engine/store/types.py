@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import TrainconsoleError
+from trainconsole.engine.errors import TrainconsoleError
 
 STATUSES = ("queued", "held", "running", "done", "failed", "cancelled")
 ACTIVE = ("queued", "held", "running")

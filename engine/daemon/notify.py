@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from engine.events import SEVERITIES, EventLog
+from trainconsole.engine.events import SEVERITIES, EventLog
 
 HOOK_TIMEOUT_S = 20.0
 MAX_HOOKS_IN_FLIGHT = 4
@@ -24,7 +24,7 @@ MAX_HOOKS_IN_FLIGHT = 4
 
 def severity_for(case: int | None) -> str:
     try:
-        from engine.events import default_severity
+        from trainconsole.engine.events import default_severity
 
         return default_severity(case)
     except ImportError:  # the catalogue is not installed: err on the loud side for numbered cases
@@ -58,7 +58,7 @@ class Notifier:
             event = self.events.alert(case, message, severity=severity, job_id=job_id, key=key, **extra)
         except OSError:
             # The log's own disk is full or gone: the page below is then the only way out.
-            from engine.events import make_event
+            from trainconsole.engine.events import make_event
 
             event = make_event("alert", case=case, severity=severity, message=message, job_id=job_id,
                                key=key, **extra)

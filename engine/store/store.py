@@ -5,11 +5,11 @@ read transaction, so a console polling all day never holds a snapshot that stops
 A job's file lives in ``jobs/`` while it is queued, held or running, in ``done/`` once done and in
 ``failed/`` once failed or cancelled. A change of folder commits in the database first and moves
 the file after; ``Store.open`` finishes any move a kill interrupted, and any file half-taken into
-``jobs/`` (see the ``intents`` table in ``engine.store_schema``). The sidecar ``<id>.json`` beside
+``jobs/`` (see the ``intents`` table in ``trainconsole.engine.store.schema``). The sidecar ``<id>.json`` beside
 each file is rewritten inside the transaction that changes the job, before it commits, so a rebuild
 from the folders (case 58) never sees fewer attempts than the database did.
 
-Scheduling (priorities, aging, back-off, clock-skew clamp) is in ``engine.scheduling``; its
+Scheduling (priorities, aging, back-off, clock-skew clamp) is in ``trainconsole.engine.store.scheduling``; its
 docstring states the starvation bound (case 59).
 """
 
@@ -27,21 +27,21 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine import scheduling as sch
-from engine import store_files as sf
-from engine.errors import PERMANENT, ErrorClass
-from engine.events import EventLog
-from engine.layout import Layout
-from engine.store_schema import COLUMNS, folder_for, open_database, unavailable
-from engine.store_schema import SCHEMA_VERSION as SCHEMA_VERSION
-from engine.store_types import ACTIVE as ACTIVE
-from engine.store_types import STATUSES as STATUSES
-from engine.store_types import Command as Command
-from engine.store_types import Job as Job
-from engine.store_types import QueueError as QueueError
+from trainconsole.engine.errors import PERMANENT, ErrorClass
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import files as sf
+from trainconsole.engine.store import scheduling as sch
+from trainconsole.engine.store.schema import COLUMNS, folder_for, open_database, unavailable
+from trainconsole.engine.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
+from trainconsole.engine.store.types import ACTIVE as ACTIVE
+from trainconsole.engine.store.types import STATUSES as STATUSES
+from trainconsole.engine.store.types import Command as Command
+from trainconsole.engine.store.types import Job as Job
+from trainconsole.engine.store.types import QueueError as QueueError
 
 if TYPE_CHECKING:
-    from engine.store_add import Added, NewFile
+    from trainconsole.engine.store.add import Added, NewFile
 
 _NO_CHARGE = (ErrorClass.DISK_FULL, ErrorClass.INTERRUPTED)
 
@@ -83,7 +83,7 @@ class Store:
                 58, f"job database {layout.state_db} {problem}; kept as {aside} and rebuilt from the "
                 f"queue folders ({len(store.jobs())} jobs)", severity="warning", key="store-rebuilt")
         if repair:
-            from engine.store_repair import repair as _repair
+            from trainconsole.engine.store.repair import repair as _repair
 
             _repair(store)
         return store
@@ -203,7 +203,7 @@ class Store:
         renames it, or copies then unlinks across filesystems; otherwise it is copied and the
         caller's file stays. Returns None, taking nothing, when a job already has the same content
         and ``force`` is false (case 53). A source that vanished raises ``DataError`` (case 51)."""
-        from engine.store_add import NewFile
+        from trainconsole.engine.store.add import NewFile
 
         (result,) = self.add_files([NewFile(name, Path(path), sha256, size, priority, move)], force=force)
         if result.error is not None:
@@ -213,7 +213,7 @@ class Store:
     def add_files(self, files: list[NewFile], *, force: bool = False) -> list[Added]:
         """Several files at once (two commits and one fsync per folder for the lot); one
         ``Added`` per file, in order, with its job, None for a duplicate, or its error."""
-        from engine.store_add import add_files
+        from trainconsole.engine.store.add import add_files
 
         return add_files(self, files, force=force)
 
@@ -259,7 +259,7 @@ class Store:
     # -- scheduling -------------------------------------------------------------------------------
 
     def _runnable_order(self, now: float) -> list[Job]:
-        """Queued jobs that may start now, best first (see ``engine.scheduling``)."""
+        """Queued jobs that may start now, best first (see ``trainconsole.engine.store.scheduling``)."""
         pol = self.policy
         ready = [j for j in self.jobs(["queued"])
                  if sch.is_due(j.next_attempt_at, now, pol.backoff_max_s)]
@@ -467,7 +467,7 @@ class Store:
 
     def reasons(self, now: float | None = None, jobs: list[Job] | None = None) -> dict[str, str]:
         """squeue-style REASON for every job (or those given), computed in one pass."""
-        from engine.store_view import reasons
+        from trainconsole.engine.store.view import reasons
 
         return reasons(self, self.clock() if now is None else now, self.jobs() if jobs is None else jobs)
 
@@ -476,6 +476,6 @@ class Store:
 
     def snapshot(self, now: float | None = None) -> tuple[bool, list[dict[str, Any]]]:
         """(paused, every job as a JSON-ready dict with its reason): the fast path for status."""
-        from engine.store_view import snapshot
+        from trainconsole.engine.store.view import snapshot
 
         return snapshot(self, self.clock() if now is None else now)

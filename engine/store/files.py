@@ -140,7 +140,7 @@ def copy_into(src: Path, dst: Path, tmp_dir: Path, *, sync_dir: bool = True) -> 
 
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        from engine.errors import DataError
+        from trainconsole.engine.errors import DataError
 
         raise DataError(f"{display(str(src))} is not a regular file; not queued")
     try:

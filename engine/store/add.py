@@ -9,7 +9,7 @@ The protocol, per batch:
    ``jobs/``; one fsync of each folder touched, for the whole batch;
 3. one transaction: the job rows inserted and the intents deleted.
 
-A kill between 1 and 3 leaves intents; ``engine.store_repair`` finishes each one at the next open
+A kill between 1 and 3 leaves intents; ``trainconsole.engine.store.repair`` finishes each one at the next open
 (the file arrived: record it; it did not: move it now, or forget the intent). Batching makes the
 two commits and the folder fsyncs per batch instead of per file.
 """
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import scheduling as sch
-from engine import store_files as sf
-from engine.errors import DataError
-from engine.store_schema import COLUMNS
+from trainconsole.engine.errors import DataError
+from trainconsole.engine.store import files as sf
+from trainconsole.engine.store import scheduling as sch
+from trainconsole.engine.store.schema import COLUMNS
 
 if TYPE_CHECKING:
-    from engine.store import Job, Store
+    from trainconsole.engine.store.store import Job, Store
 
 
 @dataclass(frozen=True)

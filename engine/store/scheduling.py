@@ -33,7 +33,7 @@ LEVEL_RANK: Final = {name: i for i, name in enumerate(LEVELS)}
 
 
 class QueuePolicy(Protocol):
-    """What the store reads from ``cfg.queue`` (``engine.config_schema.QueueConfig`` fits)."""
+    """What the store reads from ``cfg.queue`` (``trainconsole.engine.config.schema.QueueConfig`` fits)."""
 
     @property
     def max_attempts(self) -> int: ...
@@ -56,7 +56,7 @@ class DefaultPolicy:
 
 def check_level(priority: str) -> str:
     if priority not in LEVEL_RANK:
-        from engine.errors import UsageError
+        from trainconsole.engine.errors import UsageError
 
         raise UsageError(f"priority must be one of {', '.join(LEVELS)}, got {priority!r}")
     return priority

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from engine.errors import CLASS_BY_EXIT, ErrorClass
+from trainconsole.engine.errors import CLASS_BY_EXIT, ErrorClass
 
 OOM_COUNTER_FILES = (Path("/proc/vmstat"), Path("/sys/fs/cgroup/memory.events"))
 

@@ -9,12 +9,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine import store_files as sf
-from engine.store_add import take_by_move
-from engine.store_schema import COLUMNS, folder_for
+from trainconsole.engine.store import files as sf
+from trainconsole.engine.store.add import take_by_move
+from trainconsole.engine.store.schema import COLUMNS, folder_for
 
 if TYPE_CHECKING:
-    from engine.store import Store
+    from trainconsole.engine.store.store import Store
 
 
 def repair(store: Store) -> None:
@@ -132,7 +132,7 @@ def _adopt(store: Store, folder: Path, job_id: str, filename: str) -> None:
     file's rename was already durable): take it back, as a rebuild would."""
     import time
 
-    from engine.store_schema import FOLDER_STATUS, row_for_file
+    from trainconsole.engine.store.schema import FOLDER_STATUS, row_for_file
 
     layout = store.layout
     default = dict((getattr(layout, name), status) for name, status in FOLDER_STATUS)[folder]

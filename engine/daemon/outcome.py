@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from engine.errors import ErrorClass
-from engine.events import EventLog
-from engine.resources import checkpoint_mb
-from engine.retry_policy import Outcome, effective_batch, next_oom_rung
+from trainconsole.engine.daemon.resources import checkpoint_mb
+from trainconsole.engine.daemon.retry_policy import Outcome, effective_batch, next_oom_rung
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import EventLog
 
 if TYPE_CHECKING:
-    from engine.supervise import Running, Supervisor
+    from trainconsole.engine.daemon.supervisor import Running, Supervisor
 
 DEVICE_FAULT_WINDOW_S = 3600.0
 DEVICE_FAULTS_TO_PAUSE = 3

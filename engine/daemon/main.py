@@ -2,7 +2,7 @@
 
 Start-up order matters: folders checked writable (46), the lock taken (48), then recovery before
 anything trains (41-43: orphaned workers ended, jobs left running requeued, leftovers swept), then
-the supervision loop (``engine.supervise``). SIGTERM, SIGINT or a ``stop`` command: the worker
+the supervision loop (``trainconsole.engine.daemon.supervisor``). SIGTERM, SIGINT or a ``stop`` command: the worker
 checkpoints at its next step boundary and exits, its job is requeued without charge, and the
 daemon exits 0. SIGHUP is ignored (a closed terminal must not stop training; config changes take
 a restart). Workers are our children and reaped as they end (49).
@@ -16,14 +16,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from engine.errors import TrainconsoleError
-from engine.events import EventLog
-from engine.layout import Layout
-from engine.lock import EngineLock, start_detached
-from engine.notify import Notifier
-from engine.recovery import end_orphans, find_orphans, sweep
-from engine.resources import check_writable
-from engine.retry_policy import read_report
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.daemon.recovery import end_orphans, find_orphans, sweep
+from trainconsole.engine.daemon.resources import check_writable
+from trainconsole.engine.daemon.retry_policy import read_report
+from trainconsole.engine.errors import TrainconsoleError
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.lock import EngineLock, start_detached
 
 __all__ = ["run_daemon", "start_detached", "recover"]
 
@@ -114,9 +114,9 @@ def run_daemon(cfg: Any) -> int:
 
 def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: int,
            signals: _Signals) -> int:
-    from engine.store import Store
-    from engine.supervise import Supervisor
-    from engine.sysmon import Sysmon
+    from trainconsole.engine.daemon.supervisor import Supervisor
+    from trainconsole.engine.store import Store
+    from trainconsole.engine.sysmon import Sysmon
 
     store = Store.open(layout, events, policy=cfg.queue)
     sup = Supervisor(cfg, store, events, notifier, Sysmon())
@@ -141,7 +141,7 @@ def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: 
 
 
 def main(config: str) -> int:
-    from engine.config import load_config
+    from trainconsole.engine.config import load_config
 
     try:
         return run_daemon(load_config(Path(config)))

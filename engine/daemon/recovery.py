@@ -20,9 +20,9 @@ from typing import Any
 
 import psutil
 
-from engine.launcher import WORKER_MODULE
-from engine.layout import Layout
-from engine.lock import same_process
+from trainconsole.engine.daemon.launcher import WORKER_MODULE
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.lock import same_process
 
 _PID_IN_NAME = re.compile(r"(?:^|[-.])(\d{2,})(?:[-.]|$)")
 STALE_TMP_S = 3600.0
@@ -68,7 +68,7 @@ def _foreground(proc: psutil.Process) -> bool:
         for parent in proc.parents()[:2]:
             argv = parent.cmdline()
             command = [a for a in argv if not a.startswith("-")]
-            is_cli = any(a == "console.cli" or a.endswith("trainconsole") for a in argv)
+            is_cli = any(a == "trainconsole.console.cli" or a.endswith("trainconsole") for a in argv)
             if is_cli and "train" in command:
                 return True
     except psutil.Error:

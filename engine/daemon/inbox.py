@@ -17,7 +17,7 @@ never loses or doubles a file:
 - a name not ending in ``.jsonl`` is left in place with one notice per file, not one per scan (56);
 - a file is hashed a slice per scan (``hash_budget_s``), so a huge or sparse file never stalls the
   daemon's loop;
-- the files ready in one scan are taken as one batch (``engine.store_add``): each is renamed into
+- the files ready in one scan are taken as one batch (``trainconsole.engine.store.add``): each is renamed into
   ``jobs/`` (copied, fsynced and renamed across filesystems, or when it is a link or hard link)
   via the store's intent record, so a kill at any instant is completed or undone at the next open, and
   the user deleting or moving their file afterwards changes nothing (51, 52);
@@ -37,12 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import store_files as sf
-from engine.errors import TrainconsoleError
-from engine.events import EventLog, NullEventLog
-from engine.layout import Layout
-from engine.store import Job, Store
-from engine.store_add import NewFile
+from trainconsole.engine.errors import TrainconsoleError
+from trainconsole.engine.events import EventLog, NullEventLog
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import Job, Store
+from trainconsole.engine.store import files as sf
+from trainconsole.engine.store.add import NewFile
 
 _PRIORITY_DIRS = ("normal", "high", "low")
 

@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engine.config_parse import Problem, decode, line_of, one_line, parse
-from engine.config_schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
+from trainconsole.engine.config.parse import Problem, decode, line_of, one_line, parse
+from trainconsole.engine.config.schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
 
 __all__ = ["BadValue", "Problem", "check_value", "looks_like_path", "one_line", "show", "type_name",
            "validate_document"]

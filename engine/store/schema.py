@@ -1,5 +1,5 @@
 """The job database's schema, how it is opened, and how it is rebuilt from the queue folders when it
-is corrupt (case 58). Only ``engine.store`` uses this module.
+is corrupt (case 58). Only ``trainconsole.engine.store.store`` uses this module.
 
 Opening: WAL (readers never block the writer), ``synchronous=FULL`` (a commit survives power loss),
 a busy timeout (the daemon and any number of consoles share the file), and the schema version in
@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine import store_files as sf
-from engine.errors import ConfigError, TrainconsoleError, TransientError
-from engine.layout import Layout
+from trainconsole.engine.errors import ConfigError, TrainconsoleError, TransientError
+from trainconsole.engine.layout import Layout
+from trainconsole.engine.store import files as sf
 
 SCHEMA_VERSION = 1
 _HEADER = b"SQLite format 3\x00"
@@ -199,9 +199,9 @@ def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path 
 def _refuse_if_engine_elsewhere(layout: Layout, problem: str) -> None:
     """Only a process that is the engine, or that runs while no engine does, may set the database
     aside: a running engine keeps writing to the file it has open, and a second database beside
-    it would split the queue in two. The engine's lock (``engine.lock``, an flock) says who runs."""
+    it would split the queue in two. The engine's lock (``trainconsole.engine.lock``, an flock) says who runs."""
     try:
-        from engine.lock import read_pidfile
+        from trainconsole.engine.lock import read_pidfile
 
         info = read_pidfile(layout)
         if info is not None and info.pid == os.getpid():

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from engine.data_records import (
+from trainconsole.engine.data.records import (
     Example,
     Message,
     RecordError,

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine.layout import Layout
-from engine.notify import Notifier
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.layout import Layout
 
 
 class Sampler(Protocol):

@@ -2,7 +2,7 @@
 
 ``trainconsole validate`` must answer quickly and never import torch, yet its token counts must be
 the ones training will see. So the counts come from the training code's own renderer
-(``engine.train.tokens.token_counter``: the chat template, then the fast tokenizer), fed a light
+(``trainconsole.engine.train.tokens.token_counter``: the chat template, then the fast tokenizer), fed a light
 stand-in for a transformers tokenizer built from the model folder's files with the ``tokenizers``
 library: ``tokenizer.json``, the chat template, and the special tokens the template may use.
 (``AutoTokenizer`` would do the same but imports torch on the way.)"""
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.data_scan import TokenCounter
-from engine.errors import ConfigError
+from trainconsole.engine.data.scan import TokenCounter
+from trainconsole.engine.errors import ConfigError
 
 _SPECIAL = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -62,7 +62,7 @@ class LightTokenizer:
 def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
     """The local folder of the configured model, or (None, why not). A built-in model not yet built
     is built in a child process (the build needs torch; this process must not import it)."""
-    from engine.train.model import BUILTIN_PREFIX, is_intact
+    from trainconsole.engine.train.model import BUILTIN_PREFIX, is_intact
 
     base: str = cfg.model.base_model
     if base.startswith(BUILTIN_PREFIX):
@@ -73,7 +73,7 @@ def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
             return None, (f"{base} is not built yet (it is built on first use in a workspace: "
                           "`trainconsole init`, then run this from there)")
         print(f"trainconsole: building {base} once, for token counts", file=sys.stderr)
-        code = ("import sys; from engine.train.model import ensure_builtin; "
+        code = ("import sys; from trainconsole.engine.train.model import ensure_builtin; "
                 "ensure_builtin(sys.argv[1], __import__('pathlib').Path(sys.argv[2]))")
         done = subprocess.run([sys.executable, "-c", code, base, str(cfg.layout().cache)],
                               capture_output=True, text=True, timeout=600)
@@ -98,7 +98,7 @@ def token_counter_for(cfg: Any, *, build: bool = True) -> tuple[TokenCounter | N
         tokenizer = LightTokenizer(folder)
         if not tokenizer.chat_template:
             return None, f"{folder}: the tokenizer has no chat template"
-        from engine.train.tokens import token_counter
+        from trainconsole.engine.train.tokens import token_counter
     except ConfigError as exc:
         return None, exc.message
     except ImportError as exc:
