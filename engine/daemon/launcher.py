@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import psutil
+
+from trainconsole.engine.signals import STACKS_SIGNAL
 
 WORKER_MODULE = "trainconsole.engine.train.worker"
 ALLOC_CONF = "expandable_segments:True"
@@ -96,8 +97,8 @@ def worker_env(plan: DevicePlan, job_name: str, base: Mapping[str, str] | None =
 
 
 def catches_signal(pid: int, sig: int) -> bool:
-    """Whether a process installed a handler for ``sig`` (SigCgt in /proc): SIGUSR1 would kill a
-    worker that did not register its stack dumper, losing the very stacks we want."""
+    """Whether a process installed a handler for ``sig`` (SigCgt in /proc): the stacks signal would
+    kill a worker that did not register its stack dumper, losing the very stacks we want."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("SigCgt:"):
@@ -156,13 +157,13 @@ class WorkerProcess:
         return pids
 
     def request_stacks(self) -> int:
-        """Ask each worker to dump its Python stacks (faulthandler on SIGUSR1). Returns how many
-        were asked; only processes that catch SIGUSR1 are sent it."""
+        """Ask each worker to dump its Python stacks (faulthandler on ``STACKS_SIGNAL``). Returns
+        how many were asked; only processes that catch the signal are sent it."""
         asked = 0
         for pid in self.worker_pids():
-            if catches_signal(pid, signal.SIGUSR1):
+            if catches_signal(pid, STACKS_SIGNAL):
                 try:
-                    os.kill(pid, signal.SIGUSR1)
+                    os.kill(pid, STACKS_SIGNAL)
                     asked += 1
                 except ProcessLookupError:
                     pass

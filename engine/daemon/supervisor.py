@@ -41,6 +41,7 @@ from trainconsole.engine.daemon.watchdog import Watchdog
 from trainconsole.engine.errors import ErrorClass
 from trainconsole.engine.events import EventLog, EventTail
 from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
+from trainconsole.engine.signals import STACKS_SIGNAL, signal_name
 from trainconsole.engine.store import Job, QueueError, Store
 from trainconsole.engine.store import files as store_files
 from trainconsole.engine.store import repair as store_repair
@@ -392,7 +393,8 @@ class Supervisor:
             if text.count("File ") and time.monotonic() > deadline - STACK_WAIT_S + 0.5:
                 break
         if not text:
-            text = ("(no stacks: the worker does not register faulthandler on SIGUSR1)" if not asked
+            text = (f"(no stacks: the worker does not register faulthandler on {signal_name(STACKS_SIGNAL)})"
+                    if not asked
                     else "(the worker did not write its stacks in time)")
         message = (f"{run.job.id}: no training progress for {silent_s:.0f}s (limit {limit_s:.0f}s); "
                    f"ending the worker. Python stacks:\n{text[-20000:]}")

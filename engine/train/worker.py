@@ -2,9 +2,9 @@
 
 Protocol (docs/contracts.md): it writes ``events.jsonl``, ``heartbeat.json`` (each step),
 ``checkpoints/`` and, last, ``report.json``; its exit code comes from ``trainconsole.engine.errors.EXIT_CODES``.
-SIGTERM (or SIGINT) asks for a checkpoint at the next step boundary, then exit 18. SIGUSR1
-dumps every thread's Python stack to ``stacks.txt`` (the daemon asks for it before ending a hung
-worker). Under torchrun only rank 0 writes events, the heartbeat, checkpoints, the adapter and
+SIGTERM, SIGINT or SIGUSR1 (Slurm's time-limit warning) asks for a checkpoint at the next step
+boundary, then exit 18, the report naming the signal. SIGUSR2 dumps every thread's Python stack to
+``stacks.txt`` (the daemon asks for it before ending a hung worker); ``trainconsole.engine.signals``. Under torchrun only rank 0 writes events, the heartbeat, checkpoints, the adapter and
 the report; the other ranks train and exit with their code.
 
 Every exception is caught here and classified, so the daemon never has to read a traceback to
@@ -35,6 +35,7 @@ from typing import Any
 from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
+from trainconsole.engine.signals import STACKS_SIGNAL, STOP_SIGNALS, signal_name
 from trainconsole.engine.train.guards import Heartbeat
 
 SPEC_SCHEMA = 1
@@ -98,8 +99,9 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
-    """Run one job to its report; returns the exit code. Never raises."""
+def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: list[int] | None = None) -> int:
+    """Run one job to its report; returns the exit code. Never raises. ``stop_signals``: the
+    signals that asked for the stop, the first of which the report names."""
     stop = stop_flag if stop_flag is not None else [False]
     lead = rank() == 0
     spec_path = Path(spec_path)
@@ -148,6 +150,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None) -> int:
                              job_id=job.job_id if job is not None else None, key="job-failed")
             except Exception:  # the report below is what matters
                 pass
+    report["stop_signal"] = signal_name(stop_signals[0]) if stop_signals else None
     report["elapsed_s"] = round(time.monotonic() - started, 3)
     if heartbeat is not None:
         heartbeat.close()
@@ -169,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m trainconsole.engine.train.worker runs/<job>/spec.json", file=sys.stderr)
         return 2
     stop = [False]
+    received: list[int] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         stop[0] = True
+        received.append(signum)
 
     # Before anything slow: a hung worker's stacks are what its operator needs to see.
     try:
@@ -182,13 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         stacks = open(run_dir / stacks_name, "w")  # noqa: SIM115 - held for the process's life
-        faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+        faulthandler.register(STACKS_SIGNAL, file=stacks, all_threads=True)
     except OSError:
         pass
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    return run(Path(args[0]), stop_flag=stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, request_stop)
+    return run(Path(args[0]), stop_flag=stop, stop_signals=received)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """A stand-in for ``trainconsole.engine.train.worker`` that speaks the same protocol (spec.json in;
 heartbeat.json, events.jsonl, report.json and the exit code out; SIGTERM -> checkpoint at the next
-step boundary and exit 18; stacks on SIGUSR1) without torch, so supervision unit tests launch it
+step boundary and exit 18; stacks on SIGUSR2) without torch, so supervision unit tests launch it
 in a tenth of a second. Acceptance tests use the real worker.
 
 Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "checkpoint" is
@@ -36,7 +36,7 @@ def main() -> int:
     job = spec["job_id"]
     over = spec.get("overrides", {})
     stacks = open(run / "stacks.txt", "w")  # noqa: SIM115 - held for the process's life
-    faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=True)
+    faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
     stop = {"asked": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("asked", True))
     steps = int(os.environ.get("FAKE_STEPS", "4"))

@@ -112,10 +112,53 @@ def test_sigterm_checkpoints_at_the_next_step_and_exits_interrupted(tmp_path: Pa
     assert proc.returncode == EXIT_CODES[ErrorClass.INTERRUPTED]
     report = json.loads((spec.parent / "report.json").read_text())
     assert report["status"] == "interrupted" and 2 <= report["global_step"] < 200
+    assert report["stop_signal"] == "SIGTERM"
     saved = ckpt.verify(spec.parent / "checkpoints" / f"checkpoint-{report['global_step']}",
                         fingerprint=None)
     assert isinstance(saved, ckpt.Checkpoint)
     assert not (ws / "adapters" / "latest").exists()
+
+
+def _wait_for_step(beat: Path, step: int, timeout: float = 240.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            seen = int(json.loads(beat.read_text())["step"])
+            if seen >= step:
+                return seen
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the worker did not reach step {step} within {timeout:.0f}s")
+
+
+def test_sigusr2_dumps_stacks_and_sigusr1_stops_like_sigterm(tmp_path: Path, shared_cache: Path) -> None:
+    """SIGUSR2 is the stack dump (training goes on); SIGUSR1, Slurm's time-limit warning, is a stop:
+    checkpoint at the step boundary, an interrupted report naming the signal, the retry code."""
+    ws = new_workspace(tmp_path / "ws", shared_cache, training__max_steps=400, training__save_steps=200,
+                       training__eval_fraction=0.0)
+    spec = make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", arithmetic(40)))
+    proc = spawn(spec)
+    beat = spec.parent / "heartbeat.json"
+    _wait_for_step(beat, 2)
+    proc.send_signal(signal.SIGUSR2)
+    stacks = spec.parent / "stacks.txt"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "File " not in stacks.read_text(errors="replace"):
+        time.sleep(0.1)
+    assert "File " in stacks.read_text(errors="replace")
+    after_dump = _wait_for_step(beat, 2)
+    _wait_for_step(beat, after_dump + 1)  # still training after the dump
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGUSR1)
+    proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CODES[ErrorClass.INTERRUPTED]
+    report = json.loads((spec.parent / "report.json").read_text())
+    assert report["status"] == "interrupted" and report["stop_signal"] == "SIGUSR1"
+    assert report["global_step"] < 400
+    saved = ckpt.verify(spec.parent / "checkpoints" / f"checkpoint-{report['global_step']}",
+                        fingerprint=None)
+    assert isinstance(saved, ckpt.Checkpoint)
 
 
 @pytest.mark.edge(20)
