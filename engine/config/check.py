@@ -115,6 +115,8 @@ def _string(key: Key, value: Any) -> str:
         raise BadValue(f"must be {allowed_text(key)}{hint}")
     if key.spec.nonempty and not value.strip():
         raise BadValue(f"must be {allowed_text(key)}, not empty")
+    if key.spec.pattern and value and not re.fullmatch(key.spec.pattern, value):
+        raise BadValue(f"must be empty or {key.spec.note}")
     return value
 
 
@@ -287,6 +289,7 @@ def _cross_checks(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
         add(f"training.warmup_steps = {show(warmup)} must be a whole number of steps from 1 on (below 1 "
             "it is a share of all steps)", "training", "warmup_steps")
     _check_paths(out, add, root)
+    _check_launcher(out, add)
 
 
 def _check_paths(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
@@ -321,3 +324,25 @@ def _folder_problem(where: Path) -> str | None:
     if blocker is not None and not blocker.is_dir():
         return f"cannot be created: {blocker} is a file, not a folder"
     return None
+
+
+# sbatch options the Slurm launcher sets itself: given again in extra_args they would break how the
+# daemon follows the job (its log, its name, the warning signal, no requeue by Slurm behind our back).
+OWN_SBATCH_OPTIONS = ("--parsable", "--job-name", "-J", "--output", "-o", "--error", "-e", "--open-mode",
+                      "--signal", "--requeue", "--no-requeue", "--chdir", "-D", "--wrap", "--export",
+                      "--array", "-a", "--wait", "-W", "--hold", "-H")
+
+
+def _check_launcher(out: dict[str, dict[str, Any]], add: Any) -> None:
+    def get(name: str) -> Any:
+        return out.get("launcher", {}).get(name, KEYS["launcher"][name].default)
+
+    if get("kind") == "local" and get("max_parallel") > 1:
+        add(f"launcher.max_parallel = {show(get('max_parallel'))} needs launcher.kind = \"slurm\"; the "
+            "local launcher runs one job at a time", "launcher", "max_parallel")
+    for arg in get("extra_args"):
+        name = arg.split("=", 1)[0]
+        if name in OWN_SBATCH_OPTIONS or (len(name) > 2 and name[:2] in OWN_SBATCH_OPTIONS
+                                           and not name.startswith("--")):
+            add(f"launcher.extra_args: {show(arg)} is set by the engine itself (it follows each job "
+                "by its name, log and signal); remove it", "launcher", "extra_args")

@@ -24,6 +24,7 @@ from trainconsole.engine.config.schema import (
     DataConfig,
     GuardsConfig,
     HardwareConfig,
+    LauncherConfig,
     LoraConfig,
     ModelConfig,
     PathsConfig,
@@ -36,7 +37,7 @@ from trainconsole.engine.layout import Layout
 
 __all__ = [
     "Config", "ConfigError", "ConfigProblems", "ConfigUnreadable", "DataConfig", "GuardsConfig",
-    "HardwareConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
+    "HardwareConfig", "LauncherConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
     "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
 ]
 
@@ -70,6 +71,7 @@ class Config:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
     source: Path = Path("config.toml")
 
     @property

@@ -29,6 +29,7 @@ class Spec:
     note: str = ""  # extra words after the allowed range, e.g. "0 = use max_steps"
     case_low: int | None = None  # the memo case a too-small value is
     case_high: int | None = None  # the memo case a too-large value is
+    pattern: str = ""  # a string must match this (re.fullmatch); ``note`` says it in words
 
 
 def _f(default: T, doc: str, **kw: Any) -> T:
@@ -169,6 +170,43 @@ class PathsConfig:
     cache: str = _f(".cache", "Built-in model and token caches.", nonempty=True)
 
 
+# Slurm's own syntaxes (sbatch(1)): --mem "<size>[K|M|G|T]", --time "minutes", "MM:SS", "HH:MM:SS",
+# "D-HH", "D-HH:MM" or "D-HH:MM:SS". Checked here so a typo is a config error, not a failed sbatch.
+SLURM_MEM: Final = r"[0-9]+[KMGT]?"
+SLURM_TIME: Final = r"[0-9]+(:[0-9]{1,2}){0,2}|[0-9]+-[0-9]{1,2}(:[0-9]{1,2}){0,2}"
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """Where workers run: this machine, or a Slurm cluster (docs/cluster.md)."""
+
+    kind: str = _f("local", "local starts each worker on this machine; slurm submits it with sbatch "
+                            "(the run folders must be on a filesystem the nodes share).",
+                   choices=("local", "slurm"))
+    partition: str = _f("", "Slurm partition (sbatch --partition); empty means the cluster's default.")
+    account: str = _f("", "Slurm account to charge (sbatch --account); empty means your default.")
+    qos: str = _f("", "Slurm quality of service (sbatch --qos); empty means the default.")
+    gpus_per_job: int = _f(1, "GPUs per Slurm job; above 1 the worker runs under torchrun in the "
+                              "allocation. 0 asks for no GPU (CPU training).", lo=0, hi=64)
+    cpus_per_job: int = _f(4, "CPU cores per Slurm job (sbatch --cpus-per-task).", lo=1, hi=1024)
+    mem: str = _f("", 'Host memory per Slurm job in sbatch --mem syntax ("64G", "500M"); empty means '
+                      "the partition's default.", pattern=SLURM_MEM, note='such as "64G"')
+    time_limit: str = _f("", 'Slurm time limit per job in sbatch --time syntax ("90", "4:00:00", '
+                             '"1-00:00:00"); empty means the partition\'s. A job reaching it checkpoints '
+                             "and is resubmitted to resume.", pattern=SLURM_TIME,
+                         note='minutes, "HH:MM:SS" or "D-HH:MM:SS"')
+    warn_before_limit_s: int = _f(
+        300, "Seconds before the time limit at which Slurm sends SIGUSR1, so the worker checkpoints "
+             "and exits in time (Slurm may send it up to a minute earlier).", lo=0, hi=65535,
+        note="0 = no warning")
+    extra_args: list[str] = _f([], 'More sbatch options, one per item, such as ["--constraint=a100"]; '
+                                   "passed as arguments, never through a shell.")
+    poll_s: float = _f(5.0, "Seconds between looks at the Slurm queue (one squeue call for all jobs).",
+                       lo=0.2, hi=600)
+    max_parallel: int = _f(1, "Jobs that run at once, never two of one lineage.", lo=1, hi=10000,
+                           note='above 1 needs kind = "slurm"')
+
+
 SECTIONS: Final[dict[str, type]] = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -178,6 +216,7 @@ SECTIONS: Final[dict[str, type]] = {
     "hardware": HardwareConfig,
     "guards": GuardsConfig,
     "paths": PathsConfig,
+    "launcher": LauncherConfig,
 }
 
 

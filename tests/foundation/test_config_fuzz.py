@@ -125,7 +125,9 @@ def _valid_values(key: Key) -> st.SearchStrategy[Any]:
 
 EDITABLE = [k for keys in KEYS.values() for k in keys.values()
             if k.dotted not in ("training.epochs", "training.max_steps", "training.warmup_steps",
-                                "queue.backoff_s", "queue.backoff_max_s")]
+                                "queue.backoff_s", "queue.backoff_max_s",
+                                # cross-checked (kind, options the engine sets): tests of their own
+                                "launcher.max_parallel", "launcher.extra_args")]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
