@@ -2,9 +2,10 @@
 plus ``engine.pid`` saying who holds it.
 
 The lock is the truth; the PID file is for people and consoles. A PID file is only believed when
-its pid is alive *and* that process started when the file says (psutil's create_time), so a stale
-file whose pid the kernel has since given to another process never blocks a start nor makes a
-console think an engine runs. Never a soft (marker-file) lock: a marker survives SIGKILL and
+its pid is alive *and* is the very process the file names (``trainconsole.engine.procid``: the
+kernel's start ticks and boot id, which a clock step cannot move), so a stale file whose pid the
+kernel has since given to another process never blocks a start nor makes a console think an engine
+runs, and a live engine never reads as stale after NTP steps the clock. Never a soft (marker-file) lock: a marker survives SIGKILL and
 would block every later start.
 """
 
@@ -27,10 +28,7 @@ import psutil
 from trainconsole.engine.checkpoints import write_atomic
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.layout import Layout
-
-# create_time is derived from boot time and clock ticks: equal for the same process, but allow
-# for float formatting through JSON.
-_START_TOLERANCE_S = 0.05
+from trainconsole.engine.procid import from_stored, identity, my_identity, same_process
 
 
 class AlreadyRunning(TrainconsoleError):
@@ -44,37 +42,24 @@ class AlreadyRunning(TrainconsoleError):
 @dataclass(frozen=True)
 class PidInfo:
     pid: int
-    start_time: float  # psutil create_time of the daemon
+    identity: str  # trainconsole.engine.procid token: whether the pid is still this daemon
+    start_time: float  # wall-clock start, for uptime; files before "identity" compared on it
     started_at: str  # ISO time, for people
 
     def describe(self) -> str:
         return f"pid {self.pid}, since {self.started_at}"
 
 
-def process_start_time(pid: int) -> float | None:
-    """The process's create_time, or None when no such process (or a zombie)."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return float(proc.create_time())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return None
-
-
-def same_process(pid: int | None, start_time: float | None) -> bool:
-    """True when ``pid`` is alive and is the very process that started at ``start_time``."""
-    if not pid or start_time is None:
-        return False
-    actual = process_start_time(pid)
-    return actual is not None and abs(actual - start_time) <= _START_TOLERANCE_S
-
-
 def read_pidfile(layout: Layout) -> PidInfo | None:
     """What the PID file says, or None when it is missing or unreadable (never raises)."""
     try:
         raw: Any = orjson.loads(layout.pidfile.read_bytes())
-        return PidInfo(int(raw["pid"]), float(raw["start_time"]), str(raw.get("started_at", "")))
+        start_time = float(raw["start_time"])
+        # A file written before identities has only start_time: read as a legacy identity.
+        token = from_stored(raw.get("identity", start_time))
+        if token is None:
+            return None
+        return PidInfo(int(raw["pid"]), token, start_time, str(raw.get("started_at", "")))
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
 
@@ -93,7 +78,7 @@ def pidfile_problem(layout: Layout, exc: OSError | None = None) -> str:
 def engine_running(layout: Layout) -> PidInfo | None:
     """The running engine for this queue folder, or None (a stale PID file counts as none)."""
     info = read_pidfile(layout)
-    if info is None or not same_process(info.pid, info.start_time):
+    if info is None or not same_process(info.pid, info.identity):
         return None
     return info
 
@@ -132,12 +117,15 @@ class EngineLock:
         me = psutil.Process()
         self.info = PidInfo(
             pid=me.pid,
+            identity=my_identity(),
             start_time=float(me.create_time()),
             started_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
         try:
+            # start_time stays for uptime and for an older console reading the file.
             write_atomic(self.layout.pidfile, orjson.dumps(
-                {"pid": self.info.pid, "start_time": self.info.start_time, "started_at": self.info.started_at}))
+                {"pid": self.info.pid, "identity": self.info.identity,
+                 "start_time": self.info.start_time, "started_at": self.info.started_at}))
         except OSError as exc:
             self.info = None
             self._lock.release(force=True)
@@ -216,7 +204,7 @@ def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
         info = engine_running(layout)
         if info is not None:
             return info.pid
-        if process_start_time(pid) is None:
+        if identity(pid) is None:
             break
         time.sleep(0.05)
     info = engine_running(layout)

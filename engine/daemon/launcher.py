@@ -26,6 +26,7 @@ from typing import IO, Protocol
 
 import psutil
 
+from trainconsole.engine.procid import identity
 from trainconsole.engine.signals import STACKS_SIGNAL
 
 WORKER_MODULE = "trainconsole.engine.train.worker"
@@ -116,10 +117,8 @@ class WorkerProcess:
         self.pid = popen.pid
         self.log_path = log_path
         self.launched_mono = time.monotonic()
-        try:
-            self.pid_start: float = float(psutil.Process(self.pid).create_time())
-        except psutil.Error:
-            self.pid_start = 0.0
+        # None when it already died: nothing is recorded that a later process could match.
+        self.pid_start: str | None = identity(self.pid)
 
     def poll(self) -> int | None:
         """The exit status once it ended (reaped: no zombie, case 49), else None."""

@@ -1,7 +1,8 @@
 """Start-up recovery after the daemon was killed, the power went or the machine rebooted (41-43).
 
 Before anything trains: workers orphaned by a killed daemon are ended (found both by the pid and
-start time the store recorded, and by their command line naming a spec under our runs folder, in
+process identity the store recorded (``trainconsole.engine.procid``: a pid since given to an
+unrelated process is not ours to end), and by their command line naming a spec under our runs folder, in
 case the daemon died between spawning and recording); jobs left ``running`` are requeued without
 charging an attempt (the worker resumes from the newest good checkpoint); temporary and
 checkpoint-staging files of dead writers are swept.
@@ -22,7 +23,7 @@ import psutil
 
 from trainconsole.engine.daemon.launcher import WORKER_MODULE
 from trainconsole.engine.layout import Layout
-from trainconsole.engine.lock import same_process
+from trainconsole.engine.procid import same_process
 
 _PID_IN_NAME = re.compile(r"(?:^|[-.])(\d{2,})(?:[-.]|$)")
 STALE_TMP_S = 3600.0

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainconsole.engine.errors import DataError
+from trainconsole.engine.procid import my_identity
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.schema import COLUMNS
@@ -77,9 +78,9 @@ def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> lis
             filename = sf.data_filename(job_id, f.name)
             conn.execute(
                 "INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
-                "created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at,owner_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, job_id, os.fsencode(f.path), os.fsencode(f.name), filename, f.sha256, f.size,
-                 f.priority, "move" if f.move else "copy", os.getpid(), time.time()))
+                 f.priority, "move" if f.move else "copy", os.getpid(), time.time(), my_identity()))
             pending.append((i, new_row(seq, job_id, f, filename, now)))
     if not pending:
         return results

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainconsole.engine.procid import same_process
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.add import take_by_move
 from trainconsole.engine.store.schema import COLUMNS, folder_for
@@ -31,9 +32,9 @@ def _finish_intents(store: Store) -> None:
     conn = store._conn
     now = store.clock()
     rows = conn.execute("SELECT seq, id, src, name, filename, sha256, size, priority, mode, owner_pid, "
-                        "created_at FROM intents").fetchall()
-    for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created in rows:
-        if _owner_live(int(owner), float(created)):
+                        "created_at, owner_start FROM intents").fetchall()
+    for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created, start in rows:
+        if _owner_live(int(owner), float(created), start):
             continue  # still being written by a live process
         src = Path(os.fsdecode(bytes(src_b)))
         dest = store.layout.jobs / filename
@@ -60,9 +61,13 @@ def _finish_intents(store: Store) -> None:
         store._commit_intent(row)
 
 
-def _owner_live(pid: int, created: float) -> bool:
-    """Whether the process that wrote an intent still runs: alive, and started before the intent
-    was written (after a reboot the same pid is another process)."""
+def _owner_live(pid: int, created: float, owner_start: str | None) -> bool:
+    """Whether the process that wrote an intent still runs: the very process its identity names
+    (after a reboot, or once the pid is reused, the same pid is another process). An intent written
+    before identities were recorded falls back to the old rule: alive, and started before the
+    intent was written."""
+    if owner_start is not None:
+        return same_process(pid, owner_start)
     if not sf._alive(pid):
         return False
     try:

@@ -25,7 +25,9 @@ from trainconsole.engine.errors import ConfigError, TrainconsoleError, Transient
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.store import files as sf
 
-SCHEMA_VERSION = 1
+# 2: process identities (trainconsole.engine.procid) as text: jobs.pid_start (a float create time
+# before) and intents.owner_start (new). A schema-1 file is migrated in place when opened.
+SCHEMA_VERSION = 2
 _HEADER = b"SQLite format 3\x00"
 _RUN_ID = re.compile(r"^j(\d{4,})$")
 
@@ -51,7 +53,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     pid INTEGER,
-    pid_start REAL,
+    pid_start TEXT,
     step INTEGER,
     max_steps INTEGER
 );
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS intents (
     priority TEXT NOT NULL,
     mode TEXT NOT NULL,
     owner_pid INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    owner_start TEXT
 );
 """
 
@@ -248,6 +251,10 @@ def _create(path: Path) -> sqlite3.Connection:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
+            # Re-read under the write lock: another process may have just created or migrated it.
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version == 1:
+                _migrate_1_to_2(conn)
             for statement in DDL.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -261,6 +268,19 @@ def _create(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept a worker's psutil create time, which a clock step moves. Those floats become
+    ``legacy:`` identities (still compared the old way, so a worker started before the upgrade is
+    recognised); intents gain the owner's identity (NULL for those already written: judged by the
+    old rule)."""
+    from trainconsole.engine.procid import from_stored
+
+    conn.execute("ALTER TABLE intents ADD COLUMN owner_start TEXT")
+    rows = conn.execute("SELECT seq, pid_start FROM jobs WHERE typeof(pid_start) IN ('real', 'integer')")
+    conn.executemany("UPDATE jobs SET pid_start=? WHERE seq=?",
+                     [(from_stored(value), seq) for seq, value in rows.fetchall()])
 
 
 def _highest_seq_in_runs(layout: Layout) -> int:

@@ -30,6 +30,7 @@ import orjson
 from trainconsole.engine.errors import PERMANENT, ErrorClass
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
+from trainconsole.engine.procid import from_stored
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.schema import COLUMNS, folder_for, open_database, unavailable
@@ -137,7 +138,7 @@ class Store:
             error_class=row["error_class"], error=row["error"],
             overrides=orjson.loads(row["overrides"]), created_at=row["created_at"],
             started_at=row["started_at"], finished_at=row["finished_at"], pid=row["pid"],
-            pid_start=row["pid_start"], step=row["step"], max_steps=row["max_steps"],
+            pid_start=from_stored(row["pid_start"]), step=row["step"], max_steps=row["max_steps"],
             queued_at=row["queued_at"], seq=row["seq"], history=tuple(orjson.loads(row["history"])),
         )
 
@@ -280,7 +281,7 @@ class Store:
         order = self._runnable_order(now)
         return order[0] if order else None
 
-    def start(self, job_id: str, pid: int | None = None, pid_start: float | None = None) -> Job:
+    def start(self, job_id: str, pid: int | None = None, pid_start: str | None = None) -> Job:
         """Mark running and count the attempt, durably, before the worker exists: a worker the
         kernel kills still used up an attempt (case 60)."""
         with self._write() as after:
@@ -291,7 +292,7 @@ class Store:
                                 started_at=self.clock(), finished_at=None, next_attempt_at=None,
                                 pid=pid, pid_start=pid_start, step=None)
 
-    def set_worker(self, job_id: str, pid: int | None, pid_start: float | None) -> None:
+    def set_worker(self, job_id: str, pid: int | None, pid_start: str | None) -> None:
         with self._write():
             self._conn.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (pid, pid_start, job_id))
 

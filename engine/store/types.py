@@ -34,7 +34,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     pid: int | None
-    pid_start: float | None
+    pid_start: str | None  # trainconsole.engine.procid identity of the worker
     step: int | None
     max_steps: int | None
     queued_at: float = 0.0

@@ -5,7 +5,9 @@ in a tenth of a second. Acceptance tests use the real worker.
 
 Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "checkpoint" is
 ``fake_ckpt.json`` holding the last step, written every step. Faults: ``TRAINCONSOLE_FAULT`` as in
-engine/train/faults.py (oom, oom_above_batch:N, hang, crash, device, raise:Name, enospc).
+engine/train/faults.py (oom, oom_above_batch:N, hang, crash, device, raise:Name, enospc), plus
+``hog`` / ``hog_above_batch:N``: take host memory until the kernel's OOM killer ends the process
+(run it in a memory cgroup: tests/daemon/cgroups.py).
 """
 
 from __future__ import annotations
@@ -60,13 +62,17 @@ def main() -> int:
     try:
         while step < steps:
             nxt = step + 1
-            if nxt == at_step or (kind.startswith("oom_above_batch") and nxt == at_step):
+            if nxt == at_step:
                 name, _, arg = kind.partition(":")
                 batch = int(over.get("batch_size", 4))
                 if name == "oom" or (name == "oom_above_batch" and batch > int(arg)):
                     report("failed", "oom", "CUDA out of memory (injected)", step,
                            case=int(os.environ.get("FAKE_OOM_CASE", "23")))
                     return EXIT["oom"]
+                if name == "hog" or (name == "hog_above_batch" and batch > int(arg)):
+                    hoard = []
+                    while True:  # written, not only reserved: the pages are really used
+                        hoard.append(b"\x01" * (8 << 20))
                 if name == "hang":
                     while True:
                         time.sleep(1)

@@ -24,6 +24,7 @@ from tests.daemon.realrun import (
 )
 from trainconsole.engine.config import load_config
 from trainconsole.engine.daemon.launcher import WORKER_MODULE
+from trainconsole.engine.procid import identity
 
 
 def _workers_under(runs: Path) -> list[int]:
@@ -33,6 +34,13 @@ def _workers_under(runs: Path) -> list[int]:
         if WORKER_MODULE in cmd and cmd[-1].startswith(str(runs)):
             pids.append(proc.pid)
     return pids
+
+
+def _worker_or_idle(config: Path, dropped: list[str]) -> bool:
+    jobs = store_jobs(config)
+    if any(j.status == "running" and j.pid for j in jobs):
+        return True
+    return len(jobs) == len(dropped) and all(j.status == "done" for j in jobs)
 
 
 KILLS = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "30"))
@@ -54,10 +62,14 @@ def test_chaos_kill_9_of_worker_and_daemon_at_random_points(workspace: Path, tin
     log: list[str] = []
     try:
         for n in range(kills):
-            if all(j.status == "done" for j in store_jobs(config)):
+            # A job may finish at any moment, also between two looks: wait for either a worker to
+            # kill or an idle queue (then give it more), never for a worker that cannot come.
+            while True:
+                wait_for(lambda: _worker_or_idle(config, dropped), 180,
+                         f"a running worker or an idle queue (seed {seed}, kill {n})")
+                if any(j.status == "running" and j.pid for j in store_jobs(config)):
+                    break
                 dropped.append(drop(workspace, f"chaos-{len(dropped)}.jsonl").name)
-            wait_for(lambda: any(j.status == "running" and j.pid for j in store_jobs(config)), 180,
-                     f"a running worker (seed {seed}, kill {n})")
             if rng.random() < 0.6:
                 # Mid-training (steps and saves), not only while the worker imports and loads.
                 try:
@@ -114,11 +126,11 @@ def test_five_poison_jobs_among_twenty_healthy(workspace: Path, tiny_model: Path
     for name in names:
         drop(workspace, name, n=8)
     daemon = start_daemon(config, env={"TRAINCONSOLE_FAULT_JOBS": "poison-*=crash@0"})
-    started = psutil.Process(daemon.pid).create_time()
+    started = identity(daemon.pid)  # not psutil's create_time, which a clock step moves
     try:
         wait_for(lambda: len(store_jobs(config)) == 25 and
                  all(j.status in ("done", "failed") for j in store_jobs(config)), 1200, "all jobs finished")
-        assert daemon.poll() is None and psutil.Process(daemon.pid).create_time() == started
+        assert daemon.poll() is None and started is not None and identity(daemon.pid) == started
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(120)

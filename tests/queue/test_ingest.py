@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from trainconsole.engine.events import EventLog
 from trainconsole.engine.daemon.inbox import Inbox, scan
+from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.store import Store
 from trainconsole.engine.store.files import hash_file

@@ -107,3 +107,52 @@ def test_an_intent_left_by_a_process_before_a_reboot_is_finished_even_if_the_pid
         (job,) = store.jobs()
         assert (job.id, job.name, job.sha256) == ("j0001", "left.jsonl", sha)
         assert job.path.is_file() and not src.exists()
+
+
+def _intent(layout: Layout, src: Path, owner_pid: int, owner_start: str) -> None:
+    import os
+    import sqlite3
+
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    conn = sqlite3.connect(layout.state_db)
+    conn.execute("INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
+                 "created_at,owner_start) VALUES (1,'j0001',?,?,'j0001--left.jsonl',?,?,'normal','move',?,?,?)",
+                 (os.fsencode(src), b"left.jsonl", sha, src.stat().st_size, owner_pid, 1.0e12, owner_start))
+    conn.execute("UPDATE meta SET value='2' WHERE key='next_seq'")
+    conn.commit()
+    conn.close()
+
+
+@pytest.mark.edge(51)
+def test_an_intent_is_judged_by_its_owners_identity_not_by_clocks(tmp_path: Path) -> None:
+    """The owner's identity (engine/procid.py) decides: a live owner's intent is left to it; the
+    same pid with another identity (a reused pid) is not the owner, and the intent is finished.
+    Its created_at is set far in the future, so the old wall-clock rule would have waited."""
+    import os
+    import sqlite3
+
+    from trainconsole.engine.procid import identity
+
+    layout = make_layout(tmp_path)
+    Store.open(layout).close()
+    src = layout.incoming / "left.jsonl"
+    src.write_bytes(b'{"messages": []}\n')
+    owner = subprocess.Popen(["sleep", "60"])
+    try:
+        token = identity(owner.pid)
+        assert token is not None
+        _intent(layout, src, owner.pid, token)
+        with Store.open(layout) as store:
+            assert store.jobs() == [] and src.exists()  # still the live owner's to finish
+    finally:
+        owner.kill()
+        owner.wait()
+    other = identity(os.getpid())
+    assert other is not None and other != token
+    conn = sqlite3.connect(layout.state_db)
+    conn.execute("UPDATE intents SET owner_pid=?", (os.getpid(),))  # its pid, someone else's now
+    conn.commit()
+    conn.close()
+    with Store.open(layout) as store:
+        (job,) = store.jobs()
+        assert (job.id, job.name) == ("j0001", "left.jsonl") and job.path.is_file() and not src.exists()

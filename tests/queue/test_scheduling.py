@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store import Store
+from trainconsole.engine.store import scheduling as sch
 
 from .conftest import Clock, Policy, add
 

@@ -1,0 +1,67 @@
+"""A job database written by schema 1 (worker create times as floats, intents without their
+owner's identity) is migrated when opened, and a worker started before the upgrade is still
+recognised (case 43: recovery must end it, not leave it training beside a second worker)."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.queue.conftest import add, make_layout
+from trainconsole.engine.daemon.recovery import find_orphans
+from trainconsole.engine.procid import LEGACY, same_process
+from trainconsole.engine.store import SCHEMA_VERSION, Store
+from trainconsole.engine.store.schema import DDL
+
+
+def _schema_1(path: Path) -> sqlite3.Connection:
+    ddl = DDL.replace("pid_start TEXT", "pid_start REAL").replace(",\n    owner_start TEXT", "")
+    assert ddl != DDL and "owner_start" not in ddl
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(ddl)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO meta(key, value) VALUES ('next_seq', '1'), ('paused', '0')")
+    return conn
+
+
+@pytest.mark.edge(43)
+def test_a_schema_1_database_is_migrated_and_its_running_worker_still_found(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path)
+    worker = subprocess.Popen(["sleep", "60"])
+    try:
+        with Store.open(layout) as store:
+            job_id = add(store, tmp_path, "a.jsonl")
+        # The same rows in a schema-1 file: the worker's psutil create time as a REAL.
+        old = sqlite3.connect(layout.state_db)
+        rows = old.execute("SELECT * FROM jobs").fetchall()
+        names = [d[0] for d in old.execute("SELECT * FROM jobs").description]
+        old.close()
+        layout.state_db.unlink()
+        conn = _schema_1(layout.state_db)
+        conn.executemany(f"INSERT INTO jobs({','.join(names)}) VALUES ({','.join('?' * len(names))})", rows)
+        created = psutil.Process(worker.pid).create_time()
+        conn.execute("UPDATE jobs SET status='running', pid=?, pid_start=? WHERE id=?",
+                     (worker.pid, created, job_id))
+        conn.execute("UPDATE meta SET value='2' WHERE key='next_seq'")
+        conn.close()
+
+        with Store.open(layout, repair=False) as store:
+            (job,) = store.jobs()
+        assert job.pid == worker.pid and job.pid_start is not None and job.pid_start.startswith(LEGACY)
+        assert same_process(job.pid, job.pid_start)
+        assert [(o.pid, o.job_id) for o in find_orphans([job], layout)] == [(worker.pid, job_id)]
+        conn = sqlite3.connect(layout.state_db)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(intents)")]
+            assert columns[-1] == "owner_start"
+            assert conn.execute("SELECT typeof(pid_start) FROM jobs").fetchone()[0] == "text"
+        finally:
+            conn.close()
+    finally:
+        worker.kill()
+        worker.wait()
