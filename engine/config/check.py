@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine.config.parse import Problem, decode, line_of, one_line, parse
+from trainconsole.engine.config.parse import Problem, beyond_64_bits, decode, line_of, one_line, parse
 from trainconsole.engine.config.schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
 
 __all__ = ["BadValue", "Problem", "check_value", "looks_like_path", "one_line", "show", "type_name",
@@ -218,6 +218,7 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
     lines = text.splitlines()
     out: dict[str, dict[str, Any]] = {}
     sections = list(SECTIONS)
+    too_big = beyond_64_bits(doc, lines)  # an error in its own right (TOML 1.0), not a range
 
     def add(message: str, section: str, key: str | None = None, case: int | None = None) -> None:
         dotted = section if key is None else f"{section}.{key}"
@@ -260,6 +261,9 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
                     hint = f"keys of [{section}]: " + ", ".join(known)
                 add(f"unknown key {section}.{name}; {hint}", section, name)
                 continue
+            if key.dotted in too_big:
+                problems.append(too_big.pop(key.dotted))
+                continue
             try:
                 checked = check_value(key, value)
                 if key.dotted == "model.base_model":
@@ -268,6 +272,7 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
             except BadValue as bad:
                 add(f"{key.dotted} = {show(value)} {bad.message}", section, name, bad.case)
         out[section] = values
+    problems.extend(too_big.values())  # under a key reported otherwise (unknown, misplaced)
     _cross_checks(out, add, root)
     return out, problems
 

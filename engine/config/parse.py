@@ -88,6 +88,34 @@ def parse(text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem(f"invalid TOML: {exc}", case=32)]
 
 
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def beyond_64_bits(data: Any, lines: list[str]) -> dict[str, Problem]:
+    """TOML 1.0: an integer that cannot be kept losslessly in 64 bits is an error. tomlkit keeps
+    Python's big ints, so ``batch_size = 2**70`` would reach range checks (and torch) as a number
+    no other TOML reader accepts. Keyed by the dotted key."""
+    found: dict[str, Problem] = {}
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, path)
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            dotted = ".".join(path)
+            section, _, key = dotted.rpartition(".")
+            line = line_of(lines, section, key) if section else line_of(lines, key)
+            found.setdefault(dotted, Problem(
+                f"{dotted} = {value} does not fit in 64 bits (TOML integers are {INT64[0]} to "
+                f"{INT64[1]}); use a smaller number", key=dotted, line=line, case=32))
+
+    walk(data, [])
+    return found
+
+
 def _dup_message(text: str) -> str:
     return text.rstrip(".") + " (a key or a section may appear only once)"
 

@@ -101,6 +101,10 @@ class Supervisor:
         self.io_failures = 0
         self.io_retry_at = 0.0
         self.busy_retry_at = 0.0  # a job's run folder was held by another worker: look again then
+        # Folders that are mount points now: one that stops being one has lost its mount (45).
+        lay = self.layout
+        self.mounted = [p for p in (lay.queue, lay.jobs, lay.done, lay.failed, lay.runs, lay.adapters)
+                        if os.path.ismount(p)]
         self.needs_repair = False
         self._cpu_warned = False
         self._resource_emit_at = 0.0
@@ -141,6 +145,7 @@ class Supervisor:
             self.needs_repair = not repaired
             ok = repaired and ok
         if due:
+            ok = self._guarded("checking mounts", self._check_mounts) and ok
             ok = self._guarded("sampling resources", self._check_resources) and ok
         if not self.stop_requested and due:
             # The inbox is read while a job trains too, so a file dropped meanwhile is queued (and
@@ -154,6 +159,15 @@ class Supervisor:
             self.notifier.alert(None, "the engine's folders are usable again; work continues",
                                 severity="info", key="io-ok")
             self.notifier.forget("io-ok")
+
+    def _check_mounts(self) -> None:
+        """A lost mount leaves its mount point behind, empty: what is written there meanwhile is
+        hidden once the mount is back, and what was there cannot be moved. Raised as ENOENT, the
+        tick backs off (case 45) and the store's repair runs once it is back."""
+        for path in self.mounted:
+            if not os.path.ismount(path):
+                raise FileNotFoundError(errno.ENOENT, "no longer a mount point (an unmounted share?)",
+                                        str(path))
 
     def _guarded(self, phase: str, func: Callable[[], Any]) -> bool:
         try:

@@ -9,6 +9,7 @@ exactly, as bytes in hex, in the sidecar and as a blob in the database.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import time
@@ -81,10 +82,23 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def tmp_beside(tmp_dir: Path, folder: Path) -> Path:
+    """Where a temporary for ``folder`` goes: the store's ``tmp_dir``, unless ``folder`` is on
+    another filesystem (a jobs folder on its own mount, case 45), where a rename from there fails
+    with EXDEV; then in ``folder`` itself (named so ``sweep_tmp`` of that folder finds it)."""
+    try:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        if os.stat(tmp_dir).st_dev == os.stat(folder).st_dev:
+            return tmp_dir
+    except OSError:
+        return tmp_dir  # the write that follows reports what is wrong
+    return folder
+
+
 def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, sync_dir: bool = True) -> None:
     """Write via a temporary file on the same filesystem, fsync, rename: readers see old or new.
     ``sync_dir=False`` leaves the folder's fsync to a caller that makes one for a whole batch."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_beside(tmp_dir, path.parent)
     tmp = tmp_dir / f"{tmp_prefix()}{path.name}.{time.monotonic_ns()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
@@ -116,12 +130,19 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def move(src: Path, dst: Path) -> bool:
-    """Rename if present; False when the source is gone (already moved by an earlier, killed try)."""
+def move(src: Path, dst: Path, tmp_dir: Path | None = None) -> bool:
+    """Rename if present; False when the source is gone (already moved by an earlier, killed try).
+    Between filesystems (a jobs folder on its own mount) a durable copy, then the unlink: a kill
+    between the two leaves both, and the repair at the next open removes the source (repair.py)."""
     try:
         os.replace(src, dst)
     except FileNotFoundError:
         return False
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_into(src, dst, tmp_dir or dst.parent)
+        os.unlink(src)
     return True
 
 
@@ -132,7 +153,7 @@ def copy_into(src: Path, dst: Path, tmp_dir: Path, *, sync_dir: bool = True) -> 
 
     digest = hashlib.sha256()
     size = 0
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = tmp_beside(tmp_dir, dst.parent)
     tmp = tmp_dir / f"{tmp_prefix()}{dst.name}.{time.monotonic_ns()}.part"
     # No link followed, no blocking open (a FIFO swapped in would hang us), regular files only.
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -25,7 +25,8 @@ def repair(store: Store) -> None:
             folder.mkdir(parents=True, exist_ok=True)
     _finish_intents(store)
     _reconcile_folders(store)
-    sf.sweep_tmp(layout.tmp)
+    for folder in (layout.tmp, layout.jobs, layout.done, layout.failed):  # see sf.tmp_beside
+        sf.sweep_tmp(folder)
 
 
 def _finish_intents(store: Store) -> None:
@@ -82,10 +83,13 @@ def _owner_live(pid: int, created: float, owner_start: str | None) -> bool:
 def _reconcile_folders(store: Store) -> None:
     layout = store.layout
     where: dict[str, Path] = {}
+    also: dict[str, list[Path]] = {}  # a move between filesystems killed between copy and unlink
     for folder in (layout.jobs, layout.done, layout.failed):
         try:
             for entry in os.scandir(folder):
                 if entry.name.endswith(".jsonl"):
+                    if entry.name in where:
+                        also.setdefault(entry.name, []).append(where[entry.name])
                     where[entry.name] = folder
         except OSError:
             continue
@@ -106,6 +110,10 @@ def _reconcile_folders(store: Store) -> None:
         actual = where.get(filename)
         if actual is not None and actual != expected:
             _move_under_lock(store, job_id, filename)
+        elif actual == expected:
+            for stale in also.get(filename, []):
+                with contextlib.suppress(OSError):
+                    os.unlink(stale / filename)  # the copy arrived (durably) before the kill
         if status == "failed" and not (layout.failed / sf.report_name(filename)).exists():
             import orjson
 

@@ -15,10 +15,13 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.daemon.harness import FAST, ROOT, Harness, configure, daemon_env, drop, wait_for
+from tests.daemon.harness import FAST, ROOT, Harness, configure, daemon_env, drop, store_jobs, wait_for
 from trainconsole.engine.config import load_config
+from trainconsole.engine.daemon.inbox import Inbox
+from trainconsole.engine.events import read_all
 from trainconsole.engine.lock import engine_running, read_pidfile
 from trainconsole.engine.procid import identity
+from trainconsole.engine.store import Store
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="psutil derives create_time from the boot time only on Linux")
@@ -115,3 +118,42 @@ def test_a_running_worker_is_still_ours_after_the_clock_steps(
             assert seen["orphans"] == [[job.pid, job.id, "recorded in the store"]], seen
     finally:
         h.close()
+
+
+@pytest.mark.edge(43)
+def test_a_recorded_pid_now_held_by_an_unrelated_process_is_left_alone_and_the_job_requeued(
+        workspace: Path) -> None:
+    """After a power loss the kernel gave the dead worker's pid to an unrelated process (here a
+    ``sleep`` that started at another time than the recorded worker). The next engine must not
+    kill it, and must requeue the job without charging the attempt the lost worker used."""
+    config = configure(workspace, FAST)
+    layout = load_config(config).layout()
+    layout.ensure()
+    drop(workspace, "a.jsonl")
+    unrelated = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        now = identity(unrelated.pid)
+        assert now is not None
+        kind, boot, ticks = now.rsplit(":", 2)
+        lost_worker = f"{kind}:{boot}:{int(ticks) - 250}"  # same pid, started 2.5 s earlier
+        with Store.open(layout) as store:
+            Inbox(layout).scan(store, stable_s=0.0)
+            (job,) = store.jobs()
+            store.start(job.id, pid=unrelated.pid, pid_start=lost_worker)
+            store.set_paused(True)  # recovery only: nothing is to train afterwards
+            assert store.jobs()[0].attempts == 1
+        daemon = spawn_daemon(config)
+        try:
+            wait_for(lambda: store_jobs(config)[0].status == "queued", 60, "the job requeued")
+            (job,) = store_jobs(config)
+            assert job.attempts == 0 and job.pid is None, job  # the lost attempt is not charged
+            assert unrelated.poll() is None  # never signalled
+            alerts = [e for e in read_all(layout.engine_events) if e["type"] == "alert"]
+            assert not any("ending" in a["message"] for a in alerts), alerts
+            assert any(a["case"] == 41 and "requeued" in a["message"] for a in alerts), alerts
+        finally:
+            stop(daemon)
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()

@@ -340,3 +340,25 @@ def test_a_model_folder_without_config_json_is_a_warning(tmp_path: Path) -> None
     assert "config.json" in note and "case 12" in note
     (tmp_path / "model" / "config.json").write_text("{}")
     assert check_warnings(load_config(tmp_path / "config.toml")) == []
+
+
+@pytest.mark.edge(32)
+@pytest.mark.parametrize(("text", "key", "line"), [
+    ("[training]\nbatch_size = 1180591620717411303424\n", "training.batch_size", 2),  # 2**70
+    ("[training]\n\nmax_steps = -9223372036854775809\n", "training.max_steps", 3),  # -2**63 - 1
+    ("[hardware]\ngpus = [0, 18446744073709551616]\n", "hardware.gpus", 2),
+])
+def test_an_integer_beyond_64_bits_is_an_error_naming_the_key(text: str, key: str, line: int) -> None:
+    """TOML 1.0 requires it; tomlkit would hand Python's big int on to the range checks."""
+    exc = _problems(text)
+    (problem,) = exc.problems
+    assert (problem.key, problem.line, problem.case) == (key, line, 32)
+    assert "does not fit in 64 bits" in problem.message and key in exc.message
+
+
+def test_the_largest_64_bit_integers_are_still_numbers_checked_by_their_range() -> None:
+    from trainconsole.engine.config.check import validate_document
+
+    for value in ("9223372036854775807", "-9223372036854775808"):
+        _, problems = validate_document(f"[training]\nseed = {value}\n", root=ROOT)
+        assert all("64 bits" not in p.message for p in problems), problems

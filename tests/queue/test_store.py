@@ -10,16 +10,18 @@ import pytest
 
 from trainconsole.engine.errors import ErrorClass
 from trainconsole.engine.layout import Layout
-from trainconsole.engine.store import QueueError, Store
+from trainconsole.engine.store import SCHEMA_VERSION, QueueError, Store
 
 from .conftest import Clock, Policy, add, alerts
 
 
+@pytest.mark.edge(42)
 def test_open_sets_wal_full_sync_and_schema_version(store: Store, layout: Layout) -> None:
+    """synchronous=FULL: a committed transaction survives a power loss (case 42)."""
     conn = sqlite3.connect(layout.state_db)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         conn.close()
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
