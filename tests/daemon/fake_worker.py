@@ -1,6 +1,6 @@
 """A stand-in for ``trainconsole.engine.train.worker`` that speaks the same protocol (spec.json in;
-heartbeat.json, events.jsonl, report.json and the exit code out; SIGTERM -> checkpoint at the next
-step boundary and exit 18; stacks on SIGUSR2) without torch, so supervision unit tests launch it
+heartbeat.json, events.jsonl, report.json and the exit code out; SIGTERM or SIGUSR1 -> checkpoint
+at the next step boundary and exit 18, the report naming the signal; stacks on SIGUSR2) without torch, so supervision unit tests launch it
 in a tenth of a second. Acceptance tests use the real worker.
 
 Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "checkpoint" is
@@ -39,8 +39,14 @@ def main() -> int:
     over = spec.get("overrides", {})
     stacks = open(run / "stacks.txt", "w")  # noqa: SIM115 - held for the process's life
     faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
-    stop = {"asked": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("asked", True))
+    stop: dict[str, object] = {"asked": False, "signal": None}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["asked"] = True
+        stop["signal"] = stop["signal"] or signal.Signals(signum).name
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGUSR1, request_stop)
     steps = int(os.environ.get("FAKE_STEPS", "4"))
     step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
     fault = os.environ.get("TRAINCONSOLE_FAULT", "")
@@ -56,7 +62,8 @@ def main() -> int:
                case: int | None = None) -> None:
         write_json(run / "report.json", {"schema": 1, "status": status, "error_class": cls, "case": case,
                                          "message": message, "traceback": tb, "global_step": step,
-                                         "max_steps": steps, "adapter": None})
+                                         "max_steps": steps, "adapter": None,
+                                         "stop_signal": stop["signal"]})
 
     step = start
     try:
