@@ -99,8 +99,14 @@ def snapshot(store: Store, now: float) -> tuple[bool, list[dict[str, Any]]]:
             reason = reason_text(status, step=step, max_steps=max_steps, error_class=eclass, error=error,
                                  next_attempt_at=next_at, attempts=attempts, now=now, paused=paused,
                                  ahead=rank.get(job_id, 0) + running, policy=policy)
+        raw = bytes(name)
+        try:
+            exact: str | None = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            exact = None  # not text: only the hex form is exact
         out.append({
-            "id": job_id, "name": _shown(name), "status": status, "priority": priority, "reason": reason,
+            "id": job_id, "name": _shown(raw), "original_name": exact, "original_name_hex": raw.hex(),
+            "status": status, "priority": priority, "reason": reason,
             "attempts": attempts, "max_attempts": policy.max_attempts, "next_attempt_at": next_at,
             "error_class": eclass, "error": error, "created_at": created, "started_at": started,
             "finished_at": finished, "step": step, "max_steps": max_steps, "size": size,

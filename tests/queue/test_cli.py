@@ -40,9 +40,15 @@ def test_add_and_status_json_with_hostile_names(workspace: Path) -> None:
     assert jobs[0]["reason"] == "next" and jobs[1]["reason"] == "priority (1 ahead)"
     assert {j["priority"] for j in jobs} == {"high"}
     assert jobs[2]["name"] == "new\\nline.jsonl" and jobs[3]["name"] == "bad\\xffbyte.jsonl"
+    # For scripts, the true names: exact text where the name is text, exact bytes always.
+    assert [j["original_name"] for j in jobs] == [*names[:3], None]
+    assert [os.fsdecode(bytes.fromhex(j["original_name_hex"])) for j in jobs] == names
+    assert all((workspace / "data" / os.fsdecode(bytes.fromhex(j["original_name_hex"]))).is_file()
+               for j in jobs)
     assert all(Path(j["path"]).is_file() for j in jobs)
     text = cli(workspace, "status")
     assert text.returncode == 0 and "j0004" in text.stdout and "priority (3 ahead)" in text.stdout
+    assert "new\\nline.jsonl" in text.stdout  # escaped for people: one job, one line
 
 
 @pytest.mark.edge(53)
