@@ -1,11 +1,14 @@
-"""A real full disk (case 25): the runs folder on a 2 MB tmpfs, filled from outside so the second
-checkpoint of a real training run does not fit."""
+"""A real full disk (case 25): the runs folder on a tmpfs larger than the engine's "nearly full"
+threshold (hardware.min_free_disk_mb), so the job starts with room to spare and the pause comes
+from the worker meeting ENOSPC, not from a disk too small to begin with. The disk is filled from
+outside so the second checkpoint of a real training run does not fit."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +19,9 @@ from tests.daemon.harness import TINY, Harness, drop
 from tests.daemon.realrun import REAL
 from trainconsole.engine import checkpoints as ckpt
 
+NEARLY_FULL_MB = 16  # hardware.min_free_disk_mb in the test
+DISK_MB = 3 * NEARLY_FULL_MB
+
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
@@ -23,7 +29,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         pytest.skip("mounting a tmpfs needs root")
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(mount)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
@@ -58,10 +64,14 @@ def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: 
     from trainconsole.engine.daemon.launcher import launcher_for
 
     h = Harness(workspace, {**TINY, **REAL, "training.max_steps": 4, "paths.runs": str(small_disk / "runs"),
-                            "paths.adapters": str(small_disk / "adapters")}, launcher_factory=launcher_for)
+                            "paths.adapters": str(small_disk / "adapters"),
+                            "hardware.min_free_disk_mb": NEARLY_FULL_MB}, launcher_factory=launcher_for)
     try:
         drop(workspace, "a.jsonl")
         h.run_until(lambda: h.sup.current is not None, timeout=60)
+        # Room to spare when it started: nothing below is the guard's "nearly full" threshold.
+        assert shutil.disk_usage(small_disk).free > 2 * NEARLY_FULL_MB * 2**20
+        assert not [a for a in h.alerts() if a["case"] == 25]
         ckpts = h.layout.run_dir(h.jobs()[0].id) / "checkpoints"
         # Once the first checkpoint exists, fill the disk from outside, leaving less than a save needs.
         h.run_until(lambda: bool(ckpt.list_checkpoints(ckpts)), timeout=240)
@@ -71,6 +81,7 @@ def test_disk_full_during_a_save_pauses_without_charging_and_resumes(workspace: 
         job = h.jobs()[0]
         assert h.store.paused() and job.status == "queued", (job.status, job.error)
         assert job.error_class == "disk_full" and job.attempts == 0  # not charged
+        assert "treated as a full disk" not in (job.error or "")  # detected, not inferred from free space
         # The worker itself knew: torch's writer hides ENOSPC in a RuntimeError, read as disk full.
         report = json.loads((h.layout.run_dir(job.id) / "report.json").read_text())
         assert report["error_class"] == "disk_full", report
