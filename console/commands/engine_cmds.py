@@ -223,14 +223,25 @@ def _check_torch() -> tuple[str, str, str]:
     return ("torch", OK, "installed")
 
 
+def _check_launcher(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
+    if cfg.launcher.kind != "slurm":
+        return []
+    from trainconsole.engine.daemon.slurm import doctor
+
+    return doctor.checks(cfg.launcher, {"paths.runs": layout.runs, "paths.adapters": layout.adapters})
+
+
 def _doctor(args: argparse.Namespace) -> int:
     checks, cfg = _check_config(args)
     if cfg is not None:
         layout = cfg.layout()
         probes: list[Callable[[], list[tuple[str, str, str]]]] = [
-            lambda: [_check_gpu(cfg)], lambda: _check_disk_ram(cfg, layout),
+            # With Slurm the GPUs are the nodes', checked by _check_launcher, not this machine's.
+            lambda: [] if cfg.launcher.kind == "slurm" else [_check_gpu(cfg)],
+            lambda: _check_disk_ram(cfg, layout),
             lambda: [_check_writable(layout)], lambda: [_check_pid(layout)],
-            lambda: [_check_model(cfg, layout)], lambda: [_check_torch()]]
+            lambda: [_check_model(cfg, layout)], lambda: [_check_torch()],
+            lambda: _check_launcher(cfg, layout)]
         for func in probes:
             try:
                 checks += func()

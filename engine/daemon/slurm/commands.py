@@ -19,7 +19,6 @@ from trainconsole.engine.daemon.slurm.state import (
     parse_scontrol_job,
     parse_sinfo,
     parse_squeue,
-    partitions_of,
 )
 
 PROGRAMS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
@@ -88,9 +87,9 @@ class SlurmCommands:
     def cancel(self, slurm_id: int) -> None:
         self.run(["scancel", str(slurm_id)])
 
-    def cluster(self) -> ClusterSummary:
-        return parse_sinfo(self.run(["sinfo", "--json"]))
+    def sinfo(self) -> str:
+        """``sinfo --json`` as printed; ``state.parse_sinfo`` and friends read it."""
+        return self.run(["sinfo", "--json"])
 
-    def partitions(self) -> set[str]:
-        """The partitions the nodes belong to (from ``sinfo --json``)."""
-        return partitions_of(self.run(["sinfo", "--json"]))
+    def cluster(self) -> ClusterSummary:
+        return parse_sinfo(self.sinfo())

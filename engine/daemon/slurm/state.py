@@ -168,6 +168,11 @@ def parse_sinfo(text: str) -> ClusterSummary:
     return ClusterSummary(len(nodes), idle, allocated, unavailable, gpus)
 
 
+def node_names_of(text: str) -> list[str]:
+    return [str(n.get("hostname") or n.get("name")) for n in _document(text, "sinfo --json").get("nodes") or []
+            if isinstance(n, dict) and (n.get("hostname") or n.get("name"))]
+
+
 def partitions_of(text: str) -> set[str]:
     found: set[str] = set()
     for node in _document(text, "sinfo --json").get("nodes") or []:
