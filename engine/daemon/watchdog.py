@@ -8,6 +8,13 @@ not killed by a floor tuned for seconds. Until the first step the worker gets
 After a step that ends in a save, an evaluation or the end of training (slow, and without a
 beat), the limit is the first-step grace too. Wall-clock jumps (NTP, a suspended VM's clock set
 back) never enter these sums.
+
+A worker on another machine (a Slurm node) beats on that machine's monotonic clock, which means
+nothing here. With ``observed=True`` a beat counts at the moment this process first sees it change
+(its own monotonic time), so silence is measured on one clock; the cost is up to one poll
+interval (and the shared filesystem's attribute cache) of extra silence, far below any limit.
+``start`` moves the first-step grace to when the worker really began (a Slurm job may wait in
+the queue for hours first).
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ class Verdict:
 
 class Watchdog:
     def __init__(self, heartbeat: Path, *, floor_s: float, multiple: float, first_step_grace_s: float,
-                 launched_mono: float | None = None, boundary: Callable[[int], bool] | None = None) -> None:
+                 launched_mono: float | None = None, boundary: Callable[[int], bool] | None = None,
+                 observed: bool = False) -> None:
         self.heartbeat = heartbeat
         # Steps after which the worker saves, evaluates or publishes without beating: those get
         # the long grace, not a multiple of a step's time.
@@ -65,6 +73,12 @@ class Watchdog:
         self.launched = time.monotonic() if launched_mono is None else launched_mono
         self.recent: deque[float] = deque(maxlen=20)
         self.last: Heartbeat | None = None
+        self.observed = observed
+        self._seen: Heartbeat | None = None  # the beat as written, to notice a change (observed mode)
+
+    def start(self, mono: float) -> None:
+        """The worker began now (on this process's clock): the first-step grace counts from here."""
+        self.launched = mono
 
     def limit_s(self) -> float:
         if not self.recent:
@@ -75,6 +89,12 @@ class Watchdog:
     def check(self, now: float | None = None) -> Verdict:
         now = time.monotonic() if now is None else now
         beat = read_heartbeat(self.heartbeat)
+        if beat is not None and self.observed:
+            if beat == self._seen:
+                beat = self.last  # nothing new: keep the time it was first seen
+            else:
+                self._seen = beat
+                beat = Heartbeat(beat.pid, beat.step, now, beat.step_time_s)
         if beat is not None and beat.mono >= self.launched - 1.0:  # a beat from this launch only
             if self.last is None or beat.mono != self.last.mono:
                 if beat.step_time_s is not None and beat.step_time_s > 0:

@@ -89,3 +89,18 @@ def test_watchdog_gives_save_eval_and_final_steps_the_long_grace(tmp_path: Path)
     _beat(hb, 50, t0 + 30, 1.0)
     verdict = dog.check(t0 + 100)
     assert verdict.limit_s == 100 and not verdict.hung  # a save step: the long grace
+
+
+def test_a_remote_workers_beats_count_when_seen_on_our_clock(tmp_path: Path) -> None:
+    """A Slurm node's monotonic clock means nothing here: its beats are timed when first seen."""
+    hb = tmp_path / "heartbeat.json"
+    t0 = time.monotonic()
+    dog = Watchdog(hb, floor_s=10, multiple=5, first_step_grace_s=100, launched_mono=t0, observed=True)
+    dog.start(t0 + 1000)  # pending in Slurm's queue until then: no grace used up meanwhile
+    assert not dog.check(t0 + 1090).hung and dog.check(t0 + 1101).hung
+    _beat(hb, 1, 5.0, 1.0)  # the node's clock: five seconds after its boot
+    assert not dog.check(t0 + 1102).hung
+    assert not dog.check(t0 + 1111).hung and dog.check(t0 + 1113).hung  # 10 s floor from when seen
+    _beat(hb, 2, 6.0, 1.0)
+    verdict = dog.check(t0 + 1120)
+    assert not verdict.hung and verdict.silent_for_s == 0 and verdict.step == 2
