@@ -46,7 +46,7 @@ def _fill(layout: Layout, n: int) -> None:
     statuses = ["done"] * 60 + ["failed"] * 10 + ["cancelled"] * 5 + ["queued"] * 20 + ["held"] * 5
     now = time.time()
     with Store.open(layout) as store:
-        conn = store._conn
+        conn = store.db.conn
         conn.execute("BEGIN IMMEDIATE")
         rows = []
         for seq in range(1, n + 1):

@@ -15,20 +15,24 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 
 from trainconsole.console.series import Ema, downsample
 from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
+from trainconsole.engine.store import Job, Store
 from trainconsole.engine.sysmon import Sysmon
 
 if TYPE_CHECKING:
     from trainconsole.engine.config import Config
     from trainconsole.engine.layout import Layout
+
+T = TypeVar("T")
 
 MAX_ALERTS = 200
 MAX_POINTS = 200_000  # per job; a longer run keeps its newest points
@@ -135,26 +139,25 @@ class WorkspaceClient:
         self._acked: set[str] = set()
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._store: Any = None
+        self._store: Store | None = None
         self._store_identity: tuple[int, int] | None = None
 
     # --- reading ---------------------------------------------------------------------------
 
-    def _open_store(self) -> Any:
-        from trainconsole.engine.store import Store
-
+    def _open_store(self) -> Store:
         # repair=False: reconciling folders is the daemon's business, never a watcher's.
         return Store.open(self.layout, repair=False)
 
-    def _reader(self) -> Any:
+    def _reader(self) -> Store:
         """The polls' own store, kept open: opening checks the file's integrity, a cost per open
         that grows with the queue. Reopened when the file is replaced (a rebuilt database)."""
         st = os.stat(self.layout.state_db)
         identity = (st.st_dev, st.st_ino)
         if self._store is None or self._store_identity != identity:
             self._drop_reader()
-            self._store = self._open_store()
+            self._store = store = self._open_store()
             self._store_identity = identity
+            return store
         return self._store
 
     def _drop_reader(self) -> None:
@@ -165,7 +168,7 @@ class WorkspaceClient:
                 pass
         self._store = None
 
-    def _read_jobs(self) -> tuple[list[Any], bool, dict[str, str], str]:
+    def _read_jobs(self) -> tuple[list[Job], bool, dict[str, str], str]:
         if not self.layout.state_db.exists():
             self._drop_reader()
             return [], False, {}, "no queue yet: the engine creates it on start"
@@ -175,11 +178,11 @@ class WorkspaceClient:
             self._drop_reader()  # the next poll starts afresh
             raise
 
-    def _query_jobs(self, store: Any) -> tuple[list[Any], bool, dict[str, str], str]:
-        jobs = list(store.jobs())
-        paused = bool(store.paused())
+    def _query_jobs(self, store: Store) -> tuple[list[Job], bool, dict[str, str], str]:
+        jobs = store.jobs()
+        paused = store.paused()
         try:
-            reasons = {k: str(v) for k, v in store.reasons(time.time(), jobs).items()}
+            reasons = store.reasons(time.time(), jobs)
         except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
             reasons = {}
         for job in jobs:
@@ -321,38 +324,38 @@ class WorkspaceClient:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def _write(self, method: str, *args: Any) -> Any:
+    def _write(self, act: Callable[[Store], T]) -> T:
         if self.readonly:
             raise PermissionError("this console is read-only")
         store = self._open_store()
         try:
-            return getattr(store, method)(*args)
+            return act(store)
         finally:
             store.close()
 
     def set_priority(self, job_id: str, level: str) -> None:
-        self._write("set_priority", job_id, level)
+        self._write(lambda store: store.set_priority(job_id, level))
 
     def hold(self, job_id: str) -> None:
-        self._write("hold", job_id)
+        self._write(lambda store: store.hold(job_id))
 
     def release(self, job_id: str) -> None:
-        self._write("release", job_id)
+        self._write(lambda store: store.release(job_id))
 
     def retry(self, job_id: str) -> None:
-        self._write("retry", job_id)
+        self._write(lambda store: store.retry(job_id))
 
     def retry_all_failed(self) -> int:
-        return len(self._write("retry_all_failed") or [])
+        return len(self._write(lambda store: store.retry_all_failed()))
 
     def cancel(self, job_id: str) -> None:
-        self._write("cancel", job_id)
+        self._write(lambda store: store.cancel(job_id))
 
     def set_paused(self, paused: bool) -> None:
-        self._write("set_paused", paused)
+        self._write(lambda store: store.set_paused(paused))
 
     def stop_engine(self) -> None:
-        self._write("post_command", "stop")
+        self._write(lambda store: store.post_command("stop"))
 
     def acknowledge(self, keys: list[str]) -> None:
         # Acknowledgement is this console's own: another operator's console still shows them.

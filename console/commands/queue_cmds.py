@@ -171,8 +171,9 @@ def _add(args: argparse.Namespace) -> int:
     import stat
 
     from trainconsole.engine.errors import TrainconsoleError
+    from trainconsole.engine.names import display
     from trainconsole.engine.store.add import NewFile
-    from trainconsole.engine.store.files import display, hash_file
+    from trainconsole.engine.store.files import hash_file
 
     layout, store = _open(args)
     bad = 0

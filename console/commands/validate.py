@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 from trainconsole.console.common import config_path
 from trainconsole.engine.errors import UsageError
-from trainconsole.engine.store.files import display
+from trainconsole.engine.names import display
 
 PROGRESS_MIN_BYTES = 64 << 20  # smaller files finish before a bar would be worth drawing
 

@@ -37,9 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
 from trainconsole.engine.layout import Layout
+from trainconsole.engine.names import display
 from trainconsole.engine.store import Job, Store
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.add import NewFile
@@ -120,7 +122,7 @@ class Inbox:
         taken: list[Job] = []
         results = store.add_files([c[1] for c in candidates], force=not dedupe)
         for (path, f), result in zip(candidates, results, strict=True):
-            shown = sf.display(path)
+            shown = display(path)
             seen = self._seen.get(path)
             if result.error is not None:
                 exc = result.error
@@ -158,7 +160,7 @@ class Inbox:
                   events: EventLog) -> tuple[str, NewFile] | None:
         path = entry.path
         name = entry.name
-        shown = sf.display(path)
+        shown = display(path)
         try:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
@@ -230,7 +232,7 @@ class Inbox:
                 self._notice(events, path, "dangling", 54, f"{shown} is a symlink to nothing; ignored")
             return None
         if os.path.commonpath([root, target]) != root:
-            self._notice(events, path, "outside", 54, f"{shown} is a symlink to {sf.display(target)}, "
+            self._notice(events, path, "outside", 54, f"{shown} is a symlink to {display(target)}, "
                          "outside the queue folder; not followed (copy the file in, or use "
                          "`trainconsole add`)")
             return None
@@ -323,7 +325,7 @@ def _open_for_writing(fd: int) -> bool:
 _INBOXES: dict[Path, Inbox] = {}
 
 
-def scan(layout: Layout, store: Store, cfg: Any, events: EventLog | None = None) -> list[Job]:
+def scan(layout: Layout, store: Store, cfg: Config, events: EventLog | None = None) -> list[Job]:
     """One look at the inbox; returns the jobs taken. Call it every ``queue.poll_s``: state kept
     between calls (per queue folder, in this process) is what makes the stability wait and the
     one-notice-per-file rule work."""

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from trainconsole.engine.config import Config
 from trainconsole.engine.daemon import inbox as ingest
 from trainconsole.engine.daemon.launcher import (
     DevicePlan,
@@ -35,7 +36,7 @@ from trainconsole.engine.daemon.launcher import (
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.outcome import apply_outcome
 from trainconsole.engine.daemon.recovery import sweep_run_staging, sweep_staging
-from trainconsole.engine.daemon.resources import ResourceGuard, checkpoint_mb
+from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb
 from trainconsole.engine.daemon.retry_policy import classify, oom_kill_count, read_report
 from trainconsole.engine.daemon.watchdog import Watchdog
 from trainconsole.engine.errors import ErrorClass
@@ -44,7 +45,6 @@ from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
 from trainconsole.engine.signals import STACKS_SIGNAL, signal_name
 from trainconsole.engine.store import Job, QueueError, Store
 from trainconsole.engine.store import files as store_files
-from trainconsole.engine.store import repair as store_repair
 
 STACK_WAIT_S = 3.0
 IO_BACKOFF_MAX_S = 60.0
@@ -78,7 +78,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 class Supervisor:
-    def __init__(self, cfg: Any, store: Store, events: EventLog, notifier: Notifier, sysmon: Any, *,
+    def __init__(self, cfg: Config, store: Store, events: EventLog, notifier: Notifier, sysmon: Sampler, *,
                  launcher_factory: Callable[[DevicePlan], Launcher] = launcher_for) -> None:
         self.cfg = cfg
         self.launcher_factory = launcher_factory
@@ -141,7 +141,7 @@ class Supervisor:
         if self.needs_repair and due:
             # A move the store committed but could not make (EBUSY, EPERM, an immutable file: case
             # 50) is finished by the store's own repair, retried until it succeeds.
-            repaired = self._guarded("finishing file moves", lambda: store_repair.repair(self.store))
+            repaired = self._guarded("finishing file moves", self.store.repair)
             self.needs_repair = not repaired
             ok = repaired and ok
         if due:

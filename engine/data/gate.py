@@ -6,7 +6,7 @@ in it has a line number, a reason and a case number.
 ``Report`` with a verdict. A rejected file raises nothing: the caller reads the verdict (the worker
 turns it into a ``DataError``, a permanent failure). Memory stays bounded for a file of any size:
 nothing holds more than a block and one capped line. The record format lives in
-engine/data_records.py, the reading in engine/data_scan.py."""
+engine/data/records.py, the reading in engine/data/scan.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from trainconsole.engine.config import Config
+from trainconsole.engine.config.schema import DataConfig
 from trainconsole.engine.data.records import REASONS, Example, Message, RecordError
 from trainconsole.engine.data.scan import (
     COMPRESSED,
@@ -28,7 +30,7 @@ from trainconsole.engine.data.scan import (
     scan_parallel,
 )
 from trainconsole.engine.errors import DataError
-from trainconsole.engine.store.files import display
+from trainconsole.engine.names import display
 
 __all__ = ["DataWarning", "Example", "Limits", "Message", "Problem", "REASONS", "Report", "TokenCounter",
            "TokenStats", "iter_examples", "iter_problems", "validate_file"]
@@ -53,23 +55,23 @@ class Limits:
     max_length: int = 1024
 
     @classmethod
-    def of(cls, cfg: object) -> Limits:
-        """From a whole Config, its ``data`` section alone, a Limits, or None (defaults)."""
+    def of(cls, cfg: Settings) -> Limits:
+        """From a whole Config, its ``data`` section alone (training's settings then default), a
+        Limits, or None (defaults)."""
         if cfg is None:
             return cls()
         if isinstance(cfg, Limits):
             return cfg
-        data = getattr(cfg, "data", cfg)
-        training = getattr(cfg, "training", None)
+        data = cfg.data if isinstance(cfg, Config) else cfg
         base = cls()
-        return cls(
-            max_line_bytes=int(getattr(data, "max_line_bytes", base.max_line_bytes)),
-            max_invalid_fraction=float(getattr(data, "max_invalid_fraction", base.max_invalid_fraction)),
-            long_examples=str(getattr(data, "long_examples", base.long_examples)),
-            max_problems=int(getattr(data, "max_problems", base.max_problems)),
-            batch_size=int(getattr(training, "batch_size", base.batch_size)),
-            max_length=int(getattr(training, "max_length", base.max_length)),
-        )
+        training = cfg.training if isinstance(cfg, Config) else base
+        return cls(max_line_bytes=data.max_line_bytes, max_invalid_fraction=data.max_invalid_fraction,
+                   long_examples=data.long_examples, max_problems=data.max_problems,
+                   batch_size=training.batch_size, max_length=training.max_length)
+
+
+Settings = Config | DataConfig | Limits | None
+"""What the gate's functions take for their settings (see ``Limits.of``)."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ class Report:
         return "\n".join(out)
 
 
-def iter_examples(path: Path, data_cfg: object = None) -> Iterator[Example]:
+def iter_examples(path: Path, data_cfg: Settings = None) -> Iterator[Example]:
     """The valid examples of ``path`` in file order, bad lines skipped (``validate_file`` counts them)."""
     limits = Limits.of(data_cfg)
     for item in iter_records(Path(path), limits.max_line_bytes):
@@ -175,7 +177,7 @@ def iter_examples(path: Path, data_cfg: object = None) -> Iterator[Example]:
             yield item
 
 
-def iter_problems(path: Path, data_cfg: object = None) -> Iterator[tuple[int, RecordError]]:
+def iter_problems(path: Path, data_cfg: Settings = None) -> Iterator[tuple[int, RecordError]]:
     """Every bad line of ``path`` as (line, why)."""
     limits = Limits.of(data_cfg)
     for item in iter_records(Path(path), limits.max_line_bytes):
@@ -206,7 +208,7 @@ def default_workers(size: int) -> int:
     return max(1, min(cores, size // (PARALLEL_MIN_BYTES // 2)))
 
 
-def validate_file(path: Path, cfg: object = None, *, tokenizer: TokenCounter | None = None,
+def validate_file(path: Path, cfg: Settings = None, *, tokenizer: TokenCounter | None = None,
                   workers: int | None = None, progress: Progress | None = None) -> Report:
     """Read all of ``path`` and judge it. ``tokenizer`` maps examples to token counts (chat
     template applied); without it the report has no token statistics. ``workers``: processes

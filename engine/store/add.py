@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from trainconsole.engine.errors import DataError
+from trainconsole.engine.names import display
 from trainconsole.engine.procid import my_identity
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
+from trainconsole.engine.store.db import Database, Row
 from trainconsole.engine.store.schema import COLUMNS
-
-if TYPE_CHECKING:
-    from trainconsole.engine.store.store import Job, Store
+from trainconsole.engine.store.types import Job
 
 
 @dataclass(frozen=True)
@@ -52,23 +52,27 @@ class Added:
     error: BaseException | None = None
 
 
-def new_row(seq: int, job_id: str, f: NewFile, filename: str, now: float) -> dict[str, Any]:
-    return dict(zip(COLUMNS, (seq, job_id, os.fsencode(f.name), filename, f.sha256, f.size, f.priority,
-                              "queued", 0, None, None, None, "{}", "[]", now, now, None, None, None,
-                              None, None, None), strict=True))
+def new_row(seq: int, job_id: str, name: bytes, filename: str, sha256: str, size: int, priority: str,
+            now: float) -> Row:
+    """The row of a job just taken in: queued, no attempts, no history."""
+    return dict(zip(COLUMNS, (seq, job_id, name, filename, sha256, size, priority, "queued", 0, None,
+                              None, None, "{}", "[]", now, now, None, None, None, None, None, None),
+                    strict=True))
 
 
-def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> list[Added]:
+def add_files(db: Database, files: list[NewFile], *, force: bool = False) -> list[Added]:
+    """Several files at once (two commits and one fsync per folder for the lot); one ``Added``
+    per file, in order, with its job, None for a duplicate (unless ``force``), or its error."""
     for f in files:
         sch.check_level(f.priority)
     results = [Added(f) for f in files]
-    now = store.clock()
-    conn = store._conn
-    pending: list[tuple[int, dict[str, Any]]] = []
-    with store._write():
+    now = db.clock()
+    conn = db.conn
+    pending: list[tuple[int, Row]] = []
+    with db.write():
         batch_hashes: set[str] = set()
         for i, f in enumerate(files):
-            if not force and (f.sha256 in batch_hashes or store.duplicate_of(f.sha256) is not None
+            if not force and (f.sha256 in batch_hashes or db.duplicate_of(f.sha256) is not None
                               or conn.execute("SELECT 1 FROM intents WHERE sha256=?", (f.sha256,)).fetchone()):
                 continue
             batch_hashes.add(f.sha256)
@@ -81,15 +85,16 @@ def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> lis
                 "created_at,owner_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, job_id, os.fsencode(f.path), os.fsencode(f.name), filename, f.sha256, f.size,
                  f.priority, "move" if f.move else "copy", os.getpid(), time.time(), my_identity()))
-            pending.append((i, new_row(seq, job_id, f, filename, now)))
+            pending.append((i, new_row(seq, job_id, os.fsencode(f.name), filename, f.sha256, f.size,
+                                         f.priority, now)))
     if not pending:
         return results
-    store.layout.jobs.mkdir(parents=True, exist_ok=True)
-    arrived: list[tuple[int, dict[str, Any]]] = []
-    touched = {store.layout.jobs}
+    db.layout.jobs.mkdir(parents=True, exist_ok=True)
+    arrived: list[tuple[int, Row]] = []
+    touched = {db.layout.jobs}
     try:
         for i, row in pending:
-            if _take(store, files[i], row, results[i]):
+            if _take(db, files[i], row, results[i]):
                 arrived.append((i, row))
                 if files[i].move:
                     touched.add(Path(files[i].path).parent)
@@ -97,29 +102,28 @@ def add_files(store: Store, files: list[NewFile], *, force: bool = False) -> lis
         # Even when interrupted: what arrived is made durable and recorded; the rest is forgotten.
         for folder in touched:
             sf.fsync_dir(folder)
-        with store._write() as after:
+        with db.write() as after:
             for i, row in arrived:
-                conn.execute(f"INSERT OR IGNORE INTO jobs({','.join(COLUMNS)}) VALUES "
-                             f"({','.join('?' * len(COLUMNS))})", [row[c] for c in COLUMNS])
-                job = store._job(row)
+                db.insert(row, or_ignore=True)
+                job = db.job(row)
                 results[i].job = job
-                after.append(lambda job=job: store._emit(job, "added"))  # type: ignore[misc]
+                after.append(functools.partial(db.emit, job, "added"))
             conn.executemany("DELETE FROM intents WHERE seq=?", [(row["seq"],) for _, row in pending])
     return results
 
 
-def _take(store: Store, f: NewFile, row: dict[str, Any], result: Added) -> bool:
+def _take(db: Database, f: NewFile, row: Row, result: Added) -> bool:
     """Sidecar, then the file. True when the file is in ``jobs/``; else the error is recorded and
     nothing of this file is left behind."""
     src = Path(f.path)
-    dest = store.layout.jobs / row["filename"]
-    sidecar = store.layout.jobs / sf.sidecar_name(row["id"])
+    dest = db.layout.jobs / row["filename"]
+    sidecar = db.layout.jobs / sf.sidecar_name(row["id"])
     try:
         if not f.move:
-            row["sha256"], row["size"] = sf.copy_into(src, dest, store.layout.tmp, sync_dir=False)
-        store._write_sidecar(row, store.layout.jobs, sync_dir=False)
+            row["sha256"], row["size"] = sf.copy_into(src, dest, db.layout.tmp, sync_dir=False)
+        db.write_sidecar(row, db.layout.jobs, sync_dir=False)
         if f.move:
-            take_by_move(store, src, dest, sync=False)
+            take_by_move(db.layout.tmp, src, dest, sync=False)
         return True
     except Exception as exc:
         if f.move and dest.exists() and not src.exists():
@@ -130,27 +134,29 @@ def _take(store: Store, f: NewFile, row: dict[str, Any], result: Added) -> bool:
         with contextlib.suppress(OSError):
             sidecar.unlink()
         if isinstance(exc, FileNotFoundError) and not src.exists():
-            result.error = DataError(f"{sf.display(f.name)}: the file vanished before it could be "
+            result.error = DataError(f"{display(f.name)}: the file vanished before it could be "
                                      "queued", case=51)
         else:
             result.error = exc
         return False
 
 
-def take_by_move(store: Store, src: Path, dest: Path, *, sync: bool = True) -> None:
+def take_by_move(tmp_dir: Path, src: Path, dest: Path, *, sync: bool = True) -> None:
+    """Rename ``src`` to ``dest`` (copy, then unlink, across filesystems); ``tmp_dir`` holds the
+    copy's temporary file."""
     try:
         os.rename(src, dest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        sf.copy_into(src, dest, store.layout.tmp, sync_dir=sync)
+        sf.copy_into(src, dest, tmp_dir, sync_dir=sync)
         os.unlink(src)
     else:
         if not stat.S_ISREG(os.lstat(dest).st_mode):
             # Swapped for a link (or anything else) after it was examined: put it back, where the
             # inbox's rules for links apply; a job never points outside the queue.
             os.rename(dest, src)
-            raise DataError(f"{sf.display(str(src))} was replaced while it was being queued; it will "
+            raise DataError(f"{display(str(src))} was replaced while it was being queued; it will "
                             "be looked at again", case=54)
     if sync:
         sf.fsync_dir(dest.parent)

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from trainconsole.engine.names import display
+
 SIDECAR_SCHEMA = 1
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ID_PREFIX = re.compile(r"^(j\d{4,})(?:--|\.json$|\.report\.txt$)")
@@ -58,14 +60,6 @@ def name_to_hex(name: str) -> str:
 
 def name_from_hex(text: str) -> str:
     return os.fsdecode(bytes.fromhex(text))
-
-
-def display(name: str) -> str:
-    """A name safe to print and to put in JSON: invalid bytes and control characters escaped."""
-    if name.isprintable() and (name.isascii() or not any(0xDC80 <= ord(c) <= 0xDCFF for c in name)):
-        return name  # the common case, without a per-character pass
-    raw = os.fsencode(name).decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in raw)
 
 
 def fsync_dir(path: Path) -> None:

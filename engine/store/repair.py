@@ -6,60 +6,60 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+
+import orjson
+import psutil
 
 from trainconsole.engine.procid import same_process
 from trainconsole.engine.store import files as sf
-from trainconsole.engine.store.add import take_by_move
-from trainconsole.engine.store.schema import COLUMNS, folder_for
+from trainconsole.engine.store.add import new_row, take_by_move
+from trainconsole.engine.store.db import Database
+from trainconsole.engine.store.scheduling import QueuePolicy
+from trainconsole.engine.store.schema import FOLDER_STATUS, folder_for, row_for_file
 
-if TYPE_CHECKING:
-    from trainconsole.engine.store.store import Store
 
-
-def repair(store: Store) -> None:
-    layout = store.layout
+def repair(db: Database, policy: QueuePolicy) -> None:
+    """Finish what a kill interrupted; ``policy`` gives a rewritten report its attempt limit."""
+    layout = db.layout
     for folder in (layout.jobs, layout.done, layout.failed, layout.tmp):
         with contextlib.suppress(OSError):
             folder.mkdir(parents=True, exist_ok=True)
-    _finish_intents(store)
-    _reconcile_folders(store)
+    _finish_intents(db)
+    _reconcile_folders(db, policy)
     for folder in (layout.tmp, layout.jobs, layout.done, layout.failed):  # see sf.tmp_beside
         sf.sweep_tmp(folder)
 
 
-def _finish_intents(store: Store) -> None:
-    conn = store._conn
-    now = store.clock()
+def _finish_intents(db: Database) -> None:
+    conn = db.conn
+    now = db.clock()
     rows = conn.execute("SELECT seq, id, src, name, filename, sha256, size, priority, mode, owner_pid, "
                         "created_at, owner_start FROM intents").fetchall()
     for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created, start in rows:
         if _owner_live(int(owner), float(created), start):
             continue  # still being written by a live process
         src = Path(os.fsdecode(bytes(src_b)))
-        dest = store.layout.jobs / filename
+        dest = db.layout.jobs / filename
         try:
             if dest.exists():
                 sha, size = sf.hash_file(dest)
                 if mode == "move" and src.exists() and sf.hash_file(src)[0] == sha:
                     os.unlink(src)  # a cross-filesystem copy finished, the unlink did not
             elif mode == "move" and src.is_file() and sf.hash_file(src)[0] == sha:
-                take_by_move(store, src, dest)
+                take_by_move(db.layout.tmp, src, dest)
             else:
                 with contextlib.suppress(OSError):  # a sidecar written before the kill
-                    (store.layout.jobs / sf.sidecar_name(job_id)).unlink()
+                    (db.layout.jobs / sf.sidecar_name(job_id)).unlink()
                 # A copy that never landed (its `add` was killed and reported nothing), or a source
                 # that is gone or replaced: nothing was taken, so nothing is recorded.
-                with store._write():
+                with db.write():
                     conn.execute("DELETE FROM intents WHERE seq=?", (seq,))
                 continue
         except OSError:
             continue  # left for the next open
-        row: dict[str, Any] = dict(zip(COLUMNS, (
-            seq, job_id, bytes(name_b), filename, sha, size, priority, "queued", 0, None, None, None,
-            "{}", "[]", now, now, None, None, None, None, None, None), strict=True))
-        store._commit_intent(row)
+        db.commit_intent(new_row(seq, job_id, bytes(name_b), filename, sha, size, priority, now))
 
 
 def _owner_live(pid: int, created: float, owner_start: str | None) -> bool:
@@ -69,19 +69,17 @@ def _owner_live(pid: int, created: float, owner_start: str | None) -> bool:
     intent was written."""
     if owner_start is not None:
         return same_process(pid, owner_start)
-    if not sf._alive(pid):
+    if not psutil.pid_exists(pid):
         return False
     try:
-        import psutil
-
         started = float(psutil.Process(pid).create_time())
     except Exception:  # noqa: BLE001 - cannot tell: leave it to its owner, as if alive
         return True
     return started <= created + 1.0
 
 
-def _reconcile_folders(store: Store) -> None:
-    layout = store.layout
+def _reconcile_folders(db: Database, policy: QueuePolicy) -> None:
+    layout = db.layout
     where: dict[str, Path] = {}
     also: dict[str, list[Path]] = {}  # a move between filesystems killed between copy and unlink
     for folder in (layout.jobs, layout.done, layout.failed):
@@ -93,71 +91,60 @@ def _reconcile_folders(store: Store) -> None:
                     where[entry.name] = folder
         except OSError:
             continue
-    with store._lock:  # rows and intents from one snapshot: a file being added is in one of them
-        store._conn.execute("BEGIN")
-        try:
-            rows = store._conn.execute("SELECT id, filename, status, attempts, history, name FROM jobs").fetchall()
-            pending = {r[0] for r in store._conn.execute("SELECT id FROM intents")}
-        finally:
-            store._conn.execute("COMMIT")
+    with db.read() as conn:  # rows and intents from one snapshot: a file being added is in one of them
+        rows = conn.execute("SELECT id, filename, status, attempts, history, name FROM jobs").fetchall()
+        pending = {r[0] for r in conn.execute("SELECT id FROM intents")}
     known = {r[1] for r in rows}
     for filename, folder in where.items():
         job_id = sf.job_id_of(filename)
         if job_id is not None and filename not in known and job_id not in pending:
-            _adopt(store, folder, job_id, filename)
+            _adopt(db, folder, job_id, filename)
     for job_id, filename, status, attempts, history, name_b in rows:
         expected = folder_for(layout, status)
         actual = where.get(filename)
         if actual is not None and actual != expected:
-            _move_under_lock(store, job_id, filename)
+            _move_under_lock(db, job_id, filename)
         elif actual == expected:
             for stale in also.get(filename, []):
                 with contextlib.suppress(OSError):
                     os.unlink(stale / filename)  # the copy arrived (durably) before the kill
         if status == "failed" and not (layout.failed / sf.report_name(filename)).exists():
-            import orjson
-
             text = sf.report_text(job_id, os.fsdecode(bytes(name_b)), attempts,
-                                  store.policy.max_attempts, orjson.loads(history),
+                                  policy.max_attempts, orjson.loads(history),
                                   "failed (report rewritten after an interruption)", None)
             with contextlib.suppress(OSError):
                 sf.atomic_write(layout.failed / sf.report_name(filename), text.encode("utf-8", "replace"),
                                 layout.tmp)
 
 
-def _move_under_lock(store: Store, job_id: str, filename: str) -> None:
+def _move_under_lock(db: Database, job_id: str, filename: str) -> None:
     """Move a file to where the database says it belongs, holding the write lock and re-reading
     the status, so a status change by another process cannot slip between the look and the move."""
-    layout = store.layout
-    with store._write():
-        row = store._conn.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
+    layout = db.layout
+    with db.write():
+        row = db.conn.execute("SELECT status FROM jobs WHERE id=?", (job_id,)).fetchone()
         if row is None:
             return
         expected = folder_for(layout, row[0])
         for folder in (layout.jobs, layout.done, layout.failed):
             if folder != expected and (folder / filename).exists():
-                store._move_files(job_id, filename, folder, expected)
+                db.move_files(job_id, filename, folder, expected)
                 break
 
 
-def _adopt(store: Store, folder: Path, job_id: str, filename: str) -> None:
+def _adopt(db: Database, folder: Path, job_id: str, filename: str) -> None:
     """A job file the database does not know (its record was lost with a power cut after the
     file's rename was already durable): take it back, as a rebuild would."""
-    import time
-
-    from trainconsole.engine.store.schema import FOLDER_STATUS, row_for_file
-
-    layout = store.layout
+    layout = db.layout
     default = dict((getattr(layout, name), status) for name, status in FOLDER_STATUS)[folder]
     row = row_for_file(layout, folder, default, job_id, folder / filename, time.time())
     if row is None:
         return
-    with store._write():
-        if store._conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
+    with db.write():
+        if db.conn.execute("SELECT 1 FROM jobs WHERE id=?", (job_id,)).fetchone():
             return
-        store._conn.execute(f"INSERT INTO jobs({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})",
-                            row)
-        store._conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) WHERE key='next_seq'",
-                            (int(job_id[1:]) + 1,))
-    store.events.emit("log", level="warning", job_id=job_id,
+        db.insert(row)
+        db.conn.execute("UPDATE meta SET value=MAX(CAST(value AS INTEGER), ?) WHERE key='next_seq'",
+                        (int(job_id[1:]) + 1,))
+    db.events.emit("log", level="warning", job_id=job_id,
                       message=f"{job_id}: its file {folder / filename} had no record; taken back as {row[7]}")

@@ -28,6 +28,8 @@ from __future__ import annotations
 import random
 from typing import Final, Protocol
 
+from trainconsole.engine.errors import UsageError
+
 LEVELS: Final = ("high", "normal", "low")
 LEVEL_RANK: Final = {name: i for i, name in enumerate(LEVELS)}
 
@@ -56,8 +58,6 @@ class DefaultPolicy:
 
 def check_level(priority: str) -> str:
     if priority not in LEVEL_RANK:
-        from trainconsole.engine.errors import UsageError
-
         raise UsageError(f"priority must be one of {', '.join(LEVELS)}, got {priority!r}")
     return priority
 

@@ -1,5 +1,5 @@
 """The job database's schema, how it is opened, and how it is rebuilt from the queue folders when it
-is corrupt (case 58). Only ``trainconsole.engine.store.store`` uses this module.
+is corrupt (case 58). Only the store's own modules use it.
 
 Opening: WAL (readers never block the writer), ``synchronous=FULL`` (a commit survives power loss),
 a busy timeout (the daemon and any number of consoles share the file), and the schema version in
@@ -133,7 +133,7 @@ def _corruption(path: Path) -> str | None:
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
-        if not _is_corruption(exc):
+        if not is_corruption(exc):
             raise unavailable(path, exc) from exc
         return f"is unreadable ({exc})"
     if rows != [("ok",)]:
@@ -146,7 +146,7 @@ def _corruption(path: Path) -> str | None:
     return None
 
 
-def _is_corruption(exc: sqlite3.Error) -> bool:
+def is_corruption(exc: sqlite3.Error) -> bool:
     """Damage, as opposed to a locked, read-only or full disk, which must never cost the file."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or (
@@ -188,7 +188,7 @@ def open_database(layout: Layout) -> tuple[sqlite3.Connection, str | None, Path 
     try:
         return _create(path), None, None
     except sqlite3.DatabaseError as exc:
-        if not _is_corruption(exc):
+        if not is_corruption(exc):
             raise unavailable(path, exc) from exc
         # Damage quick_check missed but schema setup hit: same treatment.
         with _rebuild_lock(layout):

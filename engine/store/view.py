@@ -4,19 +4,15 @@ console can poll: 10,000 jobs in a few tens of milliseconds, in one short read t
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from trainconsole.engine.names import display
 from trainconsole.engine.store import scheduling as sch
-from trainconsole.engine.store.files import display
+from trainconsole.engine.store.db import Database
 from trainconsole.engine.store.schema import folder_for
-
-if TYPE_CHECKING:
-    from trainconsole.engine.store.store import Store
-    from trainconsole.engine.store.types import Job
+from trainconsole.engine.store.types import STATUSES, Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
          "error_class", "error", "created_at", "queued_at", "started_at", "finished_at", "step",
@@ -60,33 +56,24 @@ def ranks(items: list[tuple[str, str, float, int, float | None]], now: float,
     return {it[0]: i for i, it in enumerate(ready)}
 
 
-def reasons(store: Store, now: float, jobs: list[Job]) -> dict[str, str]:
-    paused = store.paused()
+def reasons(db: Database, policy: sch.QueuePolicy, now: float, jobs: list[Job]) -> dict[str, str]:
+    paused = db.paused()
     running = sum(1 for j in jobs if j.status == "running")
     rank = ranks([(j.id, j.priority, j.queued_at, j.seq, j.next_attempt_at) for j in jobs
-                  if j.status == "queued"], now, store.policy)
+                  if j.status == "queued"], now, policy)
     return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
                               error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
                               now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
-                              policy=store.policy)
+                              policy=policy)
             for j in jobs}
 
 
-def snapshot(store: Store, now: float) -> tuple[bool, list[dict[str, Any]]]:
+def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, list[dict[str, Any]]]:
     """(paused, jobs in id order), read in one short transaction."""
-    conn = store._conn
-    with store._lock:
-        conn.execute("BEGIN")
-        try:
-            rows = conn.execute(f"SELECT {','.join(_COLS)} FROM jobs ORDER BY seq").fetchall()
-            flag = conn.execute("SELECT value FROM meta WHERE key='paused'").fetchone()
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("COMMIT")
-    paused = bool(flag and flag[0] == "1")
-    policy = store.policy
-    folders = {s: os.fspath(folder_for(store.layout, s)) + os.sep
-               for s in ("queued", "held", "running", "done", "failed", "cancelled")}
+    with db.read() as conn:
+        rows = conn.execute(f"SELECT {','.join(_COLS)} FROM jobs ORDER BY seq").fetchall()
+        paused = db.paused()
+    folders = {s: os.fspath(folder_for(db.layout, s)) + os.sep for s in STATUSES}
     running = sum(1 for r in rows if r[5] == "running")
     rank = ranks([(r[1], r[4], r[11], r[0], r[7]) for r in rows if r[5] == "queued"], now, policy)
     out = []

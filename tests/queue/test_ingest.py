@@ -256,7 +256,7 @@ def test_a_file_deleted_before_it_is_taken_is_simply_gone(layout: Layout, store:
     with pytest.raises(DataError, match="vanished") as info:
         store.add_job("ghost.jsonl", layout.incoming / "ghost.jsonl", "0" * 64, 1, move=True)
     assert info.value.case == 51
-    assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+    assert store.db.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
     assert store.jobs() == []
 
 
@@ -340,7 +340,7 @@ def test_a_failed_move_leaves_no_half_record(layout: Layout, store: Store, tmp_p
     with pytest.raises(OSError):
         store.add_job("x.jsonl", src, sha, size, move=True)
     assert src.exists() and store.jobs() == []
-    assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+    assert store.db.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
     (layout.jobs / "j0001--x.jsonl").rmdir()
     job = store.add_job("x.jsonl", src, sha, size, move=True)
     assert job is not None and job.id == "j0002"

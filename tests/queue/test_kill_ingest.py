@@ -70,7 +70,7 @@ def test_kill_minus_9_while_ingesting_neither_loses_nor_doubles(tmp_path: Path) 
             while inbox.scan(store, stable_s=0.0):
                 pass
             jobs = store.jobs()
-            assert store._conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
+            assert store.db.conn.execute("SELECT COUNT(*) FROM intents").fetchone()[0] == 0
         shas = [j.sha256 for j in jobs]
         assert sorted(shas) == sorted(expected), "a file was lost or doubled"
         for job in jobs:

@@ -144,7 +144,7 @@ def test_a_locked_database_is_waited_for_never_set_aside(layout: Layout, tmp_pat
     stays. Only SQLITE_CORRUPT / SQLITE_NOTADB count as damage."""
     import sqlite3
 
-    from trainconsole.engine.store.schema import _is_corruption
+    from trainconsole.engine.store.schema import is_corruption
 
     Store.open(layout).close()
     holder = sqlite3.connect(layout.state_db, isolation_level=None)
@@ -154,7 +154,7 @@ def test_a_locked_database_is_waited_for_never_set_aside(layout: Layout, tmp_pat
         with pytest.raises(sqlite3.OperationalError) as info:
             busy.execute("BEGIN IMMEDIATE")
         busy.close()
-        assert not _is_corruption(info.value)
+        assert not is_corruption(info.value)
     finally:
         holder.execute("ROLLBACK")
         holder.close()

@@ -24,7 +24,7 @@ def test_open_sets_wal_full_sync_and_schema_version(store: Store, layout: Layout
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     finally:
         conn.close()
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
 def test_ids_are_ordered_and_files_are_the_engines_own(store: Store, tmp_path: Path) -> None:

@@ -171,14 +171,14 @@ class StoreMachine(RuleBasedStateMachine):
     def crash_between_commit_and_move(self, data: st.DataObject) -> None:
         """The process dies after the database commit and before the file moves."""
         job_id = data.draw(st.sampled_from(self._ids("queued", "running")))
-        self.store._move_files = lambda *a, **k: None  # type: ignore[method-assign]
+        self.store.db.move_files = lambda *a, **k: None  # type: ignore[method-assign]
         if self.model[job_id]["status"] == "running":
             self.store.succeed(job_id)
             self.model[job_id]["status"] = "done"
         else:
             self.store.cancel(job_id)
             self.model[job_id]["status"] = "cancelled"
-        self.store._conn.close()  # no orderly close
+        self.store.db.conn.close()  # no orderly close
         self.store = self._open()
 
     @precondition(lambda self: self._ids("queued", "running"))
@@ -186,7 +186,7 @@ class StoreMachine(RuleBasedStateMachine):
     def crash_mid_transaction(self, data: st.DataObject) -> None:
         """Killed inside a write: the connection goes without a commit; nothing of it may stay."""
         job_id = data.draw(st.sampled_from(self._ids("queued", "running")))
-        conn = self.store._conn
+        conn = self.store.db.conn
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("UPDATE jobs SET status='done', attempts=attempts+100 WHERE id=?", (job_id,))
         conn.execute("UPDATE meta SET value='1' WHERE key='next_seq'")
@@ -195,7 +195,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def crash_and_reopen(self) -> None:
-        self.store._conn.close()
+        self.store.db.conn.close()
         self.store = self._open()
 
     @rule()
