@@ -35,10 +35,10 @@ chaos: $(STAMP)
 	TRAINCONSOLE_CHAOS_KILLS=200 $(BIN)/pytest -q -m slow tests -k chaos
 
 edge-report: $(STAMP)
-	$(BIN)/python -m trainconsole.engine.catalog --report
+	$(BIN)/python -m trainconsole.engine.edge_coverage --report
 
 docs: $(STAMP)
-	$(BIN)/python -m trainconsole.engine.catalog --write-docs docs/edge-cases.md
+	$(BIN)/python -m trainconsole.engine.edge_coverage --write-docs docs/edge-cases.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

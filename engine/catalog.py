@@ -2,18 +2,14 @@
 are about it. The one source of truth for alert severities (``trainconsole.engine.events``), for
 ``docs/edge-cases.md`` and for the test-coverage report.
 
-``python -m trainconsole.engine.catalog --write-docs docs/edge-cases.md`` regenerates the document;
-``python -m trainconsole.engine.catalog --report`` lists which cases have a ``@pytest.mark.edge(N)`` test.
+Data and its rendering only: ``trainconsole.engine.edge_coverage`` (the test scan and the command
+line that writes the document and the report) stands on it, never the other way round.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, Literal
 
 Severity = Literal["info", "warning", "critical"]
@@ -414,40 +410,3 @@ def render_markdown() -> str:
                  "yes" if case.alert else "no", case.detection, case.behaviour]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainconsole.engine.catalog", description=__doc__.splitlines()[0])
-    parser.add_argument("--write-docs", metavar="PATH", type=Path, help="write the markdown table")
-    parser.add_argument("--report", action="store_true", help="which cases have a marked test")
-    parser.add_argument("--tests", metavar="DIR", type=Path, default=Path("tests"),
-                        help="test folder the report scans (default: tests)")
-    parser.add_argument("--strict", action="store_true", help="with --report: exit 1 if any case lacks a test")
-    args = parser.parse_args(argv)
-    if not args.write_docs and not args.report:
-        parser.error("nothing to do: give --write-docs PATH and/or --report")
-    status = 0
-    if args.write_docs:
-        args.write_docs.parent.mkdir(parents=True, exist_ok=True)
-        args.write_docs.write_text(render_markdown(), encoding="utf-8")
-        print(f"wrote {args.write_docs} ({len(CASES)} cases)")
-    if args.report:
-        from trainconsole.engine.edge_coverage import format_report, scan_tests
-
-        if not args.tests.is_dir():
-            print(f"python -m trainconsole.engine.catalog: no test folder at {args.tests}", file=sys.stderr)
-            return 1
-        coverage = scan_tests(args.tests)
-        try:
-            print(format_report(coverage), flush=True)
-        except BrokenPipeError:
-            # `make edge-report | head` closing the pipe early is not an error.
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-            return status
-        if args.strict and coverage.missing():
-            status = 1
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,15 +1,23 @@
 """Which memo cases have a test: reads the test files' syntax trees for ``pytest.mark.edge(N)``
 (decorators, ``pytestmark`` at module or class level, ``pytest.param(..., marks=...)``), without
-importing or running a single test, so ``make edge-report`` is instant and works on a broken tree."""
+importing or running a single test, so ``make edge-report`` is instant and works on a broken tree.
+
+The catalogue's command line:
+``python -m trainconsole.engine.edge_coverage --write-docs docs/edge-cases.md`` regenerates the
+document (``make docs``); ``python -m trainconsole.engine.edge_coverage --report`` lists which cases
+have a ``@pytest.mark.edge(N)`` test (``make edge-report``)."""
 
 from __future__ import annotations
 
+import argparse
 import ast
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainconsole.engine.catalog import CASES, check_edge_args
+from trainconsole.engine.catalog import CASES, check_edge_args, render_markdown
 
 
 def _is_test_file(path: Path) -> bool:
@@ -131,3 +139,39 @@ def format_report(cov: Coverage) -> str:
     if cov.problems:
         lines += ["", "malformed marks:"] + [f"  {p}" for p in cov.problems]
     return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainconsole.engine.edge_coverage",
+                                     description="The memo's cases: the document, and which have a test.")
+    parser.add_argument("--write-docs", metavar="PATH", type=Path, help="write the markdown table")
+    parser.add_argument("--report", action="store_true", help="which cases have a marked test")
+    parser.add_argument("--tests", metavar="DIR", type=Path, default=Path("tests"),
+                        help="test folder the report scans (default: tests)")
+    parser.add_argument("--strict", action="store_true", help="with --report: exit 1 if any case lacks a test")
+    args = parser.parse_args(argv)
+    if not args.write_docs and not args.report:
+        parser.error("nothing to do: give --write-docs PATH and/or --report")
+    status = 0
+    if args.write_docs:
+        args.write_docs.parent.mkdir(parents=True, exist_ok=True)
+        args.write_docs.write_text(render_markdown(), encoding="utf-8")
+        print(f"wrote {args.write_docs} ({len(CASES)} cases)")
+    if args.report:
+        if not args.tests.is_dir():
+            print(f"python -m trainconsole.engine.edge_coverage: no test folder at {args.tests}", file=sys.stderr)
+            return 1
+        coverage = scan_tests(args.tests)
+        try:
+            print(format_report(coverage), flush=True)
+        except BrokenPipeError:
+            # `make edge-report | head` closing the pipe early is not an error.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+            return status
+        if args.strict and coverage.missing():
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

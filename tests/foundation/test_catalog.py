@@ -202,13 +202,13 @@ def test_coverage_scan_agrees_with_pytests_own_collection(tmp_path: Path) -> Non
 
 def test_report_command(tmp_path: Path) -> None:
     tests = _write_tree(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.catalog", "--report", "--tests", str(tests)],
+    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.edge_coverage", "--report", "--tests", str(tests)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert "edge cases with a marked test: 9/80" in run.stdout
     assert "without a marked test (71):" in run.stdout
     assert "tests/test_marks.py::test_decorated" in run.stdout
-    strict = subprocess.run([sys.executable, "-m", "trainconsole.engine.catalog", "--report", "--strict", "--tests",
+    strict = subprocess.run([sys.executable, "-m", "trainconsole.engine.edge_coverage", "--report", "--strict", "--tests",
                              str(tests)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert strict.returncode == 1
 
@@ -222,14 +222,14 @@ def test_report_on_this_project_sees_the_guardrail_tests() -> None:
 
 def test_write_docs_command(tmp_path: Path) -> None:
     out = tmp_path / "docs" / "edge-cases.md"
-    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.catalog", "--write-docs", str(out)],
+    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.edge_coverage", "--write-docs", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert out.read_text(encoding="utf-8") == catalog.render_markdown()
 
 
 def test_catalogue_command_without_a_task_is_a_usage_error() -> None:
-    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.catalog"], cwd=ROOT, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "trainconsole.engine.edge_coverage"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 2 and "nothing to do" in run.stderr
 
