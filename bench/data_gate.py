@@ -8,7 +8,7 @@ File passes (each in a fresh child process, timed inside it, best of N; peak RSS
   ours-all  ``trainconsole.engine.data.gate.validate_file(path)``: every core for a large file
 Tokenization (in this process, on a sample of the file's examples, built-in tiny model):
   raw       the fast tokenizer's batched ``encode_batch`` on texts already rendered with the template
-  ours      ``trainconsole.engine.train.tokens.tokenize_batch``: render with the chat template, encode, assistant labels
+  ours      ``trainconsole.engine.data.encode.tokenize_batch``: render with the chat template, encode, assistant labels
 
 Targets: validate >= 0.85x raw on one core, >= 1.6x with two; peak RSS <= 150 MB; tokenize >= 0.8x.
 
@@ -133,9 +133,10 @@ def tokenization(path: Path, sample: int, repeats: int) -> dict[str, float]:
     from transformers import AutoTokenizer
 
     from trainconsole.engine.config import Config
+    from trainconsole.engine.data.encode import tokenize_batch
     from trainconsole.engine.data.gate import iter_examples
     from trainconsole.engine.data.tokenizer import model_folder
-    from trainconsole.engine.train.tokens import CHUNK, tokenize_batch
+    from trainconsole.engine.train.tokens import CHUNK
 
     folder, why = model_folder(Config(source=ROOT / "config.toml"))
     if folder is None:

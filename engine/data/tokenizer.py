@@ -1,11 +1,11 @@
 """The configured model's tokenizer, for the data gate's token statistics, without torch.
 
 ``trainconsole validate`` must answer quickly and never import torch, yet its token counts must be
-the ones training will see. So the counts come from the training code's own renderer
-(``trainconsole.engine.train.tokens.token_counter``: the chat template, then the fast tokenizer), fed a light
-stand-in for a transformers tokenizer built from the model folder's files with the ``tokenizers``
-library: ``tokenizer.json``, the chat template, and the special tokens the template may use.
-(``AutoTokenizer`` would do the same but imports torch on the way.)"""
+the ones training will see. So the counts come from the encoder training uses
+(``trainconsole.engine.data.encode.token_counter``: the chat template, then the fast tokenizer), fed
+a light stand-in for a transformers tokenizer built from the model folder's files with the
+``tokenizers`` library: ``tokenizer.json``, the chat template, and the special tokens the template
+may use. (``AutoTokenizer`` would do the same but imports torch on the way.)"""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine.config import Config
+from trainconsole.engine.data.builtin import BUILTIN_PREFIX, builtin_folder, is_intact
+from trainconsole.engine.data.encode import token_counter
 from trainconsole.engine.data.scan import TokenCounter
 from trainconsole.engine.errors import ConfigError
 
@@ -59,14 +62,12 @@ class LightTokenizer:
         self.name_or_path = str(folder)
 
 
-def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
+def model_folder(cfg: Config, *, build: bool = True) -> tuple[Path | None, str]:
     """The local folder of the configured model, or (None, why not). A built-in model not yet built
     is built in a child process (the build needs torch; this process must not import it)."""
-    from trainconsole.engine.train.model import BUILTIN_PREFIX, is_intact
-
     base: str = cfg.model.base_model
     if base.startswith(BUILTIN_PREFIX):
-        folder = Path(cfg.layout().cache).expanduser().resolve() / "models" / base.removeprefix(BUILTIN_PREFIX)
+        folder = builtin_folder(cfg.layout().cache, base)
         if is_intact(folder):
             return folder, ""
         if not build:
@@ -89,7 +90,7 @@ def model_folder(cfg: Any, *, build: bool = True) -> tuple[Path | None, str]:
     return None, f"model.base_model {base!r} is not a local folder (hub models are not fetched here)"
 
 
-def token_counter_for(cfg: Any, *, build: bool = True) -> tuple[TokenCounter | None, str]:
+def token_counter_for(cfg: Config, *, build: bool = True) -> tuple[TokenCounter | None, str]:
     """A token counter for the configured model, or (None, why there is none)."""
     folder, why = model_folder(cfg, build=build)
     if folder is None:
@@ -98,10 +99,8 @@ def token_counter_for(cfg: Any, *, build: bool = True) -> tuple[TokenCounter | N
         tokenizer = LightTokenizer(folder)
         if not tokenizer.chat_template:
             return None, f"{folder}: the tokenizer has no chat template"
-        from trainconsole.engine.train.tokens import token_counter
     except ConfigError as exc:
         return None, exc.message
     except ImportError as exc:
         return None, f"token counting is unavailable ({exc})"
-    counter: TokenCounter = token_counter(tokenizer)
-    return counter, ""
+    return token_counter(tokenizer), ""

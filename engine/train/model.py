@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine.checkpoints import sha256_file
+from trainconsole.engine.config import Config
+from trainconsole.engine.data.builtin import BUILTIN_PREFIX, MANIFEST, RECIPE_VERSION, is_intact
 from trainconsole.engine.errors import ConfigError
-
-BUILTIN_PREFIX = "builtin:"
-MANIFEST = "trainconsole-builtin.json"
-# Bump when anything below changes what is built, so old caches are rebuilt rather than trusted.
-RECIPE_VERSION = 1
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -181,22 +178,6 @@ def _write_manifest(folder: Path) -> None:
     tmp.rename(folder / MANIFEST)
 
 
-def is_intact(folder: Path) -> bool:
-    """True when the folder holds a complete build of the current recipe (every file present, with
-    the size and hash its manifest recorded)."""
-    try:
-        body = json.loads((folder / MANIFEST).read_text())
-        if body.get("recipe") != RECIPE_VERSION or not body.get("files"):
-            return False
-        for name, want in body["files"].items():
-            path = folder / name
-            if path.stat().st_size != want["size"] or sha256_file(path) != want["sha256"]:
-                return False
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-    return True
-
-
 def ensure_builtin(name: str, cache: Path) -> Path:
     """Build `builtin:<name>` into `cache/models/<name>` unless an intact copy is there; return
     the folder. Safe to call from several processes at once: each builds in its own staging folder
@@ -233,14 +214,14 @@ def ensure_builtin(name: str, cache: Path) -> Path:
     return final
 
 
-def resolve_base_model(cfg: Any) -> Path | str:
+def resolve_base_model(cfg: Config) -> Path | str:
     """Where `model.base_model` loads from: the cache folder of a built-in model, a local folder,
     or (anything else) a hub id passed through unchanged."""
     base: str = cfg.model.base_model
     if base.startswith(BUILTIN_PREFIX):
         return ensure_builtin(base, cfg.layout().cache)
     local = Path(base).expanduser()
-    if not local.is_absolute() and getattr(cfg, "root", None) is not None:
+    if not local.is_absolute():
         relative = Path(cfg.root) / local
         if relative.exists():
             return relative.resolve()

@@ -11,16 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from trainconsole.engine.data.encode import IGNORE, encode_batch, token_counter, tokenize_batch
 from trainconsole.engine.errors import ConfigError, DataError
-from trainconsole.engine.train.tokens import (
-    IGNORE,
-    TokenCache,
-    build_cache,
-    cache_key,
-    encode_batch,
-    token_counter,
-    tokenize_batch,
-)
+from trainconsole.engine.train.tokens import TokenCache, build_cache, cache_key
 
 CHATS: list[list[dict[str, Any]]] = [
     [

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import ROOT
+from trainconsole.engine.data.encode import IGNORE, encode_batch
 from trainconsole.engine.data.long_text import prefix_chars
-from trainconsole.engine.train.tokens import IGNORE, _chunks, encode_batch
+from trainconsole.engine.train.tokens import _chunks
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from trainconsole.engine.config import Config
+from trainconsole.engine.config.schema import ModelConfig, PathsConfig
+from trainconsole.engine.data.builtin import MANIFEST, is_intact
 from trainconsole.engine.errors import ConfigError
-from trainconsole.engine.layout import Layout
-from trainconsole.engine.train.model import MANIFEST, ensure_builtin, is_intact, resolve_base_model
+from trainconsole.engine.train.model import ensure_builtin, resolve_base_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -155,9 +156,9 @@ def test_unknown_builtin_is_a_config_error(tmp_path: Path) -> None:
         ensure_builtin("builtin:huge", tmp_path)
 
 
-def _cfg(base: str, root: Path, cache: Path) -> SimpleNamespace:
-    layout = Layout(queue=root / "queue", runs=root / "runs", adapters=root / "adapters", cache=cache)
-    return SimpleNamespace(model=SimpleNamespace(base_model=base), root=root, layout=lambda: layout)
+def _cfg(base: str, root: Path, cache: Path) -> Config:
+    return Config(model=ModelConfig(base_model=base), paths=PathsConfig(cache=str(cache)),
+                  source=root / "config.toml")
 
 
 def test_resolve_base_model(tiny_model: Path, tmp_path: Path) -> None:
@@ -178,7 +179,7 @@ def test_lora_visibly_learns_a_toy_task(tiny_model: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trainconsole.engine.train.tokens import IGNORE, tokenize_batch
+    from trainconsole.engine.data.encode import IGNORE, tokenize_batch
 
     tok = _tokenizer(tiny_model)
     model = get_peft_model(
