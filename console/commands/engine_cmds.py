@@ -17,7 +17,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the commands import what they use when run: `trainconsole status` stays fast
+    from trainconsole.engine.config import Config
+    from trainconsole.engine.layout import Layout
+    from trainconsole.engine.store import Store
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 
@@ -43,7 +48,7 @@ def _daemon(args: argparse.Namespace) -> int:
     return run_daemon(load_config(args))
 
 
-def _store(args: argparse.Namespace) -> tuple[Any, Any]:
+def _store(args: argparse.Namespace) -> tuple[Layout, Store]:
     from trainconsole.console.common import load_layout
     from trainconsole.engine.events import EventLog
     from trainconsole.engine.store import Store
@@ -108,7 +113,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 # -- doctor ---------------------------------------------------------------------------------------
 
-def _check_config(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Any]:
+def _check_config(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]], Config | None]:
     from trainconsole.console.common import config_path, load_config
     from trainconsole.engine.errors import TrainconsoleError
 
@@ -119,7 +124,7 @@ def _check_config(args: argparse.Namespace) -> tuple[list[tuple[str, str, str]],
     return [("config", OK, f"{config_path(args)} is valid")], cfg
 
 
-def _check_gpu(cfg: Any) -> tuple[str, str, str]:
+def _check_gpu(cfg: Config) -> tuple[str, str, str]:
     from trainconsole.engine.sysmon import Sysmon
 
     mon = Sysmon()
@@ -142,7 +147,7 @@ def _check_gpu(cfg: Any) -> tuple[str, str, str]:
     return ("gpu", WARN, f"no GPU ({detail}): jobs train on the CPU, slowly")
 
 
-def _check_disk_ram(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
+def _check_disk_ram(cfg: Config, layout: Layout) -> list[tuple[str, str, str]]:
     from trainconsole.engine.sysmon import Sysmon
 
     sample = Sysmon().sample([layout.queue, layout.runs, layout.adapters])
@@ -158,7 +163,7 @@ def _check_disk_ram(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
     return out
 
 
-def _check_writable(layout: Any) -> tuple[str, str, str]:
+def _check_writable(layout: Layout) -> tuple[str, str, str]:
     from trainconsole.engine.daemon.resources import check_writable
 
     present = []
@@ -173,7 +178,7 @@ def _check_writable(layout: Any) -> tuple[str, str, str]:
     return ("permissions", OK, "every engine folder is writable")
 
 
-def _check_pid(layout: Any) -> tuple[str, str, str]:
+def _check_pid(layout: Layout) -> tuple[str, str, str]:
     from trainconsole.engine.lock import engine_running, pidfile_problem, read_pidfile
 
     if layout.pidfile.is_dir() and not layout.pidfile.is_symlink():
@@ -188,7 +193,7 @@ def _check_pid(layout: Any) -> tuple[str, str, str]:
     return ("engine", OK, "not running (start it with `trainconsole daemon` or `trainconsole`)")
 
 
-def _check_model(cfg: Any, layout: Any) -> tuple[str, str, str]:
+def _check_model(cfg: Config, layout: Layout) -> tuple[str, str, str]:
     base = cfg.model.base_model
     if base.startswith("builtin:"):
         built = layout.cache / "models" / base.split(":", 1)[1]

@@ -16,14 +16,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from trainconsole.engine.config import Config, load_config
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.recovery import end_orphans, find_orphans, sweep
 from trainconsole.engine.daemon.resources import check_writable
 from trainconsole.engine.daemon.retry_policy import read_report
+from trainconsole.engine.daemon.supervisor import Supervisor
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.lock import EngineLock, start_detached
+from trainconsole.engine.store import Store
+from trainconsole.engine.sysmon import Sysmon
 
 __all__ = ["run_daemon", "start_detached", "recover"]
 
@@ -32,7 +36,7 @@ def _say(message: str) -> None:
     print(f"trainconsole engine: {message}", flush=True)
 
 
-def recover(store: Any, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float) -> None:
+def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float) -> None:
     """Before anything trains: end orphans, requeue jobs left running, sweep leftovers."""
     running = store.jobs(["running"])
     orphans = find_orphans(running, layout)
@@ -65,7 +69,7 @@ class _Signals:
 
     def __init__(self) -> None:
         self.pending: str | None = None
-        self.sup: Any = None
+        self.sup: Supervisor | None = None
         self.events: EventLog | None = None
         self.previous: dict[int, Any] = {}
 
@@ -89,12 +93,12 @@ class _Signals:
                              message="SIGHUP ignored: restart the engine to load a changed config")
 
 
-def run_daemon(cfg: Any) -> int:
+def run_daemon(cfg: Config) -> int:
     """Run the engine in the foreground until stopped. Returns the exit code."""
     signals = _Signals()
     signals.install()
     try:
-        layout: Layout = cfg.layout()
+        layout = cfg.layout()
         problems = check_writable(layout.folders())
         if problems:
             raise TrainconsoleError("the engine cannot start: " + "; ".join(problems), case=46)
@@ -112,12 +116,8 @@ def run_daemon(cfg: Any) -> int:
         signals.restore()
 
 
-def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: int,
+def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pid: int,
            signals: _Signals) -> int:
-    from trainconsole.engine.daemon.supervisor import Supervisor
-    from trainconsole.engine.store import Store
-    from trainconsole.engine.sysmon import Sysmon
-
     store = Store.open(layout, events, policy=cfg.queue)
     sup = Supervisor(cfg, store, events, notifier, Sysmon())
     signals.sup = sup
@@ -141,8 +141,6 @@ def _serve(cfg: Any, layout: Layout, events: EventLog, notifier: Notifier, pid: 
 
 
 def main(config: str) -> int:
-    from trainconsole.engine.config import load_config
-
     try:
         return run_daemon(load_config(Path(config)))
     except TrainconsoleError as exc:

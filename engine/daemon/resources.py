@@ -16,16 +16,20 @@ import errno
 import os
 import pwd
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.layout import Layout
+from trainconsole.engine.sysmon import Sample
 
 
 class Sampler(Protocol):
-    def sample(self, paths: Any = ()) -> Any: ...
+    """What the guard reads resources through (``trainconsole.engine.sysmon.Sysmon`` fits)."""
+
+    def sample(self, paths: Iterable[Path | str] = ()) -> Sample: ...
 
 
 @dataclass
@@ -57,7 +61,7 @@ class ResourceGuard:
         self.every_s = every_s
         self.disk_hold: DiskHold | None = None
         self.state = GuardState()
-        self.last_sample: Any = None
+        self.last_sample: Sample | None = None
         self._last_mono: float | None = None
         self._active: set[str] = set()
         # Swap activity is a rate between two samples: prime it, so the first check can see
@@ -97,17 +101,17 @@ class ResourceGuard:
                                              "no new job starts until space is freed")
         if self.disk_hold is not None:
             hold = self.disk_hold
-            free = sample.disk_free_mb.get(hold.path)
-            if free is None:
-                free = self.sysmon.sample([hold.path]).disk_free_mb.get(hold.path, 0.0)
-            if free >= hold.resume_at_mb:
-                self.notifier.alert(25, f"disk space is back on {hold.path} ({free:.1f} MB free): "
+            seen = sample.disk_free_mb.get(hold.path)
+            held_free = (self.sysmon.sample([hold.path]).disk_free_mb.get(hold.path, 0.0) if seen is None
+                         else seen)
+            if held_free >= hold.resume_at_mb:
+                self.notifier.alert(25, f"disk space is back on {hold.path} ({held_free:.1f} MB free): "
                                         "the queue resumes", severity="info", key="disk-full-cleared")
                 self.disk_hold = None
             else:
                 found["disk-full"] = (25, f"a worker ran out of disk on {hold.path}: the queue is "
                                           f"paused until {hold.resume_at_mb:.1f} MB is free "
-                                          f"(now {free:.1f} MB)")
+                                          f"(now {held_free:.1f} MB)")
         for key, (case, message) in found.items():
             if key not in self._active:
                 self.notifier.alert(case, message, key=f"guard:{key}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError
 
 _SAFE_INDEX = "model.safetensors.index.json"
@@ -35,11 +36,11 @@ class BaseModel:
     context: int | None
 
 
-def _key(cfg: Any) -> str:
+def _key(cfg: Config) -> str:
     return f"model.base_model = {cfg.model.base_model!r} in {cfg.source}"
 
 
-def locate(cfg: Any) -> Path:
+def locate(cfg: Config) -> Path:
     """The folder the base model loads from (cases 11 and 39)."""
     from trainconsole.engine.train.model import resolve_base_model
 
@@ -134,7 +135,7 @@ def _check_weights(folder: Path) -> bool:
     raise ConfigError(f"{folder} has no weight files (*.safetensors or pytorch_model*.bin)", case=12)
 
 
-def fingerprint(cfg: Any, config_bytes: bytes, config: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(cfg: Config, config_bytes: bytes, config: dict[str, Any]) -> dict[str, Any]:
     """What an adapter or a checkpoint must match to be used on this base."""
     return {
         "name": cfg.model.base_model,
@@ -146,7 +147,7 @@ def fingerprint(cfg: Any, config_bytes: bytes, config: dict[str, Any]) -> dict[s
     }
 
 
-def check_files(cfg: Any, max_length: int) -> BaseModel:
+def check_files(cfg: Config, max_length: int) -> BaseModel:
     """Everything that can be checked without loading tensors."""
     folder = locate(cfg)
     config_path = folder / "config.json"
@@ -179,7 +180,7 @@ def _brief(exc: BaseException, limit: int) -> str:
     return f"{exc.__class__.__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
 
 
-def load_tokenizer(cfg: Any, base: BaseModel) -> Any:
+def load_tokenizer(cfg: Config, base: BaseModel) -> Any:
     """The tokenizer, checked against the embedding size and for a chat template (case 40)."""
     from transformers import AutoTokenizer
 
@@ -205,7 +206,7 @@ def load_tokenizer(cfg: Any, base: BaseModel) -> Any:
     return tokenizer
 
 
-def load_model(cfg: Any, base: BaseModel, *, dtype: Any) -> Any:
+def load_model(cfg: Config, base: BaseModel, *, dtype: Any) -> Any:
     """The base model's weights. Out-of-memory propagates as itself (case 21); anything else wrong
     with the files is case 12."""
     import torch

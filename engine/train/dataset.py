@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from trainconsole.engine.checkpoints import sha256_file
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import DataError
 from trainconsole.engine.train.guards import Sample
 
 IGNORE = -100
 
 
-def load_cache(cfg: Any, data_file: Path, tokenizer: Any, cache_root: Path) -> Any:
+def load_cache(cfg: Config, data_file: Path, tokenizer: Any, cache_root: Path) -> Any:
     """Validate the file (a rejected file is a permanent DataError) and build or reuse its cache."""
     from trainconsole.engine.data.gate import iter_examples, validate_file
     from trainconsole.engine.train.tokens import build_cache, cache_key

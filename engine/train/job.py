@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError, DeviceError, DivergedError
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.train import basecheck, lineage
@@ -41,7 +42,7 @@ class Outcome:
     message: str
 
 
-def _device(cfg: Any) -> tuple[bool, bool]:
+def _device(cfg: Config) -> tuple[bool, bool]:
     """(use_cpu, bf16) from hardware.device."""
     import torch
 
@@ -213,7 +214,7 @@ class TrainJob:
         configured_then = float(resume.extra.get("configured_lr", lr))
         return then * (lr / configured_then) if configured_then > 0 else lr
 
-    def _train_once(self, cfg: Any, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
+    def _train_once(self, cfg: Config, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
                     hooks: Hooks, cache: Any, train_idx: list[int], eval_idx: list[int],
                     resume: ckpt.Checkpoint | None, *, use_cpu: bool, bf16: bool, grad_ckpt: bool) -> None:
         import torch
@@ -243,7 +244,7 @@ class TrainJob:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def _wrap_lora(self, cfg: Any, model: Any, parent: Path | None) -> Any:
+    def _wrap_lora(self, cfg: Config, model: Any, parent: Path | None) -> Any:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         if parent is not None:

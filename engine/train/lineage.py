@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError
 from trainconsole.engine.events import EventLog
 
@@ -88,7 +89,7 @@ def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
     return target
 
 
-def lora_shape(cfg: Any, parent: Path | None) -> str:
+def lora_shape(cfg: Config, parent: Path | None) -> str:
     """The adapter's shape (rank, scaling, target modules): the parent adapter's own when a job
     continues one, else the configured one."""
     if parent is not None:

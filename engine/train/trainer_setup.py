@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.config import Config
 from trainconsole.engine.errors import DataError, DiskFullError
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.train.dataset import Collator
@@ -69,7 +70,7 @@ def plan_steps(n_train: int, *, batch_size: int, accumulation: int, world_size: 
                     max(epochs, math.ceil(total / steps_per_epoch)), total)
 
 
-def training_arguments(cfg: Any, plan: StepPlan, *, out_dir: Path, lr: float, use_cpu: bool,
+def training_arguments(cfg: Config, plan: StepPlan, *, out_dir: Path, lr: float, use_cpu: bool,
                        bf16: bool, has_eval: bool, gradient_checkpointing: bool) -> Any:
     from transformers import TrainingArguments
 
@@ -114,7 +115,7 @@ class Hooks:
     """What the Trainer subclass calls at step boundaries: faults, the finite check, events,
     heartbeat, our checkpoints, evaluation guards and the stop request."""
 
-    def __init__(self, *, events: EventLog, job_id: str, cfg: Any, plan: StepPlan, ckpt_root: Path,
+    def __init__(self, *, events: EventLog, job_id: str, cfg: Config, plan: StepPlan, ckpt_root: Path,
                  fingerprint: dict[str, Any], heartbeat: Heartbeat, faults: Injector, collator: Collator,
                  tokenizer: Any, samples: list[Sample], lr: float, configured_lr: float, rollbacks: int,
                  early: dict[str, Any] | None, stop_flag: list[bool], parent: str | None = None) -> None:
