@@ -192,7 +192,7 @@ def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
     if running is not None:
         return running.pid
     out = subprocess.run(
-        [sys.executable, "-m", "engine.lock", "--spawn", str(Path(config_path).resolve()),
+        [sys.executable, "-m", "trainconsole.engine.lock", "--spawn", str(Path(config_path).resolve()),
          str(detached_log(layout))],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
     )

@@ -1,10 +1,13 @@
 """Only engine/train/ may import torch, peft, accelerate or transformers. Everything else (the
 console, the daemon, every command line) stays light, so `trainconsole status` answers at once and
 the daemon stays small. Each check runs in a fresh interpreter: in this one, some other test may
-already have imported torch."""
+already have imported torch. (The import contracts in pyproject.toml state the same wall for the
+code as written; this file measures what a process really loads.) And every import names the
+trees in full: ``trainconsole.engine``, ``trainconsole.console``."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import subprocess
@@ -129,3 +132,66 @@ def test_status_help_imports_no_torch_per_the_interpreters_own_import_log() -> N
                 if line.startswith("import time:")}
     assert {"trainconsole.console", "argparse"} <= imported  # the log is really there
     assert not {m.split(".")[0] for m in imported} & set(HEAVY)
+
+
+# -- the full names -----------------------------------------------------------------------------
+# The trees install as `trainconsole.engine` and `trainconsole.console`. A bare `engine.x` still
+# resolves from the repository root (the folders are there), so it passes every test run from the
+# checkout and fails in a workspace, or worse, loads a second copy of a module beside the first.
+
+BARE = ("engine", "console")
+SCANNED = ("engine", "console", "tests", "bench")
+
+
+_IMPORTERS = ("import_module", "__import__", "find_spec")
+
+
+def _named_modules(node: ast.AST) -> list[tuple[int, str]]:
+    """(line, module) for each module ``node`` names: import statements; the first argument of
+    ``importlib.import_module``/``__import__``/``find_spec``; what follows ``-m`` in an argv list;
+    the imports inside a ``-c`` program."""
+    if isinstance(node, ast.Import):
+        return [(node.lineno, alias.name) for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        return [(node.lineno, node.module)] if node.level == 0 and node.module else []
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in _IMPORTERS and isinstance(node.args[0].value, str):
+            return [(node.lineno, node.args[0].value)]
+    if isinstance(node, ast.List | ast.Tuple):
+        found: list[tuple[int, str]] = []
+        values = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+        for flag, value in zip(values, values[1:], strict=False):
+            if flag == "-m" and isinstance(value, str):
+                found.append((node.lineno, value))
+            elif flag == "-c" and isinstance(value, str):
+                found += [(node.lineno, m) for sub in ast.walk(ast.parse(value)) for _, m in _named_modules(sub)]
+        return found
+    return []
+
+
+def bare_imports(source: str, where: str) -> list[str]:
+    """Every import of a bare ``engine``/``console`` name in ``source``."""
+    return [f"{where}:{line}: {name}" for node in ast.walk(ast.parse(source, filename=where))
+            for line, name in _named_modules(node) if name.split(".")[0] in BARE]
+
+
+def test_code_imports_the_trees_by_their_full_names() -> None:
+    found = []
+    for folder in SCANNED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "fixtures" in path.parts or "__pycache__" in path.parts:
+                continue
+            found += bare_imports(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    assert not found, "use trainconsole.engine / trainconsole.console:\n" + "\n".join(found)
+
+
+def test_the_bare_name_scan_sees_each_form() -> None:
+    source = ("import engine.events\nfrom console import cli\nfrom engine.store.db import Database\n"
+              "cmd = ['python', '-m', 'engine.lock']\nlock = queue / 'engine.lock'\n"
+              "importlib.import_module('console.app')\n"
+              "run([sys.executable, '-c', 'import sys; from engine.train.model import build'])\n"
+              "from trainconsole.engine import events\nfrom . import sibling\n")
+    assert sorted(line.split(": ", 1)[1] for line in bare_imports(source, "x.py")) == sorted([
+        "engine.events", "console", "engine.store.db", "engine.lock", "console.app", "engine.train.model"])
