@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint typecheck pytest bench chaos edge-report docs clean
+.PHONY: test run lint typecheck imports pytest bench chaos edge-report docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -20,10 +20,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy -p trainconsole.engine -p trainconsole.console
 
+# The import contracts in pyproject.toml ([tool.importlinter]): floors, the torch wall, no cycles.
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck imports pytest
 
 run: $(STAMP)
 	$(BIN)/trainconsole demo
