@@ -1,5 +1,6 @@
 """The job store (``queue/state.db`` and the queue folders). Importers take the names below from here;
-the parts (``schema``, ``add``, ``repair``, ``view``, ``files``, ``scheduling``) are the store's own."""
+the parts (``db``, the database object they all share; ``schema``, ``add``, ``repair``, ``view``,
+``files``, ``scheduling``, ``types``) are the store's own."""
 
 from trainconsole.engine.store.store import ACTIVE, SCHEMA_VERSION, STATUSES, Command, Job, QueueError, Store
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from trainconsole.engine.errors import ConfigError, TrainconsoleError, TransientError
 from trainconsole.engine.layout import Layout
+from trainconsole.engine.lock import read_pidfile
+from trainconsole.engine.procid import from_stored
 from trainconsole.engine.store import files as sf
 
 # 2: process identities (trainconsole.engine.procid) as text: jobs.pid_start (a float create time
@@ -203,14 +205,9 @@ def _refuse_if_engine_elsewhere(layout: Layout, problem: str) -> None:
     """Only a process that is the engine, or that runs while no engine does, may set the database
     aside: a running engine keeps writing to the file it has open, and a second database beside
     it would split the queue in two. The engine's lock (``trainconsole.engine.lock``, an flock) says who runs."""
-    try:
-        from trainconsole.engine.lock import read_pidfile
-
-        info = read_pidfile(layout)
-        if info is not None and info.pid == os.getpid():
-            return  # we are the engine
-    except ImportError:  # pragma: no cover - the lock module ships with the engine
-        pass
+    info = read_pidfile(layout)
+    if info is not None and info.pid == os.getpid():
+        return  # we are the engine
     try:
         fd = os.open(layout.lockfile, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError:
@@ -275,8 +272,6 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     ``legacy:`` identities (still compared the old way, so a worker started before the upgrade is
     recognised); intents gain the owner's identity (NULL for those already written: judged by the
     old rule)."""
-    from trainconsole.engine.procid import from_stored
-
     conn.execute("ALTER TABLE intents ADD COLUMN owner_start TEXT")
     rows = conn.execute("SELECT seq, pid_start FROM jobs WHERE typeof(pid_start) IN ('real', 'integer')")
     conn.executemany("UPDATE jobs SET pid_start=? WHERE seq=?",
