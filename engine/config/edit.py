@@ -12,7 +12,13 @@ from typing import Any
 import tomlkit
 
 from trainconsole.engine.config.check import BadValue, Problem, check_value, show
-from trainconsole.engine.config.load import Config, ConfigProblems, _read, load_config, parse_config_text
+from trainconsole.engine.config.load import (
+    Config,
+    ConfigProblems,
+    load_config,
+    parse_config_text,
+    read_config_file,
+)
 from trainconsole.engine.config.schema import KEYS, Key, allowed_text
 from trainconsole.engine.errors import ConfigError, UsageError
 
@@ -72,7 +78,7 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
     path = Path(path).expanduser()
     key = lookup_key(dotted_key)
     section, name = key.section, key.name
-    raw = _read(path)
+    raw = read_config_file(path)
     bom = raw.startswith(b"\xef\xbb\xbf")
     try:
         text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")

@@ -93,7 +93,9 @@ class Config:
         return {name: asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def _read(path: Path) -> bytes:
+def read_config_file(path: Path) -> bytes:
+    """The file's bytes, bounded; a directory, a missing or unreadable file is a ConfigUnreadable
+    naming the path."""
     shown = str(path)
     try:
         mode = path.stat().st_mode
@@ -169,7 +171,7 @@ def parse_config_text(data: bytes | str, *, file: str = "config.toml",
 def load_config(path: Path | str) -> Config:
     """Read, validate and freeze a config file. Raises ``ConfigError`` naming file, line and key."""
     path = Path(path).expanduser()
-    data = _read(path)
+    data = read_config_file(path)
     cfg = parse_config_text(data, file=str(path), root=path.absolute().parent)
     return Config(source=Path(os.path.normpath(path.absolute())),
                   **{name: getattr(cfg, name) for name in SECTIONS})
