@@ -228,7 +228,7 @@ def _check_torch() -> tuple[str, str, str]:
     return ("torch", OK, "installed")
 
 
-def _check_launcher(cfg: Any, layout: Any) -> list[tuple[str, str, str]]:
+def _check_launcher(cfg: Config, layout: Layout) -> list[tuple[str, str, str]]:
     if cfg.launcher.kind != "slurm":
         return []
     from trainconsole.engine.daemon.slurm import doctor
