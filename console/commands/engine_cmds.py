@@ -236,6 +236,17 @@ def _check_launcher(cfg: Config, layout: Layout) -> list[tuple[str, str, str]]:
     return doctor.checks(cfg.launcher, {"paths.runs": layout.runs, "paths.adapters": layout.adapters})
 
 
+def _check_reporters(cfg: Config) -> tuple[str, str, str]:
+    from trainconsole.engine.reporters import missing_reporters
+
+    if not cfg.report.to:
+        return ("metrics", OK, "report.to = []: metrics stay in the engine's event logs")
+    missing = missing_reporters(cfg.report.to)
+    if missing:
+        return ("metrics", WARN, "; ".join(missing))
+    return ("metrics", OK, "report.to: " + ", ".join(cfg.report.to) + " (installed)")
+
+
 def _doctor(args: argparse.Namespace) -> int:
     checks, cfg = _check_config(args)
     if cfg is not None:
@@ -246,7 +257,7 @@ def _doctor(args: argparse.Namespace) -> int:
             lambda: _check_disk_ram(cfg, layout),
             lambda: [_check_writable(layout)], lambda: [_check_pid(layout)],
             lambda: [_check_model(cfg, layout)], lambda: [_check_torch()],
-            lambda: _check_launcher(cfg, layout)]
+            lambda: _check_launcher(cfg, layout), lambda: [_check_reporters(cfg)]]
         for func in probes:
             try:
                 checks += func()

@@ -140,6 +140,12 @@ def check_value(key: Key, value: Any) -> Any:
             if not isinstance(item, str) or not item or "\x00" in item:
                 raise BadValue(f"item {i} ({show(item)}) must be a non-empty string, not {type_name(item)}"
                            if not isinstance(item, str) else f"item {i} must be a non-empty string")
+            if key.spec.choices and item not in key.spec.choices:
+                close = difflib.get_close_matches(item.lower(), key.spec.choices, n=1, cutoff=0.5)
+                hint = f'; did you mean "{close[0]}"?' if close else ""
+                raise BadValue(f"item {i} ({show(item)}) is not allowed: must be {allowed_text(key)}{hint}")
+        if key.spec.choices and len(set(value)) != len(value):
+            raise BadValue(f"names an item twice: must be {allowed_text(key)}")
         return list(value)
     # gpus: "all" or GPU indices
     if isinstance(value, str):

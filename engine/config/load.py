@@ -29,6 +29,7 @@ from trainconsole.engine.config.schema import (
     ModelConfig,
     PathsConfig,
     QueueConfig,
+    ReportConfig,
     TrainingConfig,
     allowed_text,
 )
@@ -38,7 +39,7 @@ from trainconsole.engine.layout import Layout
 __all__ = [
     "Config", "ConfigError", "ConfigProblems", "ConfigUnreadable", "DataConfig", "GuardsConfig",
     "HardwareConfig", "LauncherConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
-    "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
+    "ReportConfig", "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file this large is a mistake (wrong file given)
@@ -70,6 +71,7 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     guards: GuardsConfig = field(default_factory=GuardsConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     source: Path = Path("config.toml")
@@ -256,6 +258,9 @@ def check_warnings(cfg: Config) -> list[str]:
     if no_config_json:
         notes.append(f"model.base_model = {str(base)!r} has no config.json: not a model folder, or an "
                      "incomplete copy (case 12)")
+    from trainconsole.engine.reporters import missing_reporters
+
+    notes += missing_reporters(cfg.report.to)
     if cfg.model.trust_remote_code:
         notes.append("model.trust_remote_code = true runs Python code shipped with the model; only "
                      "for models whose author you trust")

@@ -207,6 +207,22 @@ class LauncherConfig:
                            note='above 1 needs kind = "slurm"')
 
 
+REPORTERS: Final = ("tensorboard", "wandb", "trackio")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Where each job's metrics are mirrored besides the engine's own event log."""
+
+    to: list[str] = _f(
+        [], "Libraries that receive each job's loss, learning rate and evaluations through the Trainer's "
+            "report_to, one run per job named <job>-<lineage>: \"tensorboard\" (event files in "
+            "<runs>/tensorboard/<job>-<lineage>), \"wandb\" (offline into the job's run folder unless "
+            "WANDB_MODE says otherwise), \"trackio\" (a local project named trainconsole). Each needs its "
+            "package, e.g. pip install 'trainconsole[tensorboard]'; [] = none.",
+        choices=REPORTERS)
+
+
 SECTIONS: Final[dict[str, type]] = {
     "model": ModelConfig,
     "lora": LoraConfig,
@@ -215,6 +231,7 @@ SECTIONS: Final[dict[str, type]] = {
     "queue": QueueConfig,
     "hardware": HardwareConfig,
     "guards": GuardsConfig,
+    "report": ReportConfig,
     "paths": PathsConfig,
     "launcher": LauncherConfig,
 }
@@ -275,6 +292,8 @@ def allowed_text(key: Key) -> str:
         base = "true or false"
     elif key.kind == "gpus":
         base = '"all" or a list of GPU indices (integers >= 0)'
+    elif key.kind == "list[str]" and s.choices:
+        base = "a list of " + ", ".join(f'"{c}"' for c in s.choices) + " (each at most once)"
     elif key.kind == "list[str]":
         base = "a non-empty list of strings" if s.nonempty else "a list of strings"
     elif s.choices:

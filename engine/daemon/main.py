@@ -125,6 +125,10 @@ def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pi
     try:
         _say(f"started (pid {pid}) for {layout.queue}")
         events.emit("log", level="info", message=f"engine started (pid {pid}, config {cfg.source})")
+        from trainconsole.engine.reporters import missing_reporters
+
+        for line in missing_reporters(cfg.report.to):  # said once here, not once per job
+            notifier.alert(None, line, severity="warning", key="reporter-missing")
         recover(store, layout, notifier, events, grace_s=sup.hang_grace_s)
         if store.paused() and any(j.error_class == "disk_full" for j in store.jobs(["queued"])):
             # Paused by a full disk before a restart: resume on our own once there is room again.

@@ -23,6 +23,8 @@ from trainconsole.engine.train import basecheck, lineage
 from trainconsole.engine.train.dataset import Collator, TokenDataset, eval_samples, load_cache, split_indices
 from trainconsole.engine.train.faults import Injector
 from trainconsole.engine.train.guards import Heartbeat, NonFinite
+from trainconsole.engine.train.reporting import Reporting
+from trainconsole.engine.train.reporting import setup as reporting_setup
 from trainconsole.engine.train.trainer_setup import (
     Hooks,
     StepPlan,
@@ -60,6 +62,7 @@ class TrainJob:
                  stop_flag: list[bool], faults: Injector | None = None) -> None:
         self.spec, self.events, self.heartbeat, self.stop_flag = spec, events, heartbeat, stop_flag
         self.job_id = str(spec["job_id"])
+        self.lineage = str(spec.get("lineage") or "main")
         self.run_dir = Path(spec["run_dir"])
         self.ckpt_root = self.run_dir / "checkpoints"
         self.faults = faults if faults is not None else Injector()
@@ -154,6 +157,8 @@ class TrainJob:
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
         lr_now = self._resume_lr(resume, lr)
         samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
+        reporting = reporting_setup(list(cfg.report.to), job_id=self.job_id, lineage=self.lineage,
+                                    run_dir=self.run_dir, runs=cfg.layout().runs, events=self.events)
         while True:
             hooks = Hooks(events=self.events, job_id=self.job_id, cfg=cfg, plan=plan, ckpt_root=self.ckpt_root,
                           fingerprint=ck_fp, heartbeat=self.heartbeat, faults=self.faults,
@@ -161,11 +166,11 @@ class TrainJob:
                           lr=lr_now, configured_lr=lr, rollbacks=rollbacks,
                           early=resume.extra.get("early") if resume else None,
                           parent=(resume.extra if resume else {}).get("parent", parent.name if parent else None),
-                          stop_flag=self.stop_flag)
+                          stop_flag=self.stop_flag, reporting=reporting.active)
             self.hooks = hooks
             try:
                 self._train_once(cfg, base, parent, plan, hooks, cache, train_idx, eval_idx, resume,
-                                 use_cpu=use_cpu, bf16=bf16, grad_ckpt=grad_ckpt)
+                                 use_cpu=use_cpu, bf16=bf16, grad_ckpt=grad_ckpt, reporting=reporting)
                 break
             except NonFinite as bad:
                 rollbacks += 1
@@ -216,7 +221,8 @@ class TrainJob:
 
     def _train_once(self, cfg: Config, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
                     hooks: Hooks, cache: Any, train_idx: list[int], eval_idx: list[int],
-                    resume: ckpt.Checkpoint | None, *, use_cpu: bool, bf16: bool, grad_ckpt: bool) -> None:
+                    resume: ckpt.Checkpoint | None, *, use_cpu: bool, bf16: bool, grad_ckpt: bool,
+                    reporting: Reporting) -> None:
         import torch
         from transformers import set_seed
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -228,7 +234,8 @@ class TrainJob:
         model = self._wrap_lora(cfg, model, parent)
         ckpt_lr = float(resume.extra.get("lr", hooks.lr)) if resume else hooks.lr
         args = training_arguments(cfg, plan, out_dir=self.run_dir / "trainer", lr=hooks.lr, use_cpu=use_cpu,
-                                  bf16=bf16, has_eval=bool(eval_idx), gradient_checkpointing=grad_ckpt)
+                                  bf16=bf16, has_eval=bool(eval_idx), gradient_checkpointing=grad_ckpt,
+                                  reporting=reporting)
         trainer_cls = guarded_trainer_class()
         trainer = trainer_cls(model=model, args=args, train_dataset=TokenDataset(cache, train_idx),
                               eval_dataset=TokenDataset(cache, eval_idx) if eval_idx else None,

@@ -32,6 +32,7 @@ from trainconsole.engine.train.guards import (
     generate_metrics,
     trainable_finite,
 )
+from trainconsole.engine.train.reporting import PROJECT, Reporting
 
 
 @dataclass(frozen=True)
@@ -71,10 +72,12 @@ def plan_steps(n_train: int, *, batch_size: int, accumulation: int, world_size: 
 
 
 def training_arguments(cfg: Config, plan: StepPlan, *, out_dir: Path, lr: float, use_cpu: bool,
-                       bf16: bool, has_eval: bool, gradient_checkpointing: bool) -> Any:
+                       bf16: bool, has_eval: bool, gradient_checkpointing: bool,
+                       reporting: Reporting | None = None) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.training
+    reporters = list(reporting.report_to) if reporting is not None and reporting.active else "none"
     return TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=plan.batch_size,
@@ -98,7 +101,11 @@ def training_arguments(cfg: Config, plan: StepPlan, *, out_dir: Path, lr: float,
         prediction_loss_only=True,
         # Checkpoints go through engine/checkpoints.py (staged, fsynced, manifest last).
         save_strategy="no",
-        report_to="none",
+        # Metrics mirrors (engine/train/reporting.py); fed from end_step, not the Trainer's logging.
+        report_to=reporters,
+        run_name=reporting.run_name if reporting is not None else None,
+        project=PROJECT,
+        trackio_static_space_id=False,  # never publish a Space from a training box
         disable_tqdm=True,
         use_cpu=use_cpu,
         bf16=bf16,
@@ -118,13 +125,15 @@ class Hooks:
     def __init__(self, *, events: EventLog, job_id: str, cfg: Config, plan: StepPlan, ckpt_root: Path,
                  fingerprint: dict[str, Any], heartbeat: Heartbeat, faults: Injector, collator: Collator,
                  tokenizer: Any, samples: list[Sample], lr: float, configured_lr: float, rollbacks: int,
-                 early: dict[str, Any] | None, stop_flag: list[bool], parent: str | None = None) -> None:
+                 early: dict[str, Any] | None, stop_flag: list[bool], parent: str | None = None,
+                 reporting: bool = False) -> None:
         self.events, self.job_id, self.cfg, self.plan = events, job_id, cfg, plan
         self.ckpt_root, self.fingerprint, self.heartbeat = ckpt_root, fingerprint, heartbeat
         self.faults, self.collator, self.tokenizer, self.samples = faults, collator, tokenizer, samples
         self.lr, self.rollbacks, self.stop_flag = lr, rollbacks, stop_flag
         self.configured_lr = configured_lr
         self.parent = parent
+        self.reporting = reporting  # whether report.to has a library to feed
         self.early = EarlyStop(cfg.guards.early_stop_patience)
         self.tripped: dict[str, bool] = {}  # guard -> over its limit at the last evaluation
         if early:
@@ -172,6 +181,14 @@ class Hooks:
             mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         self.step_events.step(step, loss, gn, float(lr if lr is not None else 0.0), tps,
                               trainer.state.epoch, round(mem, 1), dt)
+        if self.reporting and step % self.cfg.training.logging_steps == 0:
+            logs = {"loss": loss, "learning_rate": float(lr or 0.0), "tokens_per_s": tps,
+                    "epoch": trainer.state.epoch}
+            if gn is not None:
+                logs["grad_norm"] = gn
+            # Straight to the reporters' callbacks: Trainer.log would also keep every step in the
+            # log history, which is saved with each checkpoint and grows with the run.
+            trainer.control = trainer.callback_handler.on_log(trainer.args, trainer.state, trainer.control, logs)
         if self.collator.counters.masked_batches:
             self.step_events.masked(self.collator.counters.masked_batches)
         control = trainer.control

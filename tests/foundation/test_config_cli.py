@@ -280,3 +280,29 @@ def test_help_into_a_closed_pipe_is_not_a_traceback(args: list[str]) -> None:
     finally:
         os.close(write_end)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_misspelt_reporter_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[report]\nto = ["tensorbord"]\n')
+    proc = run_cli("check-config", str(tmp_path / "config.toml"))
+    _no_traceback(proc)
+    assert proc.returncode == 1
+    assert 'config.toml:2: report.to = ["tensorbord"] item 0 ("tensorbord") is not allowed' in proc.stderr
+    assert 'did you mean "tensorboard"?' in proc.stderr
+
+
+def test_a_reporter_whose_package_is_missing_is_one_warning_line(tmp_path: Path) -> None:
+    """The package made unimportable the way Python itself marks one (a None in sys.modules), so
+    the check is the real import system's answer, whatever this environment has installed."""
+    (tmp_path / "config.toml").write_text('[report]\nto = ["tensorboard"]\n')
+    hide = ("import sys; sys.modules['tensorboard'] = None; from trainconsole.console.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", hide, "check-config", str(tmp_path / "config.toml")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    _no_traceback(proc)
+    assert proc.returncode == 0  # valid: the jobs train, only the mirror is missing
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("warning:")]
+    assert 'report.to names "tensorboard"' in line and "pip install 'trainconsole[tensorboard]'" in line
+    # Installed (the dev extra brings it): nothing to say.
+    proc = run_cli("check-config", str(tmp_path / "config.toml"))
+    assert proc.returncode == 0 and "warning" not in proc.stdout, proc.stdout

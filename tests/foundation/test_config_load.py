@@ -140,6 +140,9 @@ def test_max_length_range(value: int, case: int) -> None:
     ("[model]\nbase_model = \"~/no-such-model-folder-anywhere\"\n", "model.base_model"),
     ("[model]\nbase_model = \"../no-such-model-folder\"\n", "model.base_model"),
     ("[model]\nbase_model = \"/no/such/model\"\n", "model.base_model"),
+    ("[report]\nto = [\"tensorbaord\"]\n", "report.to"),
+    ("[report]\nto = [\"wandb\", \"wandb\"]\n", "report.to"),
+    ("[report]\nto = \"tensorboard\"\n", "report.to"),
 ])
 def test_rejected_with_the_key_named(text: str, key: str) -> None:
     exc = _problems(text)
