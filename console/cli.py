@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """``trainconsole``: one entry point, each command in its own module, imported only when used, so
 ``trainconsole status`` never pays for Textual, let alone torch."""
 
@@ -30,7 +31,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "run one guarded training job in the foreground, outside the queue"),
     "check-config": ("config_cmds", "check config.toml"),
     "init": ("config_cmds", "write a commented default config and the queue folders"),
+    "completion": ("completion", "print the shell completion script (bash, zsh or fish)"),
 }
+
+# What a JOB argument of each command completes to: jobs in these states (None: every job).
+JOB_STATES: dict[str, tuple[str, ...] | None] = {
+    "retry": ("failed", "cancelled"), "priority": ("queued", "held", "running"), "hold": ("queued",),
+    "release": ("held",), "cancel": ("queued", "held", "running"),
+}
+JOB_DESTS = ("job", "jobs", "after")
 
 
 def _top_help() -> str:
@@ -79,7 +88,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
+class _JobCompleter:
+    """Job ids from the store (read-only), each with its name and state as the description."""
+
+    def __init__(self, states: tuple[str, ...] | None) -> None:
+        self.states = states
+
+    def __call__(self, prefix: str, parsed_args: argparse.Namespace, **_: object) -> dict[str, str]:
+        from trainconsole.console.common import load_layout
+        from trainconsole.engine.store.lookup import job_ids
+
+        try:
+            _, layout = load_layout(parsed_args)
+        except Exception:  # noqa: BLE001 - no usable config: nothing to offer, never an error
+            return {}
+        return {job_id: f"{status}  {name}" for job_id, name, status in job_ids(layout, self.states)
+                if job_id.startswith(prefix)}
+
+
+def _completion_parser() -> argparse.ArgumentParser:
+    """Every command's parser under one, for argcomplete (built only when a shell asks)."""
+    parser = argparse.ArgumentParser(prog="trainconsole")
+    parser.add_argument("--config", metavar="PATH", default=None)
+    subs = parser.add_subparsers(dest="command")
+    for name, (module_name, text) in COMMANDS.items():
+        module = importlib.import_module(f"trainconsole.console.commands.{module_name}")
+        sub = subs.add_parser(name, help=text, description=text)
+        sub.add_argument("--config", metavar="PATH", default=None)
+        module.build(sub, name)
+        for action in sub._actions:
+            if action.dest in JOB_DESTS:
+                action.completer = _JobCompleter(JOB_STATES.get(name))  # type: ignore[attr-defined]
+    return parser
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    if "_ARGCOMPLETE" in os.environ and argv is None:
+        import argcomplete
+
+        argcomplete.autocomplete(_completion_parser())  # answers the shell and exits
     args_in = list(sys.argv[1:] if argv is None else argv)
     pre, stray, rest = _split_global(args_in)
     if stray in ("-h", "--help"):
