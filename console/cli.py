@@ -94,12 +94,12 @@ class _JobCompleter:
     def __init__(self, states: tuple[str, ...] | None) -> None:
         self.states = states
 
-    def __call__(self, prefix: str, parsed_args: argparse.Namespace, **_: object) -> dict[str, str]:
+    def __call__(self, prefix: str, parsed_args: argparse.Namespace, **kwargs: object) -> dict[str, str]:
         from trainconsole.console.common import load_layout
         from trainconsole.engine.store.lookup import job_ids
 
         try:
-            _, layout = load_layout(parsed_args)
+            layout = load_layout(parsed_args)[1]
         except Exception:  # noqa: BLE001 - no usable config: nothing to offer, never an error
             return {}
         return {job_id: f"{status}  {name}" for job_id, name, status in job_ids(layout, self.states)

@@ -23,7 +23,7 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import argcomplete
+    from argcomplete.shell_integration import shellcode
 
-    sys.stdout.write(argcomplete.shellcode(["trainconsole"], shell=args.shell))
+    sys.stdout.write(shellcode(["trainconsole"], shell=args.shell))
     return 0
