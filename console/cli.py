@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 # name -> (module under trainconsole.console.commands, one-line help). The module defines
 # ``build(parser)`` to add its arguments and ``run(args) -> int``.
@@ -106,17 +107,30 @@ class _JobCompleter:
                 if job_id.startswith(prefix)}
 
 
+class _Recording(argparse.ArgumentParser):
+    """Keeps the actions its commands add, so completers can be attached to them afterwards."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.added: list[argparse.Action] = []
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.added.append(action)
+        return action
+
+
 def _completion_parser() -> argparse.ArgumentParser:
     """Every command's parser under one, for argcomplete (built only when a shell asks)."""
     parser = argparse.ArgumentParser(prog="trainconsole")
     parser.add_argument("--config", metavar="PATH", default=None)
-    subs = parser.add_subparsers(dest="command")
+    subs = parser.add_subparsers(dest="command", parser_class=_Recording)
     for name, (module_name, text) in COMMANDS.items():
         module = importlib.import_module(f"trainconsole.console.commands.{module_name}")
         sub = subs.add_parser(name, help=text, description=text)
         sub.add_argument("--config", metavar="PATH", default=None)
         module.build(sub, name)
-        for action in sub._actions:
+        for action in sub.added:
             if action.dest in JOB_DESTS:
                 action.completer = _JobCompleter(JOB_STATES.get(name))  # type: ignore[attr-defined]
     return parser
