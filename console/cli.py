@@ -111,8 +111,8 @@ class _Recording(argparse.ArgumentParser):
     """Keeps the actions its commands add, so completers can be attached to them afterwards."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.added: list[argparse.Action] = []  # before argparse's own __init__ adds --help
         super().__init__(*args, **kwargs)
-        self.added: list[argparse.Action] = []
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
