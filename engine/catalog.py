@@ -52,7 +52,8 @@ def _case(n: int, title: str, severity: Severity, alert: bool, detection: str, b
 _ALL: Final[tuple[Case, ...]] = (
     # Data: streamed line by line from the engine's own copy; problems carry line numbers.
     _case(1, "Empty training file (0 examples)", "warning", True,
-          "the streaming validator counts no usable example (empty, whitespace only, all lines bad)",
+          "the streaming validator counts no example at all (empty or whitespace only); a file "
+          "whose every record is bad is rejected with the case of its most common fault (4-9)",
           "The file is rejected as a permanent data error (never retried) and moved to queue/failed/ "
           "with a report saying it holds no usable example."),
     _case(2, "Single example file (< batch_size examples)", "info", False,
@@ -73,8 +74,9 @@ _ALL: Final[tuple[Case, ...]] = (
           "the invalid-fraction limit."),
     _case(6, "Empty 'messages' array", "warning", True,
           "record schema check: messages must be a non-empty list with an assistant turn",
-          "The record is skipped as invalid (empty, or nothing to learn); a file with no usable "
-          "record left is rejected as case 1."),
+          "The record is skipped as invalid (empty, or nothing to learn); a file in which no record "
+          "is usable is rejected as a permanent data error with this case when it is the most "
+          "common fault (case 1 is a file with no record at all)."),
     _case(7, "Wrong role names (not 'user' or 'assistant')", "warning", True,
           "roles checked against system, user, assistant, tool and a table of known aliases",
           "Known aliases (human, gpt, ...) are mapped; any other role makes the record invalid, "
@@ -137,7 +139,8 @@ _ALL: Final[tuple[Case, ...]] = (
           "Retried down the OOM ladder (half micro-batch with double accumulation, then gradient "
           "checkpointing), then a clear failure; each rung is recorded on the job."),
     _case(22, "GPU OOM during tokenization", "warning", True,
-          "tokenization runs on the CPU in streamed batches; any OOM is classified as oom",
+          "tokenization runs on the CPU in streamed batches; the worker knows its phase, and an "
+          "out-of-memory (torch's or Python's MemoryError) while the token cache is built is case 22",
           "Tokenizing cannot take GPU memory; host memory stays bounded by streaming to the on-disk "
           "token cache, and an OOM anyway walks the same ladder as case 23."),
     _case(23, "GPU OOM during training", "warning", True,
@@ -290,7 +293,11 @@ _ALL: Final[tuple[Case, ...]] = (
     _case(61, "Zero training steps (dataset too small)", "warning", True,
           "total steps computed as ints from examples, batch, accumulation and world size before "
           "TrainingArguments exist",
-          "Zero steps is reported as a permanent data error; None never reaches the Trainer."),
+          "Zero steps is reported as a permanent data error; None never reaches the Trainer. Data "
+          "alone cannot get here: a file left with no example stops earlier as case 1 (or 33/3 "
+          "when max_length removed them all), the held-out split always keeps one training "
+          "example, and step counts round up; epochs = max_steps = 0 is refused by the config "
+          "check. 61 is the step plan's own guard."),
     _case(62, "Negative global_step (corrupted state)", "warning", True,
           "the manifest's global step checked when a checkpoint is verified",
           "The checkpoint is quarantined with an alert; resume uses the newest good one."),

@@ -17,7 +17,9 @@ Kinds:
   weights and optimizer state are on disk, the manifest is not);
 - ``device``: raises ``torch.AcceleratorError`` with the text of a CUDA fault;
 - ``raise:Name``: raises the built-in exception ``Name`` (``KeyError``, ``MemoryError``...);
-- ``enospc``: raises ``OSError(ENOSPC)``, a full disk.
+- ``enospc``: raises ``OSError(ENOSPC)``, a full disk;
+- ``tokens_oom`` / ``tokens_oom:N`` (step ignored, write ``@0``): raises ``MemoryError`` while the
+  token cache is built (case 22; with ``:N`` only while the micro-batch is above N).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 ENV = "TRAINCONSOLE_FAULT"
 KINDS = ("oom", "oom_above_batch", "nan", "inf", "hang", "crash", "crash_in_save", "device", "raise",
-         "enospc")
+         "enospc", "tokens_oom")
 
 
 @dataclass
@@ -78,12 +80,18 @@ class Injector:
         """Called at the start of optimiser step ``step`` (0: model loading)."""
         self.loss_fault = None
         for fault in self.faults:
-            if not fault.due(step) or fault.kind == "crash_in_save":
+            if not fault.due(step) or fault.kind in ("crash_in_save", "tokens_oom"):
                 continue
             if fault.kind == "oom_above_batch" and batch_size <= int(fault.arg or 0):
                 continue
             fault.fired = True
             self._fire(fault, step)
+
+    def at_tokenizing(self, *, batch_size: int) -> None:
+        """Called as the token cache is about to be built."""
+        for fault in self.faults:
+            if fault.kind == "tokens_oom" and (not fault.arg or batch_size > int(fault.arg)):
+                raise MemoryError(f"(injected by {ENV}=tokens_oom while building the token cache)")
 
     def in_save(self, step: int) -> None:
         """Called half-way through writing the checkpoint of ``step``."""

@@ -69,6 +69,7 @@ class TrainJob:
         self.plan: StepPlan | None = None
         self.step = 0
         self.hooks: Hooks | None = None
+        self.phase = "loading"  # "tokenizing" while the token cache is built (an OOM there is 22)
         # Under torchrun only rank 0 writes: checkpoints, quarantine, the adapter.
         self.lead = int(os.environ.get("RANK", "0") or 0) == 0
 
@@ -119,7 +120,10 @@ class TrainJob:
         # would pass the base check and then fail inside the Trainer's resume.
         ck_fp = {**fp, "lora": lineage.lora_shape(cfg, parent)}
         tokenizer = basecheck.load_tokenizer(cfg, base)
+        self.phase = "tokenizing"
+        self.faults.at_tokenizing(batch_size=batch)
         cache = load_cache(cfg, data_file, tokenizer, cfg.layout().cache)
+        self.phase = "loading"
         if cache.truncated or cache.dropped:
             self.events.alert(3, f"{data_file.name}: {cache.truncated} example(s) truncated and "
                                  f"{cache.dropped} dropped at training.max_length {cfg.training.max_length}",

@@ -10,9 +10,10 @@ the report; the other ranks train and exit with their code.
 Every exception is caught here and classified, so the daemon never has to read a traceback to
 decide what to do:
 - ``TrainconsoleError`` subclasses carry their own class (data, config, diverged, ...);
-- ``torch.OutOfMemoryError`` -> OOM (case 21 while loading, else 23); ``MemoryError`` -> OOM as
-  well (case 80): Python could not get host memory, a resource condition that a smaller
-  micro-batch cures, not a defect in the code;
+- ``torch.OutOfMemoryError`` -> OOM: case 21 while loading, 22 while building the token cache,
+  else 23; ``MemoryError`` -> OOM as well: 22 while building the token cache, else case 80 (Python
+  could not get host memory, a resource condition that a smaller micro-batch cures, not a defect
+  in the code);
 - ``torch.AcceleratorError`` and CUDA ``RuntimeError``s -> DEVICE (28);
 - ``OSError`` ENOSPC/EDQUOT -> DISK_FULL (25); any other ``OSError`` -> TRANSIENT (44, or 46 for
   permissions);
@@ -47,14 +48,26 @@ _DEVICE_TEXT = ("CUDA error", "CUDA driver", "cuDNN", "CUBLAS", "NCCL", "device-
                 "ECC error")
 
 
-def classify(exc: BaseException, *, loading: bool) -> tuple[ErrorClass, int | None]:
+def oom_case(phase: str, *, host: bool = False) -> int:
+    """The case of an out-of-memory in ``phase`` ("loading", "tokenizing" or "training"); ``host``:
+    Python's MemoryError rather than the device's. The fake worker of the tests asks the same."""
+    if phase == "tokenizing":
+        return 22
+    if host:
+        return 80
+    return 21 if phase == "loading" else 23
+
+
+def classify(exc: BaseException, *, loading: bool, phase: str | None = None) -> tuple[ErrorClass, int | None]:
+    """``phase`` refines ``loading`` where the job knows it (``TrainJob.phase``)."""
     if isinstance(exc, TrainconsoleError):
         return exc.error_class, exc.case
+    where = phase or ("loading" if loading else "training")
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, torch.OutOfMemoryError):
-        return ErrorClass.OOM, 21 if loading else 23
+        return ErrorClass.OOM, oom_case(where)
     if isinstance(exc, MemoryError):
-        return ErrorClass.OOM, 80
+        return ErrorClass.OOM, oom_case(where, host=True)
     if torch is not None and isinstance(exc, getattr(torch, "AcceleratorError", ())):
         return ErrorClass.DEVICE, 28
     if isinstance(exc, RuntimeError) and any(t in str(exc) for t in _DEVICE_TEXT):
@@ -134,7 +147,8 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
         if isinstance(exc, SystemExit):
             raise
         loading = job is None or not job.training_started
-        cls, case = classify(exc, loading=loading)
+        cls, case = classify(exc, loading=loading,
+                             phase=job.phase if job is not None and loading else None)
         if isinstance(exc, KeyboardInterrupt):
             cls, case = ErrorClass.INTERRUPTED, None
         message = exc.message if isinstance(exc, TrainconsoleError) else f"{type(exc).__name__}: {exc}"

@@ -22,6 +22,8 @@ import time
 import traceback
 from pathlib import Path
 
+from trainconsole.engine.train.worker import classify, oom_case  # torch-free at import
+
 EXIT = {"data": 10, "config": 11, "oom": 12, "device": 13, "transient": 14, "disk_full": 15,
         "diverged": 16, "bug": 17, "interrupted": 18}
 
@@ -73,8 +75,9 @@ def main() -> int:
                 name, _, arg = kind.partition(":")
                 batch = int(over.get("batch_size", 4))
                 if name == "oom" or (name == "oom_above_batch" and batch > int(arg)):
-                    report("failed", "oom", "CUDA out of memory (injected)", step,
-                           case=int(os.environ.get("FAKE_OOM_CASE", "23")))
+                    # The number the real worker gives an OOM in that phase (FAKE_OOM_PHASE).
+                    phase = os.environ.get("FAKE_OOM_PHASE", "training")
+                    report("failed", "oom", "CUDA out of memory (injected)", step, case=oom_case(phase))
                     return EXIT["oom"]
                 if name == "hog" or (name == "hog_above_batch" and batch > int(arg)):
                     hoard = []
@@ -106,9 +109,10 @@ def main() -> int:
             if stop["asked"]:
                 report("interrupted", "interrupted", "stopped after a checkpoint", step)
                 return EXIT["interrupted"]
-    except Exception as exc:
-        report("failed", "bug", f"{type(exc).__name__}: {exc}", step, traceback.format_exc(), case=74)
-        return EXIT["bug"]
+    except Exception as exc:  # classified by the real worker's rules, so a wrong number shows
+        cls, case = classify(exc, loading=False)
+        report("failed", cls.value, f"{type(exc).__name__}: {exc}", step, traceback.format_exc(), case=case)
+        return EXIT[cls.value]
     report("done", None, "done", step)
     return 0
 

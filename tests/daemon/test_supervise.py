@@ -65,7 +65,7 @@ def test_oom_while_tokenizing_takes_the_same_ladder(harness: Harness, monkeypatc
     a GPU OOM cannot happen there; a worker that reports one anyway (case 22) gets the same ladder,
     and the alert carries its case."""
     monkeypatch.setenv("TRAINCONSOLE_FAULT", "oom_above_batch:2@1")
-    monkeypatch.setenv("FAKE_OOM_CASE", "22")
+    monkeypatch.setenv("FAKE_OOM_PHASE", "tokenizing")  # the number is the real worker's rule
     drop(harness.ws, "a.jsonl")
     harness.run_until(lambda: [j.status for j in harness.jobs()] == ["done"])
     job = harness.jobs()[0]
@@ -132,6 +132,10 @@ def test_a_bug_fails_once_with_its_traceback_and_the_next_job_runs(harness: Harn
     assert bad.attempts == 1 and bad.error_class == ErrorClass.BUG
     report = next(harness.layout.failed.glob(f"{bad.id}*report*"))
     assert "Traceback" in report.read_text() and exc in report.read_text()
+    # The case the real worker's classifier gives that exception (71 UnboundLocalError ... 78).
+    want = 71 + ["UnboundLocalError", "NameError", "AttributeError", "KeyError", "IndexError",
+                 "TypeError", "ValueError", "ZeroDivisionError"].index(exc)
+    assert [a["case"] for a in harness.alerts() if "a bug stopped" in a["message"]] == [want]
 
 
 def test_stop_interrupts_without_charging(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:

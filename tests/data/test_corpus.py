@@ -128,7 +128,9 @@ def test_missing_messages_field_names_the_keys_found() -> None:
 @pytest.mark.edge(6)
 @pytest.mark.parametrize("name", ["empty_messages.jsonl", "nothing_to_learn.jsonl"])
 def test_empty_messages_or_nothing_to_learn(name: str) -> None:
-    check(name)
+    report = check(name)
+    # As the catalogue says: no usable record, rejected with its most common fault's case (not 1).
+    assert not report.accepted and report.case == 6, report
 
 
 @pytest.mark.edge(7)

@@ -53,6 +53,14 @@ def test_memory_error_is_reported_as_host_oom(short_job: Path) -> None:
     assert report["error_class"] == "oom" and report["case"] == 80 and report["traceback"]
 
 
+@pytest.mark.edge(22)
+def test_out_of_memory_while_building_the_token_cache_is_case_22(short_job: Path) -> None:
+    code, report = run_inprocess(short_job, "tokens_oom@0")  # injected: MemoryError at the cache
+    assert code == EXIT_CODES[ErrorClass.OOM]
+    assert report["error_class"] == "oom" and report["case"] == 22, report
+    assert "token cache" in report["message"] and report["global_step"] == 0
+
+
 @pytest.mark.edge(21)
 def test_injected_gpu_oom_while_loading_the_model(short_job: Path) -> None:
     code, report = run_inprocess(short_job, "oom@0")  # injected: torch.OutOfMemoryError at load
@@ -129,6 +137,10 @@ def test_classification_table() -> None:
     import torch
 
     assert classify(torch.OutOfMemoryError("x"), loading=True) == (ErrorClass.OOM, 21)
+    assert classify(torch.OutOfMemoryError("x"), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
+    assert classify(MemoryError(), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
+    assert classify(torch.OutOfMemoryError("x"), loading=False) == (ErrorClass.OOM, 23)
+    assert classify(MemoryError(), loading=False) == (ErrorClass.OOM, 80)
     assert classify(RuntimeError("CUDA error: unspecified launch failure"), loading=False) == (
         ErrorClass.DEVICE, 28)
     assert classify(OSError(errno.EIO, "I/O error"), loading=False) == (ErrorClass.TRANSIENT, 44)
