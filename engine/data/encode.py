@@ -168,15 +168,16 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
             tokens = _span_to_tokens(enc, min(start, cut), min(end, cut))
             if tokens is not None:
                 labels[tokens[0]:tokens[1]] = ids[tokens[0]:tokens[1]]
-        if n > max_length:
+        cut_here = n > max_length
+        if cut_here:
             ids, labels = ids[:max_length], labels[:max_length]
-            stats.truncated += 1
         # Causal LMs predict token t from tokens before it: a label on the first token never trains.
         trained = int(np.count_nonzero(labels[1:] != IGNORE))
         if not trained:
-            stats.dropped_no_labels += 1
+            stats.dropped_no_labels += 1  # counted once: an example is truncated or dropped, not both
             out.append(None)
             continue
+        stats.truncated += cut_here
         stats.kept += 1
         stats.tokens += len(ids)
         stats.label_tokens += trained

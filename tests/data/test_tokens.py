@@ -135,7 +135,8 @@ def _long_chats() -> list[list[dict[str, str]]]:
 def test_truncation_never_leaves_an_example_without_labels(tok: Any) -> None:
     results, stats = encode_batch(_long_chats(), tok, 128, "truncate")
     assert [r is None for r in results] == [False, True, False, False]
-    assert stats.truncated == 3 and stats.dropped_no_labels == 1 and stats.kept == 3
+    # The late answer is dropped, not also counted as truncated: each example is counted once.
+    assert stats.truncated == 2 and stats.dropped_no_labels == 1 and stats.kept == 3
     for r in results:
         if r is not None:
             ids, labels = r
@@ -187,7 +188,7 @@ def test_cache_round_trip_and_reuse(tok: Any, tmp_path: Path) -> None:
         got_ids, got_labels = cache[j]
         assert got_ids.tolist() == ids.tolist() and got_labels.tolist() == labels.tolist()
         assert cache.line(j) == 10 + i
-    assert cache.truncated == 3 and cache.dropped == 1 and cache.key == key
+    assert cache.truncated == 2 and cache.dropped == 1 and cache.key == key
     assert cache.lengths().tolist() == [len(r[0]) for _, r in kept]
 
     again: list[int] = []
@@ -280,7 +281,7 @@ def test_long_examples_in_a_real_file_are_truncated_or_dropped(tok: Any, tmp_pat
                         source=str(data))
     # line 2 is the broken record (skipped by the gate), line 3 the answer past max_length
     assert [cache.line(i) for i in range(len(cache))] == [1, 4, 5]
-    assert cache.truncated == 3 and cache.dropped == 1
+    assert cache.truncated == 2 and cache.dropped == 1
     assert all(len(cache[i][0]) <= 128 and (cache[i][1][1:] != IGNORE).any() for i in range(len(cache)))
 
     dropped = build_cache(iter_examples(data), tok, 128, "drop", tmp_path / "tokens-drop", key="d")
