@@ -56,7 +56,8 @@ def new_row(seq: int, job_id: str, name: bytes, filename: str, sha256: str, size
             now: float) -> Row:
     """The row of a job just taken in: queued, no attempts, no history."""
     return dict(zip(COLUMNS, (seq, job_id, name, filename, sha256, size, priority, "queued", 0, None,
-                              None, None, "{}", "[]", now, now, None, None, None, None, None, None),
+                              None, None, "{}", "[]", now, now, None, None, None, None, None, None,
+                              None, None, None),
                     strict=True))
 
 

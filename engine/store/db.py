@@ -107,6 +107,7 @@ class Database:
             started_at=row["started_at"], finished_at=row["finished_at"], pid=row["pid"],
             pid_start=from_stored(row["pid_start"]), step=row["step"], max_steps=row["max_steps"],
             queued_at=row["queued_at"], seq=row["seq"], history=tuple(orjson.loads(row["history"])),
+            slurm_id=row["slurm_id"], node=row["node"], slurm_reason=row["slurm_reason"],
         )
 
     def jobs(self, statuses: Iterable[str] | None = None) -> list[Job]:

@@ -29,7 +29,10 @@ from trainconsole.engine.store import files as sf
 
 # 2: process identities (trainconsole.engine.procid) as text: jobs.pid_start (a float create time
 # before) and intents.owner_start (new). A schema-1 file is migrated in place when opened.
-SCHEMA_VERSION = 2
+# 3: where a job's worker runs on a cluster (launcher.kind = "slurm"): jobs.slurm_id (the attempt's
+# Slurm job, how a restarted daemon finds it again), jobs.node, jobs.slurm_reason (why Slurm keeps
+# it pending). NULL for local workers.
+SCHEMA_VERSION = 3
 _HEADER = b"SQLite format 3\x00"
 _RUN_ID = re.compile(r"^j(\d{4,})$")
 
@@ -57,7 +60,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     pid INTEGER,
     pid_start TEXT,
     step INTEGER,
-    max_steps INTEGER
+    max_steps INTEGER,
+    slurm_id INTEGER,
+    node TEXT,
+    slurm_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
@@ -88,7 +94,8 @@ CREATE TABLE IF NOT EXISTS intents (
 
 COLUMNS = ("seq", "id", "name", "filename", "sha256", "size", "priority", "status", "attempts",
            "next_attempt_at", "error_class", "error", "overrides", "history", "created_at",
-           "queued_at", "started_at", "finished_at", "pid", "pid_start", "step", "max_steps")
+           "queued_at", "started_at", "finished_at", "pid", "pid_start", "step", "max_steps",
+           "slurm_id", "node", "slurm_reason")
 
 FOLDER_STATUS = (("jobs", "queued"), ("done", "done"), ("failed", "failed"))
 
@@ -252,6 +259,8 @@ def _create(path: Path) -> sqlite3.Connection:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version == 1:
                 _migrate_1_to_2(conn)
+            if version in (1, 2):
+                _migrate_2_to_3(conn)
             for statement in DDL.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -276,6 +285,17 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     rows = conn.execute("SELECT seq, pid_start FROM jobs WHERE typeof(pid_start) IN ('real', 'integer')")
     conn.executemany("UPDATE jobs SET pid_start=? WHERE seq=?",
                      [(from_stored(value), seq) for seq, value in rows.fetchall()])
+
+
+SLURM_COLUMNS = (("slurm_id", "INTEGER"), ("node", "TEXT"), ("slurm_reason", "TEXT"))
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Schema 2 knew only local workers: the cluster columns are added, empty."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+    for name, kind in SLURM_COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
 
 def _highest_seq_in_runs(layout: Layout) -> int:
@@ -347,6 +367,7 @@ def row_for_file(layout: Layout, folder: Path, default_status: str, job_id: str,
         _dumps(overrides, "{}"), _dumps(history, "[]"),
         created, _num(meta.get("queued_at"), float, created),
         None, now if status in ("done", "failed", "cancelled") else None, None, None, None, None,
+        None, None, None,
     )
 
 
@@ -395,7 +416,7 @@ def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
             conn.execute(
                 f"INSERT INTO jobs({','.join(COLUMNS)}) VALUES ({marks})",
                 (next_seq, job_id, os.fsencode(fname), new_name, sha, size, "normal", "queued", 0, None,
-                 None, None, "{}", "[]", now, now, None, None, None, None, None, None),
+                 None, None, "{}", "[]", now, now, None, None, None, None, None, None, None, None, None),
             )
             next_seq += 1
         conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(next_seq),))

@@ -186,11 +186,19 @@ class Store:
                 raise QueueError(f"{job_id} is {row['status']}; only a queued job can be started")
             return self.db.update(row, after, status="running", attempts=row["attempts"] + 1,
                                 started_at=self.clock(), finished_at=None, next_attempt_at=None,
-                                pid=pid, pid_start=pid_start, step=None)
+                                pid=pid, pid_start=pid_start, step=None, slurm_id=None, node=None,
+                                slurm_reason=None)
 
     def set_worker(self, job_id: str, pid: int | None, pid_start: str | None) -> None:
         with self.db.write():
             self.db.conn.execute("UPDATE jobs SET pid=?, pid_start=? WHERE id=?", (pid, pid_start, job_id))
+
+    def set_slurm(self, job_id: str, slurm_id: int, node: str | None = None, reason: str | None = None) -> None:
+        """The attempt's Slurm job, recorded as soon as ``sbatch`` answers (a restarted daemon
+        follows it by this id), then its node once placed and Slurm's reason while it waits."""
+        with self.db.write():
+            self.db.conn.execute("UPDATE jobs SET slurm_id=?, node=?, slurm_reason=? WHERE id=?",
+                                 (slurm_id, node or None, reason or None, job_id))
 
     def progress(self, job_id: str, step: int, max_steps: int | None) -> None:
         with self.db.write():
@@ -252,10 +260,11 @@ class Store:
                             **common)
 
     def requeue(self, job_id: str, *, overrides: dict[str, Any] | None = None,
-                charge_attempt: bool = False, reason: str = "") -> Job:
+                charge_attempt: bool = False, reason: str = "", hold: bool = False) -> Job:
         """Back to the queue at once (OOM ladder, interruption, a job found running after a crash).
         Uncharged, the attempt counted by ``start`` is given back; charged, the policy's limit
-        applies and an exhausted job goes to failed/."""
+        applies and an exhausted job goes to failed/. ``hold``: back as held, with ``reason`` as
+        what the operator sees (someone else cancelled its cluster job: not retried blindly)."""
         with self.db.write() as after:
             row = self.db.row(job_id)
             if row["status"] not in ACTIVE:
@@ -270,7 +279,9 @@ class Store:
                                                            "message": reason, "t": self.clock()}]
                 return self._to_failed(row, after, f"gave up after {attempts} attempts", None,
                                        {**common, "history": history, "error": reason or None})
-            status = "held" if row["status"] == "held" else "queued"
+            status = "held" if hold or row["status"] == "held" else "queued"
+            if hold:
+                common.update(error=reason or None, error_class=None)
             job = self.db.update(row, after, status=status, attempts=attempts, next_attempt_at=None, **common)
             if reason:
                 after.append(lambda: self.db.emit(job, reason))

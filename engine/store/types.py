@@ -40,6 +40,10 @@ class Job:
     queued_at: float = 0.0
     seq: int = 0
     history: tuple[dict[str, Any], ...] = field(default=())
+    # Where the attempt runs on a cluster (launcher.kind = "slurm"); None for a local worker.
+    slurm_id: int | None = None
+    node: str | None = None
+    slurm_reason: str | None = None  # why Slurm keeps it pending (Resources, Priority...)
 
 
 @dataclass(frozen=True)

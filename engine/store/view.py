@@ -16,7 +16,7 @@ from trainconsole.engine.store.types import STATUSES, Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
          "error_class", "error", "created_at", "queued_at", "started_at", "finished_at", "step",
-         "max_steps", "size", "sha256")
+         "max_steps", "size", "sha256", "slurm_id", "node", "slurm_reason")
 
 
 def _shown(raw: bytes) -> str:
@@ -29,11 +29,15 @@ def _shown(raw: bytes) -> str:
 
 def reason_text(status: str, *, step: int | None, max_steps: int | None, error_class: str | None,
                 error: str | None, next_attempt_at: float | None, attempts: int, now: float,
-                paused: bool, ahead: int, policy: sch.QueuePolicy) -> str:
+                paused: bool, ahead: int, policy: sch.QueuePolicy, node: str | None = None,
+                slurm_reason: str | None = None) -> str:
     if status == "running":
-        return "running" if step is None else f"running (step {step}/{max_steps or '?'})"
+        if slurm_reason:
+            return f"pending in Slurm ({slurm_reason})"
+        where = f" on {node}" if node else ""
+        return f"running{where}" if step is None else f"running{where} (step {step}/{max_steps or '?'})"
     if status == "held":
-        return "held"
+        return f"held: {error}" if error and not error_class else "held"
     if status == "failed":
         return f"failed: {error_class}: {error}"
     if status in ("done", "cancelled"):
@@ -64,7 +68,7 @@ def reasons(db: Database, policy: sch.QueuePolicy, now: float, jobs: list[Job]) 
     return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
                               error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
                               now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
-                              policy=policy)
+                              policy=policy, node=j.node, slurm_reason=j.slurm_reason)
             for j in jobs}
 
 
@@ -79,13 +83,14 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
     out = []
     for r in rows:
         (seq, job_id, name, filename, priority, status, attempts, next_at, eclass, error, created,
-         _queued, started, finished, step, max_steps, size, sha) = r
+         _queued, started, finished, step, max_steps, size, sha, slurm_id, node, slurm_reason) = r
         if status == "done" or status == "cancelled":
             reason = status  # most rows in a long-lived queue: skip the general path
         else:
             reason = reason_text(status, step=step, max_steps=max_steps, error_class=eclass, error=error,
                                  next_attempt_at=next_at, attempts=attempts, now=now, paused=paused,
-                                 ahead=rank.get(job_id, 0) + running, policy=policy)
+                                 ahead=rank.get(job_id, 0) + running, policy=policy, node=node,
+                                 slurm_reason=slurm_reason)
         raw = bytes(name)
         try:
             exact: str | None = raw.decode("utf-8")
@@ -98,5 +103,6 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
             "error_class": eclass, "error": error, "created_at": created, "started_at": started,
             "finished_at": finished, "step": step, "max_steps": max_steps, "size": size,
             "sha256": sha, "path": folders.get(status, "") + filename,
+            "slurm_id": slurm_id, "node": node,
         })
     return paused, out

@@ -20,7 +20,8 @@ from trainconsole.engine.store.schema import DDL
 
 def _schema_1(path: Path) -> sqlite3.Connection:
     ddl = DDL.replace("pid_start TEXT", "pid_start REAL").replace(",\n    owner_start TEXT", "")
-    assert ddl != DDL and "owner_start" not in ddl
+    ddl = ddl.replace(",\n    slurm_id INTEGER,\n    node TEXT,\n    slurm_reason TEXT", "")
+    assert ddl != DDL and "owner_start" not in ddl and "slurm_id" not in ddl
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(ddl)
     conn.execute("PRAGMA user_version=1")
@@ -37,8 +38,9 @@ def test_a_schema_1_database_is_migrated_and_its_running_worker_still_found(tmp_
             job_id = add(store, tmp_path, "a.jsonl")
         # The same rows in a schema-1 file: the worker's psutil create time as a REAL.
         old = sqlite3.connect(layout.state_db)
-        rows = old.execute("SELECT * FROM jobs").fetchall()
-        names = [d[0] for d in old.execute("SELECT * FROM jobs").description]
+        names = [d[0] for d in old.execute("SELECT * FROM jobs").description
+                 if d[0] not in ("slurm_id", "node", "slurm_reason")]  # schema 3's
+        rows = old.execute(f"SELECT {','.join(names)} FROM jobs").fetchall()
         old.close()
         layout.state_db.unlink()
         conn = _schema_1(layout.state_db)
@@ -56,12 +58,31 @@ def test_a_schema_1_database_is_migrated_and_its_running_worker_still_found(tmp_
         assert [(o.pid, o.job_id) for o in find_orphans([job], layout)] == [(worker.pid, job_id)]
         conn = sqlite3.connect(layout.state_db)
         try:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
             columns = [r[1] for r in conn.execute("PRAGMA table_info(intents)")]
             assert columns[-1] == "owner_start"
+            jobs = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]
+            assert jobs[-3:] == ["slurm_id", "node", "slurm_reason"]
             assert conn.execute("SELECT typeof(pid_start) FROM jobs").fetchone()[0] == "text"
         finally:
             conn.close()
     finally:
         worker.kill()
         worker.wait()
+
+
+def test_a_schema_2_database_gains_the_cluster_columns_empty(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path)
+    with Store.open(layout) as store:
+        job_id = add(store, tmp_path, "a.jsonl")
+    conn = sqlite3.connect(layout.state_db, isolation_level=None)
+    for column in ("slurm_reason", "node", "slurm_id"):
+        conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version=2")
+    conn.close()
+    with Store.open(layout, repair=False) as store:
+        (job,) = store.jobs()
+        assert job.id == job_id and (job.slurm_id, job.node, job.slurm_reason) == (None, None, None)
+        store.start(job_id)
+        store.set_slurm(job_id, 4312, "gpu-07")
+        assert store.require(job_id).slurm_id == 4312 and "running on gpu-07" in store.reason(store.require(job_id))
