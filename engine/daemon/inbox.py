@@ -211,6 +211,11 @@ class Inbox:
         except FileNotFoundError:
             return None  # deleted between the look and the read (case 51): nothing to do
         except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM):
+                # EIO and its kin: the disk, not the file. The scan backs off (case 44) and the
+                # file is read again from its start when it is due, never skipped for good.
+                seen.digest, seen.offset = None, 0
+                raise
             seen.settled = True
             self._notice(events, path, "unreadable", 50, f"{shown} cannot be read ({exc.strerror}); "
                          "left where it is (check its permissions)")
