@@ -43,6 +43,16 @@ def test_the_time_limit_warning_is_a_resubmission_not_a_failure() -> None:
     assert late.outcome.error_class is ErrorClass.INTERRUPTED and "time limit" in late.outcome.message
 
 
+def test_a_time_limit_before_any_new_checkpoint_is_charged_not_looped() -> None:
+    stuck = slurm_ending(_job("FAILED", code=18), _report("interrupted", "interrupted", stop="SIGUSR1", step=0),
+                         progressed=False)
+    assert stuck.outcome.error_class is ErrorClass.TRANSIENT and "launcher.time_limit" in stuck.outcome.message
+    # A preemption before the first checkpoint is not the job's doing: still not charged.
+    early = slurm_ending(_job("PREEMPTED", code=18), _report("interrupted", "interrupted", stop="SIGTERM"),
+                         progressed=False)
+    assert early.outcome.error_class is ErrorClass.INTERRUPTED
+
+
 def test_a_time_limit_without_a_checkpoint_is_transient_and_says_what_to_raise() -> None:
     ending = slurm_ending(_job("TIMEOUT", code=None, sig=9), None)
     assert ending.outcome.error_class is ErrorClass.TRANSIENT

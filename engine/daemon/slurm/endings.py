@@ -9,7 +9,9 @@ Slurm said                    we do
 COMPLETED / FAILED + report   the report's outcome: done, or its class (OOM ladder, data, bug...)
 report ``interrupted``        requeued to resume, not charged (the time-limit warning SIGUSR1,
                               a preemption's SIGTERM): the next submission resumes from the
-                              checkpoint the worker just wrote
+                              checkpoint the worker just wrote; but a time limit that came
+                              before any new checkpoint is transient and charged, since the same
+                              limit would stop every attempt at the same place, forever
 TIMEOUT, no report            transient: the limit came before a checkpoint could be written
 NODE_FAIL, BOOT_FAIL,         transient from the last checkpoint, no OOM ladder rung (the node
 vanished                      failed, not the job: case 42, a machine lost mid-training)
@@ -58,9 +60,10 @@ def _where(job: SlurmJob | None) -> str:
 
 
 def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped_by_us: bool = False,
-                 hung_for_s: float | None = None, log_tail: str = "") -> Ending:
+                 hung_for_s: float | None = None, log_tail: str = "", progressed: bool = True) -> Ending:
     """``job``: Slurm's last word on it (None: the controller no longer knows the job, or never
-    did); ``report``: the worker's report, None when it wrote none."""
+    did); ``report``: the worker's report, None when it wrote none; ``progressed``: the attempt
+    left a checkpoint newer than the one it started from."""
     where = _where(job)
     state = job.state if job is not None else "VANISHED"
     if hung_for_s is not None or stopped_by_us:
@@ -75,6 +78,12 @@ def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped
         outcome = classify(report, _returncode(job))
         if status == "interrupted":
             signame = str(report.get("stop_signal") or "")
+            if (signame == f"SIG{TIME_LIMIT_SIGNAL}" or state == "TIMEOUT") and not progressed:
+                return Ending(Outcome(
+                    ErrorClass.TRANSIENT, f"{where} reached its Slurm time limit before its first new "
+                    "checkpoint, so the next attempt would stop at the same place; raise launcher.time_limit "
+                    "or lower training.save_steps", report=report, returncode=outcome.returncode,
+                    global_step=outcome.global_step))
             if signame == f"SIG{TIME_LIMIT_SIGNAL}" or state == "TIMEOUT":
                 why = "reached its Slurm time limit (launcher.time_limit) and checkpointed in time"
             elif state == "PREEMPTED":
