@@ -16,6 +16,7 @@ import pytest
 
 from tests.slurm.cluster import Cluster
 from tests.slurm.jobs import (
+    FAKE_WORKER,
     CommandLauncher,
     fake_launcher,
     report_of,
@@ -26,6 +27,7 @@ from tests.slurm.jobs import (
     wait_for,
     wait_running,
 )
+from trainconsole.engine.daemon.launcher import DevicePlan
 from trainconsole.engine.daemon.slurm.endings import slurm_ending
 from trainconsole.engine.daemon.slurm.launcher import SlurmWorker
 from trainconsole.engine.daemon.slurm.tracker import SlurmTracker
@@ -189,3 +191,23 @@ def test_a_controller_restart_under_a_running_job_changes_nothing(slurm: Cluster
     assert worker.tracker.error is None
     ending = slurm_ending(worker.job, report_of(run))
     assert ending.outcome.done and ending.outcome.global_step == 120
+
+
+def test_under_torchrun_the_time_limit_warning_reaches_every_rank(slurm: Cluster, tmp_path: Path) -> None:
+    """Several GPUs: the batch shell runs torchrun and turns Slurm's B:USR1 into SIGTERM for it,
+    which torchrun passes to each rank; here two CPU ranks of the fake worker."""
+    run = tmp_path / "runs" / "j0001"
+    launcher = CommandLauncher(slurm_config(mem="1G"), tmp_path / "queue", lambda spec: [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(FAKE_WORKER), str(spec)], plan=DevicePlan("cpu", 2, ""))
+    worker = submit(launcher, run, "j0001", LONG)
+    wait_for(lambda: step_of(run) >= 2, 120, "training steps under torchrun")
+    ranks = [p for p in psutil.process_iter(["cmdline"]) if str(run / "spec.json") in (p.info["cmdline"] or [])
+             and "torch.distributed.run" not in (p.info["cmdline"] or [])]
+    assert len(ranks) == 2
+    assert slurm.run("scancel", "--signal=USR1", "--batch", str(worker.slurm_id)).returncode == 0
+    wait_ended(worker)
+    report = report_of(run)
+    assert report is not None and report["status"] == "interrupted" and report["stop_signal"] == "SIGTERM"
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+    assert "child=$!" in (run / "slurm-job.sh").read_text()
