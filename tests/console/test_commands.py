@@ -37,7 +37,6 @@ def test_demo_data_is_two_good_files_and_one_broken() -> None:
                         "03-broken.jsonl": "rejected"}
 
 
-@pytest.mark.edge(4)
 def test_demo_prepare_queues_once_with_a_small_training_config(tmp_path: Path) -> None:
     root = tmp_path / "demo-workspace"
     config, queued = prepare(root)
