@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "hold": ("queue_cmds", "hold a queued job so it is not started"),
     "release": ("queue_cmds", "release a held job"),
     "cancel": ("queue_cmds", "cancel a job (a running one is stopped)"),
+    "logs": ("job_cmds", "print a job's log; -f follows it until the job ends"),
+    "show": ("job_cmds", "one job: settings, attempts, rungs, adapter, last losses and paths"),
     "pause": ("engine_cmds", "pause the queue: the running job finishes, no new one starts"),
     "resume": ("engine_cmds", "resume a paused queue"),
     "stop": ("engine_cmds", "stop the engine (the running job checkpoints first)"),

@@ -25,6 +25,7 @@ import orjson
 from trainconsole.console.series import Ema, downsample
 from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
+from trainconsole.engine.joblog import format_event
 from trainconsole.engine.store import Job, Store
 from trainconsole.engine.sysmon import Sysmon
 
@@ -386,21 +387,3 @@ def _read_events(path: Path, limit: int = 512 << 10) -> list[dict[str, Any]]:
     tail.offset = max(0, size - limit)
     events = tail.read_new()
     return events
-
-
-def format_event(event: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(_float(event.get("t")) or 0.0))
-    kind = event.get("type")
-    if kind == "step":
-        return (f"{stamp} step {event.get('step')}/{event.get('max_steps')} loss {event.get('loss')} "
-                f"lr {event.get('lr')} grad {event.get('grad_norm')}")
-    if kind == "eval":
-        return f"{stamp} eval step {event.get('step')} eval_loss {event.get('eval_loss')}"
-    if kind == "alert":
-        return (f"{stamp} ALERT {event.get('severity')} case {event.get('case') or '-'}: "
-                f"{event.get('message')}")
-    if kind == "job":
-        return f"{stamp} job {event.get('status')} {event.get('reason') or ''}".rstrip()
-    if kind == "log":
-        return f"{stamp} {event.get('level', 'info')}: {event.get('message')}"
-    return f"{stamp} {kind}"

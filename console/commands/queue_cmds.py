@@ -17,12 +17,13 @@ if TYPE_CHECKING:
     from trainconsole.engine.layout import Layout
     from trainconsole.engine.store import Store
 
-STATUS_SCHEMA = 1
+# 2: times are ISO 8601 text with offset (were epoch seconds); docs/contracts.md
+STATUS_SCHEMA = 2
 
 
 def build(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "status":
-        parser.add_argument("--json", action="store_true", help="machine-readable output (schema 1)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output (schema 2)")
         parser.add_argument("--all", action="store_true", help="list every finished job too")
     elif name == "add":
         parser.add_argument("files", nargs="+", metavar="FILE", help=".jsonl training files")
@@ -81,11 +82,12 @@ def _say_if_rebuilt(store: Store) -> None:
 def _engine_state(layout: Layout) -> dict[str, Any]:
     if not layout.pidfile.exists():  # the common "no engine" answer, without psutil's import cost
         return {"state": "stopped", "pid": None, "started_at": None}
+    from trainconsole.engine.isotime import normalize
     from trainconsole.engine.lock import engine_running, read_pidfile
 
     info = engine_running(layout)
     if info is not None:
-        return {"state": "running", "pid": info.pid, "started_at": info.started_at or None}
+        return {"state": "running", "pid": info.pid, "started_at": normalize(info.started_at)}
     stale = read_pidfile(layout)
     return {"state": "stale" if stale is not None else "stopped",
             "pid": stale.pid if stale is not None else None, "started_at": None}

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from trainconsole.engine.isotime import iso
 from trainconsole.engine.names import display
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.db import Database
@@ -99,9 +100,9 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
         out.append({
             "id": job_id, "name": _shown(raw), "original_name": exact, "original_name_hex": raw.hex(),
             "status": status, "priority": priority, "reason": reason,
-            "attempts": attempts, "max_attempts": policy.max_attempts, "next_attempt_at": next_at,
-            "error_class": eclass, "error": error, "created_at": created, "started_at": started,
-            "finished_at": finished, "step": step, "max_steps": max_steps, "size": size,
+            "attempts": attempts, "max_attempts": policy.max_attempts, "next_attempt_at": iso(next_at),
+            "error_class": eclass, "error": error, "created_at": iso(created), "started_at": iso(started),
+            "finished_at": iso(finished), "step": step, "max_steps": max_steps, "size": size,
             "sha256": sha, "path": folders.get(status, "") + filename,
             "slurm_id": slurm_id, "node": node,
         })

@@ -16,45 +16,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.adapters import LINEAGE_FILE, NUMBERED, resolve_latest
+from trainconsole.engine.adapters import published_for as published_for
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError
 from trainconsole.engine.events import EventLog
 
-LINEAGE = "lineage.json"
+LINEAGE = LINEAGE_FILE
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FILES = (ckpt.ADAPTER_WEIGHTS, ADAPTER_CONFIG)
-_NUMBERED = re.compile(r"^(\d+)-(.+)$")
-
-
-def resolve_latest(adapters: Path) -> Path | None:
-    """The folder ``latest`` points at, or None when there is no adapter yet."""
-    pointer = adapters / "latest"
-    if pointer.is_symlink():
-        return adapters / os.readlink(pointer)
-    if pointer.is_dir():
-        return pointer
-    if pointer.is_file():  # a pointer written by hand as a file holding the folder name
-        name = pointer.read_text().strip()
-        return adapters / name if name else None
-    return None
-
-
-def published_for(adapters: Path, job_id: str) -> Path | None:
-    """The adapter this job already published (a rerun after publishing must not publish twice)."""
-    if not adapters.is_dir():
-        return None
-    for path in sorted(adapters.iterdir()):
-        match = _NUMBERED.match(path.name)
-        if match and match.group(2) == job_id and (path / ckpt.MANIFEST).is_file():
-            return path
-    return None
+_NUMBERED = NUMBERED
 
 
 def _alerted(exc: ConfigError) -> ConfigError:

@@ -33,7 +33,7 @@ def test_add_and_status_json_with_hostile_names(workspace: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("queued") == 4
     doc = status_json(workspace)
-    assert doc["schema"] == 1 and doc["engine"]["state"] == "stopped" and doc["paused"] is False
+    assert doc["schema"] == 2 and doc["engine"]["state"] == "stopped" and doc["paused"] is False
     assert doc["counts"]["queued"] == 4
     jobs = doc["jobs"]
     assert [j["id"] for j in jobs] == ["j0001", "j0002", "j0003", "j0004"]
@@ -173,3 +173,17 @@ def test_status_after_the_database_is_deleted_or_emptied_lists_the_jobs_on_disk(
         db.write_bytes(b"")
     doc = status_json(workspace)
     assert [j["id"] for j in doc["jobs"]] == ["j0001", "j0002"] and doc["counts"]["queued"] == 2
+
+
+def test_status_json_times_are_iso_8601_with_an_offset(workspace: Path) -> None:
+    import datetime as dt
+    import time
+
+    before = time.time()
+    assert cli(workspace, "add", str(write_job_file(workspace / "a.jsonl"))).returncode == 0
+    [job] = status_json(workspace)["jobs"]
+    created = dt.datetime.fromisoformat(job["created_at"])
+    assert created.utcoffset() is not None  # never a naive time
+    assert before - 1 <= created.timestamp() <= time.time() + 1
+    assert job["started_at"] is None and job["finished_at"] is None and job["next_attempt_at"] is None
+    assert job["created_at"][10] == "T" and job["created_at"][19] == "."  # one format: ms and offset
