@@ -177,6 +177,14 @@ class Store:
         order = self._runnable_order(now)
         return order[0] if order else None
 
+    def runnable(self, now: float | None = None) -> list[Job]:
+        """Every job that may start now, best first (empty while paused): with several slots the
+        daemon takes the best of each lineage that is not already running."""
+        first = self.next_runnable(now)  # its clock-step repair and pause check first
+        if first is None:
+            return []
+        return self._runnable_order(self.clock() if now is None else now)
+
     def start(self, job_id: str, pid: int | None = None, pid_start: str | None = None) -> Job:
         """Mark running and count the attempt, durably, before the worker exists: a worker the
         kernel kills still used up an attempt (case 60)."""

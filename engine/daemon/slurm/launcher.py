@@ -88,6 +88,16 @@ class SlurmWorker:
             return -job.signal
         return job.exit_code if job.exit_code is not None else NO_STATUS
 
+    def wait(self, timeout: float) -> int | None:
+        """Like ``Popen.wait``: the status once ended, None when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tracker.refresh(force=True)
+            code = self.poll()
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(min(0.5, max(0.05, self.tracker.poll_s)))
+
     def signal_group(self, sig: int) -> None:
         """SIGKILL cancels the job; any other signal goes to every process of it."""
         try:
