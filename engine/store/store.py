@@ -256,7 +256,7 @@ class Store:
         text = sf.report_text(row["id"], os.fsdecode(bytes(row["name"])), row["attempts"],
                               self.policy.max_attempts, list(history), final, traceback)
         target = self.layout.failed / sf.report_name(row["filename"])
-        after.append(lambda: sf.atomic_write(target, text.encode("utf-8", "replace"), self.layout.tmp))
+        after.append(lambda: sf.write_file(target, text.encode("utf-8", "replace"), self.layout.tmp))
         if status == "failed":
             def alert() -> None:
                 self.events.alert(
