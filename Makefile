@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test run lint typecheck imports pytest bench chaos edge-report docs clean
+.PHONY: test run lint typecheck imports pytest realmodel bench gpu-check chaos edge-report docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -24,7 +24,12 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-pytest: $(STAMP)
+# The real-model tier's SmolLM2, fetched and converted once into ~/.cache/trainconsole-tests
+# (or $$TRAINCONSOLE_TEST_MODELS), before the tests run so its first build is outside any timeout.
+realmodel: $(STAMP)
+	$(BIN)/python -m tests.realmodel.smollm2
+
+pytest: $(STAMP) realmodel
 	$(BIN)/pytest -q
 
 test: lint typecheck imports pytest
@@ -34,6 +39,11 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+# The GPU paths (NVML, a real CUDA OOM and the ladder, memory back to baseline, bf16 steps/s):
+# bench/results/gpu.json on a GPU machine; on one without, it says so and exits 0.
+gpu-check: $(STAMP) realmodel
+	$(BIN)/python bench/gpu.py
 
 chaos: $(STAMP)
 	TRAINCONSOLE_CHAOS_KILLS=200 $(BIN)/pytest -q -m slow tests -k chaos

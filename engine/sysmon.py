@@ -318,6 +318,22 @@ class Sysmon:
                 continue
         return out
 
+    def gpu_processes(self) -> list[tuple[int, int, float | None]]:
+        """(GPU index, pid, GPU memory MB or None) of every compute process NVML reports, as
+        nvitop shows them; [] without NVML. A failing query costs that device's rows only."""
+        nv = self._nvml
+        if nv.state != "ok":
+            return []
+        rows: list[tuple[int, int, float | None]] = []
+        for index, handle in nv.handles:
+            if self.gpu_indices is not None and index not in self.gpu_indices:
+                continue
+            procs = nv.query(index, "procs", "nvmlDeviceGetComputeRunningProcesses", handle) or []
+            for proc in procs:
+                used = getattr(proc, "usedGpuMemory", None)
+                rows.append((index, int(proc.pid), _scaled(used, MB) if isinstance(used, int) else None))
+        return rows
+
     def sample(self, paths: Iterable[Path | str] = ()) -> Sample:
         total, used, available = self.ram()
         swap_used, swap_in = self.swap()

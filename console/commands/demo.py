@@ -8,7 +8,6 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from trainconsole.engine import fsio
 from trainconsole.engine.errors import UsageError
 
 MARKER = ".demo-queued"
@@ -36,7 +35,7 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def demo_files() -> list[tuple[str, bytes]]:
-    folder = resources.files("console") / "demo_data"
+    folder = resources.files("trainconsole.console") / "demo_data"
     return sorted((entry.name, entry.read_bytes()) for entry in folder.iterdir()
                   if entry.name.endswith(".jsonl"))
 
@@ -50,7 +49,7 @@ def prepare(root: Path) -> tuple[Path, bool]:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
     if not config.exists():
-        fsio.write_bytes(config, default_config_text().encode())
+        config.write_text(default_config_text())
         for key, value in DEMO_SETTINGS.items():
             set_value(config, key, value)
     layout = load_config(config).layout()
@@ -60,7 +59,9 @@ def prepare(root: Path) -> tuple[Path, bool]:
     for name, data in demo_files():
         # Through the inbox, as an operator would drop them: written aside, then renamed in, so
         # the engine never sees a half-written file.
-        fsio.write_bytes(layout.incoming / name, data, tmp_dir=layout.tmp, tag="demo")
+        tmp = layout.tmp / f"demo-{name}"
+        tmp.write_bytes(data)
+        tmp.replace(layout.incoming / name)
     (root / MARKER).write_text("the sample data was queued; delete this file to queue it again\n")
     return config, True
 

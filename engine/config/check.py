@@ -130,6 +130,17 @@ def check_value(key: Key, value: Any) -> Any:
         return _number(key, value)
     if kind == "str":
         return _string(key, value)
+    if kind == "modules":
+        if isinstance(value, str):
+            if value != "all-linear":
+                raise BadValue(f"must be {allowed_text(key)}" + (f' (write ["{value}"] for one module)'
+                                                                 if value.strip() else ""))
+            return value
+        if isinstance(value, list) and "all-linear" in value:
+            # peft takes "all-linear" only as a plain string; in a list it is looked for as a module
+            # name, and the job would fail after loading the model.
+            raise BadValue('lists "all-linear": write target_modules = "all-linear" (a string, not a list)')
+        kind = "list[str]"
     if kind == "list[str]":
         if not isinstance(value, list):
             raise BadValue(f"must be {allowed_text(key)}, not {type_name(value)}"
@@ -301,6 +312,44 @@ def _cross_checks(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
             "it is a share of all steps)", "training", "warmup_steps")
     _check_paths(out, add, root)
     _check_launcher(out, add)
+    _check_files(out, add, root)
+    if get("model", "load_in_4bit"):
+        why = _no_4bit(get("hardware", "device"))
+        if why:
+            add(f"model.load_in_4bit = true {why}", "model", "load_in_4bit")
+
+
+def _check_files(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:
+    from trainconsole.engine.config import templates
+
+    template = out.get("data", {}).get("chat_template", "")
+    why = templates.problem(template, root) if template else None
+    if why:
+        add(f"data.chat_template = {show(template)} {why}", "data", "chat_template")
+    eval_file = out.get("data", {}).get("eval_file", "")
+    if eval_file:
+        where = Path(os.path.normpath(root / Path(eval_file).expanduser()))
+        if not where.is_file():
+            add(f"data.eval_file = {show(eval_file)} names no such file ({where}); give a .jsonl file of "
+                'held-out examples, or "" to hold out training.eval_fraction of each file', "data", "eval_file")
+
+
+def _no_4bit(device: str) -> str | None:
+    """Why 4-bit loading cannot work on this machine, or None. bitsandbytes' 4-bit kernels are CUDA's."""
+    import importlib.util
+
+    from trainconsole.engine.sysmon import Sysmon
+
+    if device == "cpu":
+        return 'needs a CUDA GPU, and hardware.device = "cpu"; set load_in_4bit = false to train on the CPU'
+    mon = Sysmon()
+    sample = mon.sample()
+    if sample.gpu_state != "ok" or not sample.gpus:
+        return (f"needs a CUDA GPU and none is visible ({mon.gpu_detail or sample.gpu_state}); set "
+                "load_in_4bit = false to train in full precision")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "needs bitsandbytes, which is not installed: pip install 'trainconsole[qlora]'"
+    return None
 
 
 def _check_paths(out: dict[str, dict[str, Any]], add: Any, root: Path) -> None:

@@ -3,13 +3,14 @@ edited text is validated whole before it replaces the file, and the replacement 
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
-from trainconsole.engine import fsio
 from trainconsole.engine.config.check import BadValue, Problem, check_value, show
 from trainconsole.engine.config.load import (
     Config,
@@ -45,12 +46,12 @@ def parse_value(dotted: str, text: str) -> Any:
     key = lookup_key(dotted)
     raw = text.strip()
     value: Any = raw
-    if key.kind == "str" or (key.kind == "gpus" and raw == "all"):
+    if key.kind == "str" or (key.kind == "gpus" and raw == "all") or (key.kind == "modules" and raw == "all-linear"):
         if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "\"'":
             value = _toml_literal(raw, dotted)
-    elif key.kind in ("list[str]", "gpus") and not raw.startswith("["):
+    elif key.kind in ("list[str]", "gpus", "modules") and not raw.startswith("["):
         parts = [p.strip() for p in raw.split(",") if p.strip()]
-        value = parts if key.kind == "list[str]" else [_toml_literal(p, dotted) for p in parts]
+        value = parts if key.kind != "gpus" else [_toml_literal(p, dotted) for p in parts]
     else:
         value = _toml_literal(raw, dotted)
     try:
@@ -106,14 +107,36 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace the file whole or not at all, keeping its mode; an operator's symlinked config stays
-    a symlink (the file it points at is what is replaced)."""
+    """Replace the file whole or not at all; an operator's symlinked config stays a symlink."""
     target = path.resolve() if path.is_symlink() else path
     try:
         mode = target.stat().st_mode & 0o7777
     except OSError:
         mode = 0o644
     try:
-        fsio.write_bytes(target, data, mode=mode)
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dfd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dfd)
+

@@ -53,6 +53,9 @@ class ModelConfig:
     revision: str = _f("", "Model revision (branch, tag or commit) for a model id; empty means the default.")
     trust_remote_code: bool = _f(
         False, "Run Python code shipped with the model. Leave false unless you trust the model's author.")
+    load_in_4bit: bool = _f(
+        False, "Load the base model's weights in 4 bits (QLoRA, NF4 through bitsandbytes): about a quarter "
+               "of the memory. Needs a CUDA GPU and the optional extra: pip install 'trainconsole[qlora]'.")
 
 
 @dataclass(frozen=True)
@@ -62,8 +65,16 @@ class LoraConfig:
     r: int = _f(8, "Adapter rank.", lo=1, hi=1024)
     alpha: int = _f(16, "LoRA scaling numerator (the update is scaled by alpha / r).", lo=1, hi=4096)
     dropout: float = _f(0.05, "Dropout on the adapter's input.", lo=0, hi=0.9)
-    target_modules: list[str] = _f(["q_proj", "v_proj"], "Names of the modules that get adapters.",
-                                   nonempty=True)
+    target_modules: str | list[str] = _f(
+        ["q_proj", "v_proj"], 'Modules that get adapters: a list of module names, or "all-linear" (a '
+        "string, not a list) for every linear layer but the output head.", nonempty=True)
+    use_rslora: bool = _f(False, "Rank-stabilised scaling: alpha / sqrt(r) instead of alpha / r (steadier at "
+                                 "high ranks).")
+    use_dora: bool = _f(False, "DoRA: a learnt magnitude per output on top of LoRA's direction (often a little "
+                               "better, slower per step).")
+    modules_to_save: list[str] = _f(
+        [], "Modules trained in full and saved with the adapter, e.g. lm_head or embed_tokens after adding "
+            "tokens; [] = none.")
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,13 @@ class TrainingConfig:
     eval_fraction: float = _f(0.1, "Share of each file held out for evaluation.", lo=0, hi=0.5)
     gradient_checkpointing: bool = _f(
         False, "Trade compute for memory from the start (the OOM ladder also turns it on when needed).")
+    precision: str = _f("auto", "Number format for training: auto is bf16 on a GPU that has it, fp16 with a "
+                                "loss scaler on older GPUs (T4, V100), fp32 on the CPU.",
+                        choices=("auto", "bf16", "fp16", "fp32"))
+    packing: bool = _f(False, "Padding-free batches: a micro-batch's examples are laid end to end in one row, "
+                              "each attending only to itself, so no compute goes to padding.")
+    group_by_length: bool = _f(False, "Batch examples of similar length together (less padding, cheaper than "
+                                      "packing; the order is still seeded).")
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,14 @@ class DataConfig:
     long_examples: str = _f("truncate", "What happens to an example longer than training.max_length.",
                             choices=("truncate", "drop"))
     max_problems: int = _f(50, "Problems listed in a validation report.", lo=1, hi=100000)
+    chat_template: str = _f(
+        "", "A chat template for training in place of the model's own (for templates without "
+            "{% generation %} markers that are not prefix-stable): a .jinja file (relative to this file), or "
+            "the name of a TRL training template such as \"qwen3\" or \"llama3\" (pip install "
+            "'trainconsole[templates]'); \"\" = the model's own.")
+    eval_file: str = _f(
+        "", "A held-out .jsonl file every job is evaluated on, in place of training.eval_fraction of its own "
+            "file (relative to this file); \"\" = hold out a share of each file.")
 
 
 @dataclass(frozen=True)
@@ -243,7 +269,7 @@ class Key:
 
     section: str
     name: str
-    kind: str  # int, float, bool, str, list[str], gpus
+    kind: str  # int, float, bool, str, list[str], gpus, modules
     default: Any
     spec: Spec
 
@@ -254,7 +280,7 @@ class Key:
 
 _KINDS: Final[dict[Any, str]] = {
     int: "int", float: "float", bool: "bool", str: "str", list[str]: "list[str]",
-    str | list[int]: "gpus",
+    str | list[int]: "gpus", str | list[str]: "modules",
 }
 
 
@@ -294,6 +320,8 @@ def allowed_text(key: Key) -> str:
         base = '"all" or a list of GPU indices (integers >= 0)'
     elif key.kind == "list[str]" and s.choices:
         base = "a list of " + ", ".join(f'"{c}"' for c in s.choices) + " (each at most once)"
+    elif key.kind == "modules":
+        base = '"all-linear" or a non-empty list of module names'
     elif key.kind == "list[str]":
         base = "a non-empty list of strings" if s.nonempty else "a list of strings"
     elif s.choices:

@@ -97,6 +97,10 @@ def token_counter_for(cfg: Config, *, build: bool = True) -> tuple[TokenCounter 
         return None, why
     try:
         tokenizer = LightTokenizer(folder)
+        from trainconsole.engine.config import templates
+
+        # Counted with the template training will use (data.chat_template), not the model's own.
+        tokenizer.chat_template = templates.resolve(cfg.data.chat_template, cfg.root) or tokenizer.chat_template
         if not tokenizer.chat_template:
             return None, f"{folder}: the tokenizer has no chat template"
     except ConfigError as exc:

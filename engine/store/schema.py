@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine import fsio
 from trainconsole.engine.errors import ConfigError, TrainconsoleError, TransientError
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.lock import read_pidfile
@@ -238,13 +237,13 @@ def _move_aside(path: Path) -> Path:
     while target.exists():
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    fsio.move(path, target)
+    os.replace(path, target)
     for suffix in ("-wal", "-shm", "-journal"):
         extra = path.with_name(path.name + suffix)
         if extra.exists():
             with contextlib.suppress(OSError):
-                fsio.move(extra, target.with_name(target.name + suffix))
-    fsio.fsync_dir(path.parent)
+                os.replace(extra, target.with_name(target.name + suffix))
+    sf.fsync_dir(path.parent)
     return target
 
 
@@ -411,7 +410,7 @@ def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
             new_name = sf.data_filename(job_id, fname)
             try:
                 sha, size = sf.hash_file(path)
-                fsio.move(path, layout.jobs / new_name)
+                os.replace(path, layout.jobs / new_name)
             except OSError:
                 continue
             conn.execute(

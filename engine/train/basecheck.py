@@ -198,6 +198,9 @@ def load_tokenizer(cfg: Config, base: BaseModel) -> Any:
             f"{_key(cfg)}: the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
             f"{vocab} rows, so they do not belong together; use the tokenizer shipped with the model",
             case=40)
+    template = _training_template(cfg)
+    if template is not None:
+        tokenizer.chat_template = template
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError(f"{_key(cfg)}: the tokenizer has no chat template, so chat data cannot be "
                           "formatted; use a chat (instruct) model or add a chat_template", case=40)
@@ -206,16 +209,46 @@ def load_tokenizer(cfg: Config, base: BaseModel) -> Any:
     return tokenizer
 
 
-def load_model(cfg: Config, base: BaseModel, *, dtype: Any) -> Any:
+def _training_template(cfg: Config) -> str | None:
+    """The template data.chat_template names, or None for the model's own."""
+    from trainconsole.engine.config import templates
+
+    value = cfg.data.chat_template
+    try:
+        return templates.resolve(value, cfg.root)
+    except ConfigError as exc:
+        raise ConfigError(f"data.chat_template = {value!r} in {cfg.source} {exc.message}") from None
+
+
+def _quantization(cfg: Config, dtype: Any) -> Any:
+    """QLoRA's 4-bit NF4 loading (model.load_in_4bit), computing in the training precision."""
+    if not cfg.model.load_in_4bit:
+        return None
+    try:
+        import bitsandbytes  # noqa: F401 - transformers needs it; a missing extra is one line, not a traceback
+    except ImportError:
+        raise ConfigError(f"model.load_in_4bit = true in {cfg.source} needs bitsandbytes: pip install "
+                          "'trainconsole[qlora]'") from None
+    import transformers
+
+    hf: Any = transformers  # untyped library
+    return hf.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
+def load_model(cfg: Config, base: BaseModel, *, dtype: Any, gradient_checkpointing: bool = False) -> Any:
     """The base model's weights. Out-of-memory propagates as itself (case 21); anything else wrong
     with the files is case 12."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    quantization = _quantization(cfg, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(base.path), trust_remote_code=cfg.model.trust_remote_code, dtype=dtype,
-            use_safetensors=base.use_safetensors, revision=cfg.model.revision or None)
+            use_safetensors=base.use_safetensors, revision=cfg.model.revision or None,
+            **({"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
+               if quantization is not None else {}))
     except (torch.OutOfMemoryError, MemoryError):
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -227,4 +260,10 @@ def load_model(cfg: Config, base: BaseModel, *, dtype: Any) -> Any:
     vocab = base.fingerprint["vocab"]
     if isinstance(vocab, int) and rows < vocab:
         raise ConfigError(f"{_key(cfg)}: the embedding has {rows} rows, config.json says {vocab}", case=40)
+    if quantization is not None:
+        import peft
+
+        # Norms and the head in fp32, inputs that need grad for checkpointing: peft's QLoRA recipe.
+        prepare: Any = peft.prepare_model_for_kbit_training
+        model = prepare(model, use_gradient_checkpointing=gradient_checkpointing)
     return model

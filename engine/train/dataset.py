@@ -74,15 +74,24 @@ class Counters:
 
 
 class Collator:
-    """Right-pads a batch; counts non-padding label tokens and batches with none (all masked)."""
+    """Right-pads a batch; counts non-padding label tokens and batches with none (all masked).
 
-    def __init__(self, pad_id: int) -> None:
+    ``packing``: padding-free instead. The batch's examples are laid end to end in one row, with
+    position ids that restart at each example and no attention mask; transformers then derives a
+    block-diagonal causal mask from the position ids, so each example attends only to itself and
+    no compute goes to padding. The first label of each example is masked: it would otherwise be
+    predicted from the end of the example before it."""
+
+    def __init__(self, pad_id: int, *, packing: bool = False) -> None:
         self.pad_id = pad_id
+        self.packing = packing
         self.counters = Counters()
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        if self.packing:
+            return self._packed(features)
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE, dtype=torch.long)
@@ -93,10 +102,25 @@ class Collator:
             labels[row, :n] = torch.from_numpy(np.asarray(f["labels"], dtype=np.int64))
             mask[row, :n] = 1
         useful = int((labels[:, 1:] != IGNORE).sum())  # the first token is never predicted
+        self._count(useful)
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    def _packed(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        ids = np.concatenate([np.asarray(f["input_ids"], dtype=np.int64) for f in features])
+        labels = np.concatenate([np.asarray(f["labels"], dtype=np.int64) for f in features])
+        positions = np.concatenate([np.arange(len(f["input_ids"]), dtype=np.int64) for f in features])
+        labels[positions == 0] = IGNORE
+        useful = int(np.count_nonzero(labels != IGNORE))
+        self._count(useful)
+        return {"input_ids": torch.from_numpy(ids)[None], "labels": torch.from_numpy(labels)[None],
+                "position_ids": torch.from_numpy(positions)[None]}
+
+    def _count(self, useful: int) -> None:
         self.counters.useful_tokens += useful
         if useful == 0:
             self.counters.masked_batches += 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
 def eval_samples(cache: Any, indices: list[int], tokenizer: Any, count: int) -> list[Sample]:

@@ -19,7 +19,10 @@ Kinds:
 - ``raise:Name``: raises the built-in exception ``Name`` (``KeyError``, ``MemoryError``...);
 - ``enospc``: raises ``OSError(ENOSPC)``, a full disk;
 - ``tokens_oom`` / ``tokens_oom:N`` (step ignored, write ``@0``): raises ``MemoryError`` while the
-  token cache is built (case 22; with ``:N`` only while the micro-batch is above N).
+  token cache is built (case 22; with ``:N`` only while the micro-batch is above N);
+- ``gpu_memory_cap:MB`` (at step 0): caps this process's CUDA allocator at MB with
+  ``torch.cuda.set_per_process_memory_fraction``, so a batch too large for the cap runs out of
+  memory for real (bench/gpu.py's OOM ladder on a GPU with memory to spare).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 
 ENV = "TRAINCONSOLE_FAULT"
 KINDS = ("oom", "oom_above_batch", "nan", "inf", "hang", "crash", "crash_in_save", "device", "raise",
-         "enospc", "tokens_oom")
+         "enospc", "tokens_oom", "gpu_memory_cap")
 
 
 @dataclass
@@ -117,6 +120,12 @@ class Injector:
             import torch
 
             raise torch.AcceleratorError(f"CUDA error: an illegal memory access was encountered {tag}")
+        elif fault.kind == "gpu_memory_cap":
+            import torch
+
+            if torch.cuda.is_available():
+                total = torch.cuda.get_device_properties(0).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, float(fault.arg) * 2**20 / total), 0)
         elif fault.kind == "enospc":
             raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} {tag}")
         elif fault.kind == "raise":

@@ -44,8 +44,9 @@ class Outcome:
     message: str
 
 
-def _device(cfg: Config) -> tuple[bool, bool]:
-    """(use_cpu, bf16) from hardware.device."""
+def _device(cfg: Config) -> tuple[bool, str]:
+    """(use_cpu, precision) from hardware.device and training.precision; a precision the device
+    lacks is the operator's to fix (a permanent ConfigError naming the key)."""
     import torch
 
     want = cfg.hardware.device
@@ -54,7 +55,24 @@ def _device(cfg: Config) -> tuple[bool, bool]:
         raise DeviceError(f"hardware.device = \"cuda\" in {cfg.source} but no GPU is visible to the "
                           "worker; set it to \"auto\" or \"cpu\" to train on the CPU", case=26)
     use_cpu = want == "cpu" or not has_cuda
-    return use_cpu, (not use_cpu) and torch.cuda.is_bf16_supported()
+    bf16_ok = (not use_cpu) and torch.cuda.is_bf16_supported()
+    precision = cfg.training.precision
+    if precision == "auto":
+        precision = "fp32" if use_cpu else "bf16" if bf16_ok else "fp16"
+    key = f"training.precision = \"{cfg.training.precision}\" in {cfg.source}"
+    if precision == "fp16" and use_cpu:
+        raise ConfigError(f"{key}: fp16 training needs a CUDA GPU (its loss scaler is CUDA's) and this job "
+                          "runs on the CPU; use \"auto\", \"fp32\" or \"bf16\"")
+    if precision == "bf16" and not use_cpu and not bf16_ok:
+        name = torch.cuda.get_device_name(0)
+        raise ConfigError(f"{key}: the GPU ({name}) has no bf16 support; use \"auto\" or \"fp16\"")
+    if cfg.model.load_in_4bit and use_cpu:
+        raise ConfigError(f"model.load_in_4bit = true in {cfg.source}: 4-bit loading needs a CUDA GPU and this "
+                          "job runs on the CPU; set it to false")
+    return use_cpu, precision
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class TrainJob:
@@ -109,7 +127,7 @@ class TrainJob:
         data_file = Path(self.spec["data_file"])
 
         base = basecheck.check_files(cfg, cfg.training.max_length)
-        use_cpu, bf16 = _device(cfg)
+        use_cpu, precision = _device(cfg)
         fp = base.fingerprint
         already = lineage.published_for(adapters, self.job_id)
         if already is not None:
@@ -128,7 +146,15 @@ class TrainJob:
             self.events.alert(3, f"{data_file.name}: {cache.truncated} example(s) truncated and "
                                  f"{cache.dropped} dropped at training.max_length {cfg.training.max_length}",
                               severity="info", job_id=self.job_id, key="long-examples")
-        train_idx, eval_idx = split_indices(len(cache), cfg.training.eval_fraction, cfg.training.seed)
+        if cfg.data.eval_file:
+            # A held-out file of its own: every example of the job's file trains.
+            eval_path = cfg.resolve(cfg.data.eval_file)
+            eval_cache = load_cache(cfg, eval_path, tokenizer, cfg.layout().cache)
+            train_idx, eval_idx = list(range(len(cache))), list(range(len(eval_cache)))
+            self.log(f"held-out examples from data.eval_file {eval_path}")
+        else:
+            eval_cache = cache
+            train_idx, eval_idx = split_indices(len(cache), cfg.training.eval_fraction, cfg.training.seed)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         plan = plan_steps(len(train_idx), batch_size=batch, accumulation=accum, world_size=world,
                           epochs=cfg.training.epochs, max_steps=cfg.training.max_steps, source=str(data_file))
@@ -160,21 +186,21 @@ class TrainJob:
             return Outcome("interrupted", self.step, plan.max_steps, None, "stopped on request before training")
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
         lr_now = self._resume_lr(resume, lr)
-        samples = eval_samples(cache, eval_idx, tokenizer, cfg.guards.eval_samples)
+        samples = eval_samples(eval_cache, eval_idx, tokenizer, cfg.guards.eval_samples)
         reporting = reporting_setup(list(cfg.report.to), job_id=self.job_id, lineage=self.lineage,
                                     run_dir=self.run_dir, runs=cfg.layout().runs, events=self.events)
         while True:
             hooks = Hooks(events=self.events, job_id=self.job_id, cfg=cfg, plan=plan, ckpt_root=self.ckpt_root,
                           fingerprint=ck_fp, heartbeat=self.heartbeat, faults=self.faults,
-                          collator=Collator(tokenizer.pad_token_id), tokenizer=tokenizer, samples=samples,
+                          collator=Collator(tokenizer.pad_token_id, packing=cfg.training.packing), tokenizer=tokenizer, samples=samples,
                           lr=lr_now, configured_lr=lr, rollbacks=rollbacks,
                           early=resume.extra.get("early") if resume else None,
                           parent=(resume.extra if resume else {}).get("parent", parent.name if parent else None),
                           stop_flag=self.stop_flag, reporting=reporting.active)
             self.hooks = hooks
             try:
-                self._train_once(cfg, base, parent, plan, hooks, cache, train_idx, eval_idx, resume,
-                                 use_cpu=use_cpu, bf16=bf16, grad_ckpt=grad_ckpt, reporting=reporting)
+                self._train_once(cfg, base, parent, plan, hooks, (cache, eval_cache), train_idx, eval_idx, resume,
+                                 use_cpu=use_cpu, precision=precision, grad_ckpt=grad_ckpt, reporting=reporting)
                 break
             except NonFinite as bad:
                 rollbacks += 1
@@ -224,8 +250,8 @@ class TrainJob:
         return then * (lr / configured_then) if configured_then > 0 else lr
 
     def _train_once(self, cfg: Config, base: basecheck.BaseModel, parent: Path | None, plan: StepPlan,
-                    hooks: Hooks, cache: Any, train_idx: list[int], eval_idx: list[int],
-                    resume: ckpt.Checkpoint | None, *, use_cpu: bool, bf16: bool, grad_ckpt: bool,
+                    hooks: Hooks, caches: tuple[Any, Any], train_idx: list[int], eval_idx: list[int],
+                    resume: ckpt.Checkpoint | None, *, use_cpu: bool, precision: str, grad_ckpt: bool,
                     reporting: Reporting) -> None:
         import torch
         from transformers import set_seed
@@ -234,15 +260,21 @@ class TrainJob:
         # Seeds before the adapter exists, so its initialisation (and the run) is reproducible.
         set_seed(cfg.training.seed)
         self.faults.at_step(0, batch_size=plan.batch_size)
-        model = basecheck.load_model(cfg, base, dtype=torch.bfloat16 if bf16 else torch.float32)
+        model = basecheck.load_model(cfg, base, dtype=getattr(torch, DTYPES[precision]),
+                                     gradient_checkpointing=grad_ckpt)
         model = self._wrap_lora(cfg, model, parent)
+        if cfg.training.packing:
+            # A key/value cache built during a training forward would switch off the block-diagonal
+            # mask transformers derives from a packed row's position ids.
+            model.config.use_cache = False
         ckpt_lr = float(resume.extra.get("lr", hooks.lr)) if resume else hooks.lr
         args = training_arguments(cfg, plan, out_dir=self.run_dir / "trainer", lr=hooks.lr, use_cpu=use_cpu,
-                                  bf16=bf16, has_eval=bool(eval_idx), gradient_checkpointing=grad_ckpt,
-                                  reporting=reporting)
+                                  bf16=precision == "bf16", fp16=precision == "fp16", has_eval=bool(eval_idx),
+                                  gradient_checkpointing=grad_ckpt, reporting=reporting)
         trainer_cls = guarded_trainer_class()
+        cache, eval_cache = caches
         trainer = trainer_cls(model=model, args=args, train_dataset=TokenDataset(cache, train_idx),
-                              eval_dataset=TokenDataset(cache, eval_idx) if eval_idx else None,
+                              eval_dataset=TokenDataset(eval_cache, eval_idx) if eval_idx else None,
                               data_collator=hooks.collator, hooks=hooks,
                               callbacks=[lr_scale_callback(hooks.lr / ckpt_lr)])
         trainer.remove_callback(PrinterCallback)
@@ -260,14 +292,30 @@ class TrainJob:
 
         if parent is not None:
             self.log(f"continuing adapter {parent.name}")
+            self._check_shape(cfg, model, parent)
             return PeftModel.from_pretrained(model, str(parent), is_trainable=True)
         lc = cfg.lora
+        targets = lc.target_modules if isinstance(lc.target_modules, str) else list(lc.target_modules)
         try:
-            return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                    target_modules=list(lc.target_modules),
-                                                    task_type="CAUSAL_LM"))
+            return get_peft_model(model, LoraConfig(
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                use_rslora=lc.use_rslora, use_dora=lc.use_dora, modules_to_save=list(lc.modules_to_save) or None,
+                task_type="CAUSAL_LM"))
         except ValueError as exc:
-            raise ConfigError(f"lora.target_modules = {list(lc.target_modules)} in {cfg.source}: {exc}") from None
+            raise ConfigError(f"lora.target_modules = {targets!r} in {cfg.source}: {exc}") from None
+
+    def _check_shape(self, cfg: Config, model: Any, parent: Path) -> None:
+        """Continuing an adapter keeps the adapter's own shape; a [lora] section that says otherwise
+        is not silently ignored."""
+        have = lineage.adapter_shape(parent)
+        want = lineage.configured_shape(cfg, lineage.linear_names(model))
+        if have != want:
+            self.events.alert(
+                None, f"[lora] in {cfg.source} asks for {lineage.describe(want)}, but the adapter being "
+                      f"continued ({parent.name}) is {lineage.describe(have)}: continuing keeps the "
+                      f"adapter's own shape. To train with the new settings, start a new adapter lineage: "
+                      f"move {parent.parent / 'latest'} aside (the adapters stay where they are)",
+                severity="warning", job_id=self.job_id, key="lora-shape")
 
     def _publish(self, source: ckpt.Checkpoint, adapters: Path, fp: dict[str, Any], parent: Path | None,
                  plan: StepPlan, note: str) -> Outcome:

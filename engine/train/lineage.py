@@ -15,13 +15,13 @@ works for anyone.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
-from trainconsole.engine import fsio
 from trainconsole.engine.adapters import LINEAGE_FILE, NUMBERED, resolve_latest
 from trainconsole.engine.adapters import published_for as published_for
 from trainconsole.engine.config import Config
@@ -66,19 +66,81 @@ def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
     return target
 
 
+def _targets_text(targets: Any) -> str:
+    return targets if isinstance(targets, str) else ",".join(sorted(targets))
+
+
+def _extras(rslora: Any, dora: Any, to_save: Any) -> str:
+    """The options beyond rank and targets, only when set: a default adapter's shape reads as it
+    always did, so checkpoints written before these options existed still match."""
+    parts = []
+    if rslora:
+        parts.append("rslora")
+    if dora:
+        parts.append("dora")
+    if to_save:
+        parts.append("save=" + ",".join(sorted(to_save)))
+    return "".join(" " + p for p in parts)
+
+
 def lora_shape(cfg: Config, parent: Path | None) -> str:
     """The adapter's shape (rank, scaling, target modules): the parent adapter's own when a job
     continues one, else the configured one."""
     if parent is not None:
-        try:
-            conf = json.loads((parent / ADAPTER_CONFIG).read_text())
-            targets = conf.get("target_modules") or []
-            return (f"r={conf.get('r')} alpha={conf.get('lora_alpha')} targets="
-                    + ",".join(sorted([targets] if isinstance(targets, str) else targets)))
-        except (OSError, ValueError, AttributeError) as exc:
-            raise ConfigError(f"adapter {parent}: {ADAPTER_CONFIG} is unreadable ({exc})", case=13) from None
+        conf = _adapter_config(parent)
+        targets = conf.get("target_modules") or []
+        return (f"r={conf.get('r')} alpha={conf.get('lora_alpha')} targets=" + _targets_text(targets)
+                + _extras(conf.get("use_rslora"), conf.get("use_dora"), conf.get("modules_to_save")))
     lc = cfg.lora
-    return f"r={lc.r} alpha={lc.alpha} targets=" + ",".join(sorted(lc.target_modules))
+    return (f"r={lc.r} alpha={lc.alpha} targets=" + _targets_text(lc.target_modules)
+            + _extras(lc.use_rslora, lc.use_dora, lc.modules_to_save))
+
+
+def _adapter_config(parent: Path) -> dict[str, Any]:
+    try:
+        conf = json.loads((parent / ADAPTER_CONFIG).read_text())
+        if not isinstance(conf, dict):
+            raise ValueError("not a JSON object")
+        return conf
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"adapter {parent}: {ADAPTER_CONFIG} is unreadable ({exc})", case=13) from None
+
+
+Shape = dict[str, Any]
+
+
+def adapter_shape(parent: Path) -> Shape:
+    """What a continued adapter is, in the terms of [lora]."""
+    conf = _adapter_config(parent)
+    targets = conf.get("target_modules") or []
+    # peft records "all-linear" as the full paths of the layers it matched; [lora] names them short.
+    short = {str(t).rsplit(".", 1)[-1] for t in ([targets] if isinstance(targets, str) else targets)}
+    return {"r": conf.get("r"), "alpha": conf.get("lora_alpha"), "target_modules": sorted(short),
+            "use_rslora": bool(conf.get("use_rslora")), "use_dora": bool(conf.get("use_dora")),
+            "modules_to_save": sorted(conf.get("modules_to_save") or [])}
+
+
+def configured_shape(cfg: Config, linear: list[str]) -> Shape:
+    """What [lora] asks for; "all-linear" is expanded to the model's ``linear`` module names, as
+    peft records it in the adapter."""
+    lc = cfg.lora
+    targets = linear if lc.target_modules == "all-linear" else lc.target_modules
+    return {"r": lc.r, "alpha": lc.alpha, "target_modules": sorted(targets), "use_rslora": lc.use_rslora,
+            "use_dora": lc.use_dora, "modules_to_save": sorted(lc.modules_to_save)}
+
+
+def linear_names(model: Any) -> list[str]:
+    """The short names of a model's linear layers but the output head (peft's "all-linear")."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head})
+
+
+def describe(shape: Shape) -> str:
+    return (f"r={shape['r']} alpha={shape['alpha']} target_modules={','.join(shape['target_modules'])}"
+            + _extras(shape["use_rslora"], shape["use_dora"], shape["modules_to_save"]))
 
 
 def next_name(adapters: Path, job_id: str) -> str:
@@ -92,10 +154,14 @@ def next_name(adapters: Path, job_id: str) -> str:
 
 
 def _point_latest(adapters: Path, name: str) -> None:
+    tmp = adapters / f".latest.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    os.symlink(name, tmp)
     pointer = adapters / "latest"
     if pointer.is_dir() and not pointer.is_symlink():
         ckpt.quarantine(pointer, adapters, case=None, reason="a folder stood where the latest pointer goes")
-    fsio.point_symlink(pointer, name)
+    os.replace(tmp, pointer)
+    ckpt.fsync_dir(adapters)
 
 
 def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: dict[str, Any],
@@ -107,14 +173,18 @@ def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: d
     assert_finite_file(source / ckpt.ADAPTER_WEIGHTS)
     adapters.mkdir(parents=True, exist_ok=True)
     name = next_name(adapters, job_id)
-    with fsio.staged(adapters, name) as staging:
+    staging = ckpt.new_staging(adapters, name)
+    try:
         for file_name in ADAPTER_FILES:
             shutil.copyfile(source / file_name, staging / file_name)
         lineage = {"schema": 1, "job_id": job_id, "parent": parent,
                    "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
                    **(extra or {})}
-        fsio.write_json(staging / LINEAGE, lineage, durable=False)
+        ckpt.write_json_atomic(staging / LINEAGE, lineage, durable=False)
         ckpt.publish(staging, adapters / name, kind="adapter", step=step, fingerprint=fingerprint,
                      extra={"job_id": job_id})
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     _point_latest(adapters, name)
     return adapters / name

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
-from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import DataError, DiskFullError
 from trainconsole.engine.events import EventLog
@@ -74,7 +73,7 @@ def plan_steps(n_train: int, *, batch_size: int, accumulation: int, world_size: 
 
 def training_arguments(cfg: Config, plan: StepPlan, *, out_dir: Path, lr: float, use_cpu: bool,
                        bf16: bool, has_eval: bool, gradient_checkpointing: bool,
-                       reporting: Reporting | None = None) -> Any:
+                       reporting: Reporting | None = None, fp16: bool = False) -> Any:
     from transformers import TrainingArguments
 
     t = cfg.training
@@ -110,6 +109,8 @@ def training_arguments(cfg: Config, plan: StepPlan, *, out_dir: Path, lr: float,
         disable_tqdm=True,
         use_cpu=use_cpu,
         bf16=bf16,
+        fp16=fp16,  # with the Trainer's loss scaler
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         activation_checkpointing=gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         remove_unused_columns=False,
@@ -248,7 +249,7 @@ class Hooks:
             return
         if not trainable_finite(trainer.model):
             raise NonFinite(step, math.nan, None, where="adapter weights")
-        staging = fsio.new_staging(self.ckpt_root, f"{ckpt.PREFIX}{step}")
+        staging = ckpt.new_staging(self.ckpt_root, f"{ckpt.PREFIX}{step}")
         try:
             trainer.save_model(str(staging), _internal_call=True)
             trainer._save_optimizer_and_scheduler(str(staging))
@@ -291,12 +292,49 @@ def _disk_nearly_full(path: Path) -> bool:
 
 _CLASSES: dict[str, Any] = {}
 
+# The Trainer's private methods the guarded Trainer overrides or calls, with the parameters it
+# relies on. Public callbacks cannot do their work: the step's gradient norm reaches no callback
+# unless the Trainer logs (a second host sync per step), and a checkpoint must be written through
+# engine/checkpoints.py instead of in place. So the seam is pinned: pyproject allows
+# transformers 5 only, and a version whose Trainer has changed these is refused in one line
+# before any model is loaded, instead of failing mid-run or, worse, saving nothing.
+TRAINER_PRIVATE_API: dict[str, tuple[str, ...]] = {
+    "_maybe_log_save_evaluate": ("tr_loss", "grad_norm", "learning_rate"),
+    "_save_checkpoint": ("model", "trial"),
+    "_save_optimizer_and_scheduler": ("output_dir",),
+    "_save_scaler": ("output_dir",),
+    "_save_rng_state": ("output_dir",),
+}
+
+
+def check_trainer_api(trainer_cls: Any) -> None:
+    """Raise ConfigError naming the installed transformers when a pinned private method is gone
+    or has lost a parameter the guarded Trainer passes."""
+    import inspect
+
+    import transformers
+
+    from trainconsole.engine.errors import ConfigError
+
+    for name, params in TRAINER_PRIVATE_API.items():
+        method = getattr(trainer_cls, name, None)
+        missing = list(params) if method is None else [
+            p for p in params if p not in inspect.signature(method).parameters]
+        if missing:
+            raise ConfigError(
+                f"transformers {transformers.__version__}: Trainer.{name} "
+                + ("is gone" if method is None else f"no longer takes {', '.join(missing)}")
+                + "; the guarded Trainer is built against transformers 5 (tested with 5.25): "
+                "install 'transformers>=5,<6' at a version that has it")
+
 
 def guarded_trainer_class() -> Any:
     """The Trainer subclass, defined on first use so importing this module stays torch-free."""
     if "trainer" in _CLASSES:
         return _CLASSES["trainer"]
     from transformers import Trainer, TrainerCallback
+
+    check_trainer_api(Trainer)
 
     class GuardedTrainer(Trainer):
         def __init__(self, *args: Any, hooks: Hooks, **kwargs: Any) -> None:

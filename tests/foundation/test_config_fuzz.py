@@ -106,6 +106,8 @@ def _valid_values(key: Key) -> st.SearchStrategy[Any]:
     s = key.spec
     if key.kind == "bool":
         return st.booleans()
+    if key.kind == "list[str]" and s.choices:  # a list drawn from the choices, each at most once
+        return st.lists(st.sampled_from(s.choices), max_size=len(s.choices), unique=True)
     if s.choices:
         return st.sampled_from(s.choices)
     if key.kind == "int":
@@ -127,7 +129,9 @@ EDITABLE = [k for keys in KEYS.values() for k in keys.values()
             if k.dotted not in ("training.epochs", "training.max_steps", "training.warmup_steps",
                                 "queue.backoff_s", "queue.backoff_max_s",
                                 # cross-checked (kind, options the engine sets): tests of their own
-                                "launcher.max_parallel", "launcher.extra_args")]
+                                "launcher.max_parallel", "launcher.extra_args",
+                                # valid only on a machine with a CUDA GPU (tests/worker/test_options.py)
+                                "model.load_in_4bit")]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
