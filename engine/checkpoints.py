@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -29,13 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog
 
 FORMAT_VERSION: Final = 1
 MANIFEST: Final = "manifest.json"
 PREFIX: Final = "checkpoint-"
-STAGING_PREFIX: Final = ".staging-"
-PRUNED_PREFIX: Final = STAGING_PREFIX + "pruned-"
 QUARANTINE: Final = "quarantine"
 TRAINER_STATE: Final = "trainer_state.json"
 ADAPTER_WEIGHTS: Final = "adapter_model.safetensors"
@@ -72,43 +70,7 @@ class Rejection:
 
 
 # ---------------------------------------------------------------------------------------------
-# durable file primitives
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` survive power loss."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Replace ``path`` whole: readers see the old content or the new, never a mix. ``durable``
-    adds the fsyncs that make it survive power loss (a heartbeat does not need them)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        fsync_dir(path.parent)
-
-
-def write_json_atomic(path: Path, obj: Any, *, durable: bool = True) -> None:
-    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
+# hashing
 
 
 def sha256_file(path: Path) -> str:
@@ -123,19 +85,10 @@ def sha256_file(path: Path) -> str:
 # writing
 
 
-def new_staging(parent: Path, name: str) -> Path:
-    """An empty folder beside the final one (same filesystem, so the rename is atomic)."""
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f"{STAGING_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    return staging
-
-
 def _file_table(folder: Path) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.name != MANIFEST:
-            fsync_file(path)
             rel = path.relative_to(folder).as_posix()
             table[rel] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
     return table
@@ -154,10 +107,8 @@ def publish(
     ``final`` is quarantined first (never deleted). Returns the manifest."""
     if step < 0:
         raise ValueError(f"refusing to publish {final.name} with a negative step {step}")
+    fsio.sync_tree(staging)
     files = _file_table(staging)
-    for sub in sorted({p.parent for p in staging.rglob("*") if p.is_file()}, reverse=True):
-        if sub != staging:
-            fsync_dir(sub)
     manifest: dict[str, Any] = {
         "kind": kind,
         "global_step": int(step),
@@ -169,12 +120,10 @@ def publish(
         # finds this key found a finished checkpoint.
         "format_version": FORMAT_VERSION,
     }
-    write_json_atomic(staging / MANIFEST, manifest)
-    fsync_dir(staging)
+    fsio.write_json(staging / MANIFEST, manifest)
     if final.exists() or final.is_symlink():
         quarantine(final, final.parent, case=None, reason="replaced by a newer save of the same step")
-    os.rename(staging, final)
-    fsync_dir(final.parent)
+    fsio.publish_dir(staging, final)
     return manifest
 
 
@@ -326,10 +275,10 @@ def quarantine(path: Path, root: Path, *, case: int | None, reason: str) -> Path
     qdir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     dest = qdir / f"{path.name.lstrip('.')}.{stamp}.{uuid.uuid4().hex[:6]}"
-    os.rename(path, dest)
+    fsio.move(path, dest)
     note = {"original": str(path), "case": case, "reason": reason, "at": round(time.time(), 3)}
-    write_json_atomic(qdir / f"{dest.name}.why.json", note, durable=False)
-    fsync_dir(root)
+    fsio.write_json(qdir / f"{dest.name}.why.json", note, durable=False)
+    fsio.fsync_dir(root)
     return dest
 
 
@@ -347,8 +296,8 @@ def scan(
     rejected: list[Rejection] = []
     if not root.is_dir():
         return None, rejected
-    for leftover in sorted(root.glob(STAGING_PREFIX + "*")):
-        if leftover.name.startswith(PRUNED_PREFIX):
+    for leftover in sorted(root.glob(fsio.STAGING_PREFIX + "*")):
+        if fsio.is_discarded(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)  # an old checkpoint a kill interrupted deleting
             continue
         rejected.append(Rejection(leftover, 20, "a save that was interrupted before its manifest"))
@@ -376,10 +325,8 @@ def prune(root: Path, *, keep_last: int, keep_steps: Iterable[int] = ()) -> list
     for index, (step, path) in enumerate(list_checkpoints(root)):
         if index < keep_last or step in keep or not (path / MANIFEST).is_file():
             continue
-        # Renamed first so a kill mid-delete leaves a staging folder (swept), never a
-        # half-emptied checkpoint-N that a later scan would have to quarantine.
-        doomed = path.with_name(f"{PRUNED_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
+        # Discarded, not deleted in place: a kill mid-delete leaves a staging folder (swept),
+        # never a half-emptied checkpoint-N that a later scan would have to quarantine.
+        fsio.discard(path)
         removed.append(path)
     return removed

@@ -25,7 +25,7 @@ import filelock
 import orjson
 import psutil
 
-from trainconsole.engine.checkpoints import write_atomic
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.procid import from_stored, identity, my_identity, same_process
@@ -123,7 +123,7 @@ class EngineLock:
         )
         try:
             # start_time stays for uptime and for an older console reading the file.
-            write_atomic(self.layout.pidfile, orjson.dumps(
+            fsio.write_bytes(self.layout.pidfile, orjson.dumps(
                 {"pid": self.info.pid, "identity": self.info.identity,
                  "start_time": self.info.start_time, "started_at": self.info.started_at}))
         except OSError as exc:

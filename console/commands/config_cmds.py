@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from trainconsole.console.common import config_path
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import ConfigError, UsageError
 
 
@@ -91,7 +91,7 @@ def _init(args: argparse.Namespace) -> int:
                           "with `trainconsole check-config`, or choose another folder)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_new(target, default_config_text().encode("utf-8"))
+        fsio.write_new(target, default_config_text().encode("utf-8"))
     except FileExistsError:
         raise ConfigError(f"{target}: a config already exists; not overwriting it") from None
     except OSError as exc:
@@ -108,22 +108,3 @@ def _init(args: argparse.Namespace) -> int:
     shown = "" if target == Path("config.toml") else f" --config {target}"
     print(f"next: `trainconsole{shown} check-config`, then `trainconsole{shown}` to open the console")
     return 0
-
-
-def _write_new(target: Path, data: bytes) -> None:
-    """Write ``target`` completely or not at all, and never over a file that appeared meanwhile."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)  # fails with FileExistsError instead of replacing
-        except FileExistsError:
-            raise
-        except OSError:  # a filesystem without hard links: exclusive create is the next best
-            with open(target, "xb") as fh:
-                fh.write(data)
-    finally:
-        tmp.unlink(missing_ok=True)

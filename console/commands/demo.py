@@ -8,6 +8,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import UsageError
 
 MARKER = ".demo-queued"
@@ -49,7 +50,7 @@ def prepare(root: Path) -> tuple[Path, bool]:
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.toml"
     if not config.exists():
-        config.write_text(default_config_text())
+        fsio.write_bytes(config, default_config_text().encode())
         for key, value in DEMO_SETTINGS.items():
             set_value(config, key, value)
     layout = load_config(config).layout()
@@ -59,9 +60,7 @@ def prepare(root: Path) -> tuple[Path, bool]:
     for name, data in demo_files():
         # Through the inbox, as an operator would drop them: written aside, then renamed in, so
         # the engine never sees a half-written file.
-        tmp = layout.tmp / f"demo-{name}"
-        tmp.write_bytes(data)
-        tmp.replace(layout.incoming / name)
+        fsio.write_bytes(layout.incoming / name, data, tmp_dir=layout.tmp, tag="demo")
     (root / MARKER).write_text("the sample data was queued; delete this file to queue it again\n")
     return config, True
 

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from trainconsole.console.commands.validate import check_data_path
 from trainconsole.console.common import load_layout
-from trainconsole.engine.checkpoints import write_json_atomic
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import ConfigError, TrainconsoleError, UsageError
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock_run(run_dir)
-        write_json_atomic(spec_path, {
+        fsio.write_json(spec_path, {
             "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
             "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
         (run_dir / "report.json").unlink(missing_ok=True)

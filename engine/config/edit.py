@@ -3,14 +3,13 @@ edited text is validated whole before it replaces the file, and the replacement 
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import tomlkit
 
+from trainconsole.engine import fsio
 from trainconsole.engine.config.check import BadValue, Problem, check_value, show
 from trainconsole.engine.config.load import (
     Config,
@@ -107,36 +106,14 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace the file whole or not at all; an operator's symlinked config stays a symlink."""
+    """Replace the file whole or not at all, keeping its mode; an operator's symlinked config stays
+    a symlink (the file it points at is what is replaced)."""
     target = path.resolve() if path.is_symlink() else path
     try:
         mode = target.stat().st_mode & 0o7777
     except OSError:
         mode = 0o644
     try:
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fsio.write_bytes(target, data, mode=mode)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # exactly the old mode, whatever the umask
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot save: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)  # the rename itself survives a power cut
-    finally:
-        os.close(dfd)
-

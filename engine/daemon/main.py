@@ -36,7 +36,8 @@ def _say(message: str) -> None:
     print(f"trainconsole engine: {message}", flush=True)
 
 
-def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float) -> None:
+def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float,
+            config: Path | None = None) -> None:
     """Before anything trains: end orphans, requeue jobs left running, sweep leftovers."""
     running = store.jobs(["running"])
     orphans = find_orphans(running, layout)
@@ -58,7 +59,7 @@ def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, 
         notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "
                            "reboot); requeued, it resumes from its newest good checkpoint",
                        severity="warning", job_id=job.id)
-    removed = sweep(layout)
+    removed = sweep(layout, config=config)
     if removed:
         events.emit("log", level="info", message=f"swept {len(removed)} leftover temporary file(s): "
                     + ", ".join(p.name for p in removed[:10]))
@@ -129,7 +130,7 @@ def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pi
 
         for line in missing_reporters(cfg.report.to):  # said once here, not once per job
             notifier.alert(None, line, severity="warning", key="reporter-missing")
-        recover(store, layout, notifier, events, grace_s=sup.hang_grace_s)
+        recover(store, layout, notifier, events, grace_s=sup.hang_grace_s, config=cfg.source)
         if store.paused() and any(j.error_class == "disk_full" for j in store.jobs(["queued"])):
             # Paused by a full disk before a restart: resume on our own once there is room again.
             sup.disk_paused = True

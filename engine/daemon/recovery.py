@@ -11,8 +11,6 @@ checkpoint-staging files of dead writers are swept.
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -21,11 +19,12 @@ from typing import Any
 
 import psutil
 
+from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.daemon.launcher import WORKER_MODULE
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.procid import same_process
 
-_PID_IN_NAME = re.compile(r"(?:^|[-.])(\d{2,})(?:[-.]|$)")
 STALE_TMP_S = 3600.0
 
 
@@ -116,103 +115,55 @@ def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
         time.sleep(0.05)
 
 
-def _dead(pid: int) -> bool:
-    """Gone, or a zombie nobody reaped yet (an orphan of a killed daemon waits for init): either
-    way it writes nothing more."""
-    if pid == os.getpid():
-        return False
-    try:
-        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return True
-    except psutil.Error:
-        return False
-
-
-def _writer_dead(name: str) -> bool:
-    match = _PID_IN_NAME.search(name)
-    return match is not None and _dead(int(match.group(1)))
-
-
-def _remove(path: Path) -> bool:
-    try:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        return True
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-
-
-def sweep(layout: Layout, *, stale_s: float = STALE_TMP_S) -> list[Path]:
-    """Remove leftovers: entries in ``queue/.tmp`` whose writer is dead (or older than an hour),
-    checkpoint staging folders, and stale heartbeats. Returns what was removed."""
-    removed: list[Path] = []
-    now = time.time()
-    try:
-        entries = list(layout.tmp.iterdir())
-    except OSError:
-        entries = []
-    for entry in entries:
-        try:
-            age = now - entry.lstat().st_mtime
-        except OSError:
-            continue
-        if (_writer_dead(entry.name) or age > stale_s) and _remove(entry):
-            removed.append(entry)
+def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_TMP_S) -> list[Path]:
+    """What dead writers left, found by the pid in their names (``trainconsole.engine.fsio``):
+    everything in ``queue/.tmp`` whose writer is dead (or older than an hour: that folder holds
+    nothing else), the PID file's and the config's temporaries, each run folder's (see
+    ``sweep_run``, plus the heartbeat and stacks of workers that are gone), and the adapters'
+    staging folders and pointer temporaries. Returns what was removed."""
+    removed = fsio.sweep(layout.tmp, every_name=True, stale_s=stale_s)
+    removed += fsio.sweep(layout.queue)
+    for path in {config, config.resolve()} if config is not None else ():
+        removed += fsio.sweep(path.parent, only=f".{path.name}.")  # edits killed midway
     try:
         run_dirs = [d for d in layout.runs.iterdir() if d.is_dir()]
     except OSError:
         run_dirs = []
     for run_dir in run_dirs:
-        removed += _sweep_run(run_dir)
-    removed += sweep_staging(layout.adapters)
+        removed += sweep_run(run_dir)
+        for name in ("heartbeat.json", "stacks.txt"):
+            leftover = run_dir / name
+            if leftover.exists() and _remove(leftover):
+                removed.append(leftover)
+    removed += sweep_adapters(layout.adapters)
     return removed
 
 
-def _staging_dead(name: str) -> bool:
-    """``.staging-<name>-<pid>-<hex>`` (engine/checkpoints.py): a save whose writer is gone never
-    got its manifest, so it is not a checkpoint, only bytes."""
-    parts = name.rsplit("-", 2)
-    return len(parts) == 3 and parts[1].isdigit() and _dead(int(parts[1]))
+def sweep_adapters(adapters: Path) -> list[Path]:
+    """Publications killed midway: staging folders, and temporaries of the ``latest`` pointer and
+    of quarantine notes."""
+    return fsio.sweep(adapters) + fsio.sweep(adapters / ckpt.QUARANTINE)
 
 
-def sweep_staging(folder: Path) -> list[Path]:
-    removed: list[Path] = []
-    try:
-        entries = list(folder.glob(".staging-*"))
-    except OSError:
-        return removed
-    for entry in entries:
-        if _staging_dead(entry.name) and _remove(entry):
-            removed.append(entry)
-    return removed
-
-
-def sweep_run_staging(run_dir: Path) -> list[Path]:
-    """Partial saves of dead writers in one run folder: they never got a manifest, so they are
-    not checkpoints; left alone they would be quarantined and pile up with every kill mid-save."""
-    removed = sweep_staging(run_dir)
-    # A worker killed mid-write leaves its atomic-write temp file (.heartbeat.json.<pid>.<hex>.tmp).
-    for leftover in run_dir.glob(".*.tmp"):
-        if _writer_dead(leftover.name) and _remove(leftover):
-            removed.append(leftover)
+def sweep_run(run_dir: Path) -> list[Path]:
+    """Leftovers of dead writers in one run folder: temporaries of its files, and staging folders
+    of saves that never got their manifest (only bytes, not checkpoints; left alone they would be
+    quarantined and pile up with every kill mid-save)."""
+    removed = fsio.sweep(run_dir)
     try:
         subdirs = [d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
     except OSError:
         subdirs = []
     for sub in subdirs:
-        removed += sweep_staging(sub)
+        removed += fsio.sweep(sub) + fsio.sweep(sub / ckpt.QUARANTINE)
     return removed
 
 
-def _sweep_run(run_dir: Path) -> list[Path]:
-    removed = sweep_run_staging(run_dir)
-    for name in ("heartbeat.json", "stacks.txt"):
-        leftover = run_dir / name
-        if leftover.exists() and _remove(leftover):
-            removed.append(leftover)
-    return removed
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
 from trainconsole.engine.daemon import inbox as ingest
 from trainconsole.engine.daemon.launcher import (
@@ -35,7 +36,7 @@ from trainconsole.engine.daemon.launcher import (
 )
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.outcome import apply_outcome
-from trainconsole.engine.daemon.recovery import sweep_run_staging, sweep_staging
+from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
 from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb
 from trainconsole.engine.daemon.retry_policy import classify, oom_kill_count, read_report
 from trainconsole.engine.daemon.watchdog import Watchdog
@@ -72,9 +73,7 @@ class Running:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2))
-    os.replace(tmp, path)
+    fsio.write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2))
 
 
 class Supervisor:
@@ -430,7 +429,7 @@ class Supervisor:
             return ""
 
     def _finish(self, run: Running, code: int) -> None:
-        swept = sweep_run_staging(run.run_dir) + sweep_staging(self.layout.adapters)
+        swept = sweep_run(run.run_dir) + sweep_adapters(self.layout.adapters)
         if swept:
             self.events.emit("log", level="info", job_id=run.job.id,
                              message=f"removed {len(swept)} unfinished save(s) of the ended worker")

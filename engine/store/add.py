@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import DataError
 from trainconsole.engine.names import display
 from trainconsole.engine.procid import my_identity
@@ -102,7 +103,7 @@ def add_files(db: Database, files: list[NewFile], *, force: bool = False) -> lis
     finally:
         # Even when interrupted: what arrived is made durable and recorded; the rest is forgotten.
         for folder in touched:
-            sf.fsync_dir(folder)
+            fsio.fsync_dir(folder)
         with db.write() as after:
             for i, row in arrived:
                 db.insert(row, or_ignore=True)
@@ -146,7 +147,7 @@ def take_by_move(tmp_dir: Path, src: Path, dest: Path, *, sync: bool = True) -> 
     """Rename ``src`` to ``dest`` (copy, then unlink, across filesystems); ``tmp_dir`` holds the
     copy's temporary file."""
     try:
-        os.rename(src, dest)
+        fsio.move(src, dest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
@@ -156,9 +157,9 @@ def take_by_move(tmp_dir: Path, src: Path, dest: Path, *, sync: bool = True) -> 
         if not stat.S_ISREG(os.lstat(dest).st_mode):
             # Swapped for a link (or anything else) after it was examined: put it back, where the
             # inbox's rules for links apply; a job never points outside the queue.
-            os.rename(dest, src)
+            fsio.move(dest, src)
             raise DataError(f"{display(str(src))} was replaced while it was being queued; it will "
                             "be looked at again", case=54)
     if sync:
-        sf.fsync_dir(dest.parent)
-        sf.fsync_dir(src.parent)
+        fsio.fsync_dir(dest.parent)
+        fsio.fsync_dir(src.parent)

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.names import display
@@ -183,8 +184,8 @@ class Database:
         if src == self.layout.failed:  # a report belongs to the failure it describes
             with contextlib.suppress(OSError):
                 os.unlink(src / sf.report_name(filename))
-        sf.fsync_dir(dst)
-        sf.fsync_dir(src)
+        fsio.fsync_dir(dst)
+        fsio.fsync_dir(src)
 
     def emit(self, job: Job, reason: str | None = None) -> None:
         fields: dict[str, Any] = {"job_id": job.id, "status": job.status}

@@ -8,26 +8,25 @@ exactly, as bytes in hex, in the sidecar and as a blob in the database.
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import hashlib
 import os
 import re
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from trainconsole.engine import fsio
+from trainconsole.engine.errors import DataError
 from trainconsole.engine.names import display
 
 SIDECAR_SCHEMA = 1
+TMP_TAG = "store"  # the store's temporaries in queue/.tmp: store-<name>.<pid>.<random>.tmp
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ID_PREFIX = re.compile(r"^(j\d{4,})(?:--|\.json$|\.report\.txt$)")
-
-
-def tmp_prefix() -> str:
-    """Temporary files carry the writer's pid, so a sweep removes only those of dead writers."""
-    return f"store-{os.getpid()}-"
 
 
 def sanitise(name: str, limit: int = 80) -> str:
@@ -62,24 +61,10 @@ def name_from_hex(text: str) -> str:
     return os.fsdecode(bytes.fromhex(text))
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable: without it a power cut can undo the directory entry."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def tmp_beside(tmp_dir: Path, folder: Path) -> Path:
     """Where a temporary for ``folder`` goes: the store's ``tmp_dir``, unless ``folder`` is on
     another filesystem (a jobs folder on its own mount, case 45), where a rename from there fails
-    with EXDEV; then in ``folder`` itself (named so ``sweep_tmp`` of that folder finds it)."""
+    with EXDEV; then in ``folder`` itself (hidden, and swept there by the repair at each open)."""
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         if os.stat(tmp_dir).st_dev == os.stat(folder).st_dev:
@@ -89,30 +74,17 @@ def tmp_beside(tmp_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def atomic_write(path: Path, data: bytes, tmp_dir: Path, *, sync_dir: bool = True) -> None:
-    """Write via a temporary file on the same filesystem, fsync, rename: readers see old or new.
-    ``sync_dir=False`` leaves the folder's fsync to a caller that makes one for a whole batch."""
-    tmp_dir = tmp_beside(tmp_dir, path.parent)
-    tmp = tmp_dir / f"{tmp_prefix()}{path.name}.{time.monotonic_ns()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
+def write_file(path: Path, data: bytes, tmp_dir: Path, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` durably (``trainconsole.engine.fsio``), its temporary in the store's
+    ``tmp_dir`` where that is on the same filesystem (never a stray file in ``jobs/``, ``done/``
+    or ``failed/``). ``sync_dir=False``: the caller fsyncs the folder once for a whole batch."""
+    fsio.write_bytes(path, data, tmp_dir=tmp_beside(tmp_dir, path.parent), tag=TMP_TAG, sync_dir=sync_dir)
 
 
 def write_sidecar(folder: Path, tmp_dir: Path, meta: dict[str, Any], *, sync_dir: bool = True) -> None:
     body = {"schema": SIDECAR_SCHEMA, **meta}
-    atomic_write(folder / sidecar_name(str(meta["id"])), orjson.dumps(body, option=orjson.OPT_INDENT_2),
-                 tmp_dir, sync_dir=sync_dir)
+    write_file(folder / sidecar_name(str(meta["id"])), orjson.dumps(body, option=orjson.OPT_INDENT_2),
+               tmp_dir, sync_dir=sync_dir)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -129,9 +101,7 @@ def move(src: Path, dst: Path, tmp_dir: Path | None = None) -> bool:
     Between filesystems (a jobs folder on its own mount) a durable copy, then the unlink: a kill
     between the two leaves both, and the repair at the next open removes the source (repair.py)."""
     try:
-        os.replace(src, dst)
-    except FileNotFoundError:
-        return False
+        return fsio.move(src, dst, missing_ok=True)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
@@ -143,42 +113,17 @@ def move(src: Path, dst: Path, tmp_dir: Path | None = None) -> bool:
 def copy_into(src: Path, dst: Path, tmp_dir: Path, *, sync_dir: bool = True) -> tuple[str, int]:
     """Copy to a temporary file, fsync, rename into place; returns the sha256 and size copied, so
     the hash is of exactly what the engine will train on even if the source changes meanwhile."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    size = 0
-    tmp_dir = tmp_beside(tmp_dir, dst.parent)
-    tmp = tmp_dir / f"{tmp_prefix()}{dst.name}.{time.monotonic_ns()}.part"
     # No link followed, no blocking open (a FIFO swapped in would hang us), regular files only.
     fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    import stat
-
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        from trainconsole.engine.errors import DataError
-
         raise DataError(f"{display(str(src))} is not a regular file; not queued")
-    try:
-        with os.fdopen(fd, "rb") as fin, open(tmp, "xb") as fout:
-            while chunk := fin.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-                fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(dst.parent)
-    return digest.hexdigest(), size
+    with os.fdopen(fd, "rb") as fin:
+        return fsio.copy_into(fin, dst, tmp_dir=tmp_beside(tmp_dir, dst.parent), tag=TMP_TAG,
+                              sync_dir=sync_dir)
 
 
 def hash_file(path: Path) -> tuple[str, int]:
-    import hashlib
-
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as fh:
@@ -186,37 +131,6 @@ def hash_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def sweep_tmp(tmp_dir: Path) -> list[Path]:
-    """Remove the store's temporary files whose writer is dead; others' files are left alone."""
-    removed: list[Path] = []
-    try:
-        entries = list(os.scandir(tmp_dir))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.name.startswith("store-"):
-            continue
-        pid_text = entry.name.split("-", 2)[1]
-        if pid_text.isdigit() and _alive(int(pid_text)):
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def report_text(job_id: str, name: str, attempts: int, max_attempts: int,

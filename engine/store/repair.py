@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import psutil
 
+from trainconsole.engine import fsio
 from trainconsole.engine.procid import same_process
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.add import new_row, take_by_move
@@ -29,7 +30,7 @@ def repair(db: Database, policy: QueuePolicy) -> None:
     _finish_intents(db)
     _reconcile_folders(db, policy)
     for folder in (layout.tmp, layout.jobs, layout.done, layout.failed):  # see sf.tmp_beside
-        sf.sweep_tmp(folder)
+        fsio.sweep(folder)
 
 
 def _finish_intents(db: Database) -> None:
@@ -113,7 +114,7 @@ def _reconcile_folders(db: Database, policy: QueuePolicy) -> None:
                                   policy.max_attempts, orjson.loads(history),
                                   "failed (report rewritten after an interruption)", None)
             with contextlib.suppress(OSError):
-                sf.atomic_write(layout.failed / sf.report_name(filename), text.encode("utf-8", "replace"),
+                sf.write_file(layout.failed / sf.report_name(filename), text.encode("utf-8", "replace"),
                                 layout.tmp)
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import ConfigError, TrainconsoleError, TransientError
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.lock import read_pidfile
@@ -237,13 +238,13 @@ def _move_aside(path: Path) -> Path:
     while target.exists():
         n += 1
         target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    os.replace(path, target)
+    fsio.move(path, target)
     for suffix in ("-wal", "-shm", "-journal"):
         extra = path.with_name(path.name + suffix)
         if extra.exists():
             with contextlib.suppress(OSError):
-                os.replace(extra, target.with_name(target.name + suffix))
-    sf.fsync_dir(path.parent)
+                fsio.move(extra, target.with_name(target.name + suffix))
+    fsio.fsync_dir(path.parent)
     return target
 
 
@@ -410,7 +411,7 @@ def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
             new_name = sf.data_filename(job_id, fname)
             try:
                 sha, size = sf.hash_file(path)
-                os.replace(path, layout.jobs / new_name)
+                fsio.move(path, layout.jobs / new_name)
             except OSError:
                 continue
             conn.execute(

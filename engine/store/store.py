@@ -177,6 +177,14 @@ class Store:
         order = self._runnable_order(now)
         return order[0] if order else None
 
+    def runnable(self, now: float | None = None) -> list[Job]:
+        """Every job that may start now, best first (empty while paused): with several slots the
+        daemon takes the best of each lineage that is not already running."""
+        first = self.next_runnable(now)  # its clock-step repair and pause check first
+        if first is None:
+            return []
+        return self._runnable_order(self.clock() if now is None else now)
+
     def start(self, job_id: str, pid: int | None = None, pid_start: str | None = None) -> Job:
         """Mark running and count the attempt, durably, before the worker exists: a worker the
         kernel kills still used up an attempt (case 60)."""
@@ -248,7 +256,7 @@ class Store:
         text = sf.report_text(row["id"], os.fsdecode(bytes(row["name"])), row["attempts"],
                               self.policy.max_attempts, list(history), final, traceback)
         target = self.layout.failed / sf.report_name(row["filename"])
-        after.append(lambda: sf.atomic_write(target, text.encode("utf-8", "replace"), self.layout.tmp))
+        after.append(lambda: sf.write_file(target, text.encode("utf-8", "replace"), self.layout.tmp))
         if status == "failed":
             def alert() -> None:
                 self.events.alert(

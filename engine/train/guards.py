@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog
 
 
@@ -88,7 +88,7 @@ class Heartbeat:
         if self.path is None:
             return
         if self._thread is None:  # the first beat is written at once, so the file exists
-            ckpt.write_atomic(self.path, self._body(*value), durable=False)
+            fsio.write_bytes(self.path, self._body(*value), durable=False)
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
             return
@@ -99,7 +99,7 @@ class Heartbeat:
         if self.path is not None and value is not None and value is not self._written:
             self._written = value
             try:
-                ckpt.write_atomic(self.path, self._body(*value), durable=False)
+                fsio.write_bytes(self.path, self._body(*value), durable=False)
             except OSError:
                 pass  # a full disk: the watchdog will judge from the stale file, as it should
 

@@ -15,13 +15,13 @@ works for anyone.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.adapters import LINEAGE_FILE, NUMBERED, resolve_latest
 from trainconsole.engine.adapters import published_for as published_for
 from trainconsole.engine.config import Config
@@ -154,14 +154,10 @@ def next_name(adapters: Path, job_id: str) -> str:
 
 
 def _point_latest(adapters: Path, name: str) -> None:
-    tmp = adapters / f".latest.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    os.symlink(name, tmp)
     pointer = adapters / "latest"
     if pointer.is_dir() and not pointer.is_symlink():
         ckpt.quarantine(pointer, adapters, case=None, reason="a folder stood where the latest pointer goes")
-    os.replace(tmp, pointer)
-    ckpt.fsync_dir(adapters)
+    fsio.point_symlink(pointer, name)
 
 
 def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: dict[str, Any],
@@ -173,18 +169,14 @@ def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: d
     assert_finite_file(source / ckpt.ADAPTER_WEIGHTS)
     adapters.mkdir(parents=True, exist_ok=True)
     name = next_name(adapters, job_id)
-    staging = ckpt.new_staging(adapters, name)
-    try:
+    with fsio.staged(adapters, name) as staging:
         for file_name in ADAPTER_FILES:
             shutil.copyfile(source / file_name, staging / file_name)
         lineage = {"schema": 1, "job_id": job_id, "parent": parent,
                    "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
                    **(extra or {})}
-        ckpt.write_json_atomic(staging / LINEAGE, lineage, durable=False)
+        fsio.write_json(staging / LINEAGE, lineage, durable=False)
         ckpt.publish(staging, adapters / name, kind="adapter", step=step, fingerprint=fingerprint,
                      extra={"job_id": job_id})
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     _point_latest(adapters, name)
     return adapters / name

@@ -10,13 +10,10 @@ and hash: a folder whose manifest is missing or disagrees with its files is rebu
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine import fsio
 from trainconsole.engine.checkpoints import sha256_file
 from trainconsole.engine.config import Config
 from trainconsole.engine.data.builtin import BUILTIN_PREFIX, MANIFEST, RECIPE_VERSION, is_intact
@@ -167,15 +164,9 @@ def _write_manifest(folder: Path) -> None:
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
-    for p in folder.iterdir():
-        with p.open("rb") as fh:
-            os.fsync(fh.fileno())
+    fsio.sync_tree(folder)
     body = {"schema": 1, "name": "builtin:tiny-chat", "recipe": RECIPE_VERSION, "files": files}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.rename(folder / MANIFEST)
+    fsio.write_json(folder / MANIFEST, body)
 
 
 def ensure_builtin(name: str, cache: Path) -> Path:
@@ -192,25 +183,16 @@ def ensure_builtin(name: str, cache: Path) -> Path:
         )
     models_dir = Path(cache).expanduser().resolve() / "models"
     final = models_dir / short
+    fsio.sweep(models_dir)  # a build killed midway left its staging folder
     if is_intact(final):
         return final
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(models_dir / f".{short}.lock")):
         if is_intact(final):  # another process finished it while we waited
             return final
-        staging = models_dir / f".{short}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
+        with fsio.staged(models_dir, short) as staging:
             _build_into(staging)
-            if final.exists() or final.is_symlink():
-                aside = models_dir / f".{short}.damaged-{uuid.uuid4().hex[:8]}"
-                final.rename(aside)
-                if aside.is_dir() and not aside.is_symlink():
-                    shutil.rmtree(aside, ignore_errors=True)
-                else:
-                    aside.unlink()
-            staging.rename(final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            fsio.publish_dir(staging, final)  # a damaged copy in place is discarded
     return final
 
 

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from trainconsole.engine import fsio
 from trainconsole.engine.data.encode import EncodeStats, encode_batch, fast_backend
 from trainconsole.engine.errors import DataError
 
@@ -179,6 +177,7 @@ def build_cache(examples: Iterable[Any], tokenizer: Any, max_length: int, long_e
     from filelock import FileLock
 
     cache_dir = Path(cache_dir)
+    fsio.sweep(cache_dir.parent)  # what builds killed midway left
     reused = _reusable(cache_dir, key)
     if reused is not None:
         return reused
@@ -188,29 +187,15 @@ def build_cache(examples: Iterable[Any], tokenizer: Any, max_length: int, long_e
         reused = _reusable(cache_dir, key)
         if reused is not None:
             return reused
-        staging = cache_dir.parent / f".{cache_dir.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with fsio.staged(cache_dir.parent, cache_dir.name) as staging:
             stats = _write(staging, examples, tokenizer, max_length, long_examples, chunk)
             check_usable(stats, max_length, source)
             sizes = {name: (staging / f"{name}.bin").stat().st_size // np.dtype(dt).itemsize
                      for name, dt in FILES.items()}
             meta = {"version": CACHE_VERSION, "key": key, "max_length": max_length,
                     "long_examples": long_examples, "sizes": sizes, "stats": stats.to_dict()}
-            with (staging / "meta.json").open("w") as fh:
-                fh.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            if cache_dir.exists() or cache_dir.is_symlink():
-                aside = cache_dir.parent / f".{cache_dir.name}.old-{uuid.uuid4().hex[:8]}"
-                cache_dir.rename(aside)
-                if aside.is_dir() and not aside.is_symlink():
-                    shutil.rmtree(aside, ignore_errors=True)
-                else:
-                    aside.unlink()
-            staging.rename(cache_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            fsio.write_json(staging / "meta.json", meta)
+            fsio.publish_dir(staging, cache_dir)  # an older cache in place is discarded
     return TokenCache.open(cache_dir)
 
 
@@ -239,8 +224,7 @@ def _write(folder: Path, examples: Iterable[Any], tokenizer: Any, max_length: in
             handles["offsets"].write(ends.tobytes())
             handles["lines"].write(np.asarray([line for _, line in kept], dtype=np.int64).tobytes())
         for fh in handles.values():
-            fh.flush()
-            os.fsync(fh.fileno())
+            fsio.sync_file(fh)
     finally:
         for fh in handles.values():
             fh.close()

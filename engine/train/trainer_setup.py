@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import DataError, DiskFullError
 from trainconsole.engine.events import EventLog
@@ -249,7 +250,7 @@ class Hooks:
             return
         if not trainable_finite(trainer.model):
             raise NonFinite(step, math.nan, None, where="adapter weights")
-        staging = ckpt.new_staging(self.ckpt_root, f"{ckpt.PREFIX}{step}")
+        staging = fsio.new_staging(self.ckpt_root, f"{ckpt.PREFIX}{step}")
         try:
             trainer.save_model(str(staging), _internal_call=True)
             trainer._save_optimizer_and_scheduler(str(staging))

@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
 from trainconsole.engine.signals import STACKS_SIGNAL, STOP_SIGNALS, signal_name
@@ -104,7 +104,7 @@ def write_spec(run_dir: Path, *, job_id: str, data_file: Path, config: Path, ada
     spec = {"schema": SPEC_SCHEMA, "job_id": job_id, "data_file": str(data_file), "config": str(config),
             "run_dir": str(run_dir), "overrides": overrides or {}, "adapters_dir": str(adapters_dir)}
     path = run_dir / "spec.json"
-    ckpt.write_json_atomic(path, spec)
+    fsio.write_json(path, spec)
     return path
 
 
@@ -170,7 +170,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
         heartbeat.close()
     try:
         if lead:
-            ckpt.write_json_atomic(run_dir / "report.json", report)
+            fsio.write_json(run_dir / "report.json", report)
     except OSError:  # a full disk may refuse even the report; the exit code still tells the class
         pass
     if events is not None:

@@ -43,3 +43,15 @@ def test_held_with_a_reason_is_shown_and_not_charged(store: Store, tmp_path: Pat
     assert store.reason(job) == f"held: {why}"
     assert store.next_runnable() is None
     assert store.release(job_id).status == "queued"
+
+
+def test_runnable_lists_every_startable_job_best_first(store: Store, tmp_path: Path) -> None:
+    low = add(store, tmp_path, "low.jsonl", priority="low")
+    high = add(store, tmp_path, "high.jsonl", priority="high")
+    normal = add(store, tmp_path, "normal.jsonl")
+    held = add(store, tmp_path, "held.jsonl")
+    store.hold(held)
+    assert [j.id for j in store.runnable()] == [high, normal, low]
+    assert store.runnable()[0] == store.next_runnable()
+    store.set_paused(True)
+    assert store.runnable() == []

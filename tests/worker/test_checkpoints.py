@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog, read_all
 
 
@@ -136,7 +137,7 @@ def test_half_written_folder_without_manifest_is_skipped(ckroot: Path) -> None:
 
 @pytest.mark.edge(20)
 def test_leftover_staging_folder_is_quarantined(ckroot: Path) -> None:
-    staging = ckpt.new_staging(ckroot, "checkpoint-12")
+    staging = fsio.new_staging(ckroot, "checkpoint-12")
     (staging / "optimizer.pt").write_bytes(b"\0" * 10)
     assert_skipped(ckroot, 20, staging.name)
 
@@ -145,7 +146,7 @@ def test_leftover_staging_folder_is_quarantined(ckroot: Path) -> None:
 def test_weights_only_checkpoint_is_not_resumed(ckroot: Path) -> None:
     """Without optimizer/scheduler/RNG a resume would silently restart them: not usable."""
     folder = ckroot / "checkpoint-8"
-    staging = ckpt.new_staging(ckroot, "rewrite")
+    staging = fsio.new_staging(ckroot, "rewrite")
     shutil.copy(folder / ckpt.ADAPTER_WEIGHTS, staging)
     shutil.copy(folder / ckpt.TRAINER_STATE, staging)
     fp = fingerprint_of(ckroot)
@@ -181,14 +182,14 @@ def test_negative_step_folder_name_is_skipped(ckroot: Path) -> None:
 
 
 def test_publish_refuses_a_negative_step(tmp_path: Path) -> None:
-    staging = ckpt.new_staging(tmp_path, "x")
+    staging = fsio.new_staging(tmp_path, "x")
     with pytest.raises(ValueError):
         ckpt.publish(staging, tmp_path / "checkpoint--1", kind="checkpoint", step=-1, fingerprint={})
 
 
 def test_prune_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
     for step in (2, 4, 6, 8):
-        staging = ckpt.new_staging(tmp_path, f"c{step}")
+        staging = fsio.new_staging(tmp_path, f"c{step}")
         (staging / "f").write_text(str(step))
         ckpt.publish(staging, tmp_path / f"checkpoint-{step}", kind="checkpoint", step=step, fingerprint={})
     (tmp_path / "checkpoint-1").mkdir()  # not ours (no manifest): never deleted by pruning
@@ -201,7 +202,7 @@ def test_prune_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
 def test_a_prune_killed_mid_delete_leaves_no_half_empty_checkpoint(ckroot: Path) -> None:
     """Pruning renames before it deletes: a kill mid-delete leaves a pruned staging folder, which
     the next scan removes silently instead of meeting an emptied checkpoint-4 (case 15)."""
-    doomed = ckroot / f"{ckpt.PRUNED_PREFIX}checkpoint-4-999999-deadbeef"
+    doomed = ckroot / f"{fsio.DISCARD_PREFIX}checkpoint-4.999999.deadbeef"
     (ckroot / "checkpoint-4").rename(doomed)
     (doomed / ckpt.MANIFEST).unlink()  # the delete got this far before the kill
     chosen, rejected, alerts = scan(ckroot)

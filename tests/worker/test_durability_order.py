@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="descriptors are named through /proc/self/fd")
@@ -56,7 +57,7 @@ def _first(log: list[Call], pred: object) -> int:
 def test_a_checkpoint_is_synced_file_by_file_then_manifest_then_folder_then_renamed(
         tmp_path: Path, calls: list[Call]) -> None:
     root = (tmp_path / "checkpoints").resolve()
-    staging = ckpt.new_staging(root, "checkpoint-4")
+    staging = fsio.new_staging(root, "checkpoint-4")
     files = {"adapter_model.safetensors": b"w" * 4096, "optimizer.pt": b"o" * 2048,
              "scheduler.pt": b"s", "rng_state.pth": b"r", "trainer_state.json": b"{}",
              "sub/extra.bin": b"x"}
@@ -86,7 +87,7 @@ def test_a_checkpoint_is_synced_file_by_file_then_manifest_then_folder_then_rena
 def test_a_durable_small_file_is_synced_before_its_rename_and_its_folder_after(
         tmp_path: Path, calls: list[Call]) -> None:
     target = tmp_path.resolve() / "latest.json"
-    ckpt.write_atomic(target, b'{"step": 4}')
+    fsio.write_bytes(target, b'{"step": 4}')
     (rename_at,) = [i for i, c in enumerate(calls) if c[0] == "rename" and c[2] == str(target)]
     tmp = calls[rename_at][1]
     assert ("fsync", tmp, "") in calls[:rename_at]

@@ -23,6 +23,7 @@ from tests.worker.wutil import (
     write_jsonl,
 )
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass
 
 
@@ -268,7 +269,7 @@ def test_sigkill_in_the_middle_of_a_save_leaves_nothing_that_is_resumed(finished
     assert proc.returncode == -signal.SIGKILL
     ckdir = spec.parent / "checkpoints"
     (staging,) = [p for p in ckdir.iterdir()]
-    assert staging.name.startswith(ckpt.STAGING_PREFIX) and (staging / "optimizer.pt").is_file()
+    assert staging.name.startswith(fsio.STAGING_PREFIX) and (staging / "optimizer.pt").is_file()
     code, report = run_inprocess(spec)
     assert code == 0 and report["status"] == "done"
     assert [a["case"] for a in alerts(spec.parent)] == [20]

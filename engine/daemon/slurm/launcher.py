@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.config.schema import LauncherConfig
 from trainconsole.engine.daemon.launcher import DevicePlan
 from trainconsole.engine.daemon.slurm.commands import SlurmCommands
@@ -88,6 +88,16 @@ class SlurmWorker:
             return -job.signal
         return job.exit_code if job.exit_code is not None else NO_STATUS
 
+    def wait(self, timeout: float) -> int | None:
+        """Like ``Popen.wait``: the status once ended, None when ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tracker.refresh(force=True)
+            code = self.poll()
+            if code is not None or time.monotonic() >= deadline:
+                return code
+            time.sleep(min(0.5, max(0.05, self.tracker.poll_s)))
+
     def signal_group(self, sig: int) -> None:
         """SIGKILL cancels the job; any other signal goes to every process of it."""
         try:
@@ -130,7 +140,7 @@ class SlurmLauncher:
     def submit(self, job_id: str, spec: Path, env: Mapping[str, str], log_path: Path) -> SlurmWorker:
         run_dir = spec.parent
         script = run_dir / SCRIPT_NAME
-        ckpt.write_atomic(script, batch_script(self.command(spec), run_dir, forward=self.plan.nproc > 1).encode())
+        fsio.write_bytes(script, batch_script(self.command(spec), run_dir, forward=self.plan.nproc > 1).encode())
         name = job_name(self.tag, job_id)
         argv = sbatch_argv(self.lc, self.plan, name=name, script=script, run_dir=run_dir, log_path=log_path)
         slurm_id = self.commands.submit(argv, env)

@@ -44,7 +44,8 @@ class SlurmTracker:
         self.watched.pop(slurm_id, None)
 
     def get(self, slurm_id: int) -> Watched:
-        return self.watched.setdefault(slurm_id, Watched())
+        """What is known of a job (nothing yet for one not watched; asking does not watch it)."""
+        return self.watched.get(slurm_id) or Watched()
 
     def refresh(self, *, force: bool = False) -> None:
         now = self.clock()
