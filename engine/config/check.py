@@ -17,7 +17,7 @@ from typing import Any
 from trainconsole.engine.config.parse import Problem, beyond_64_bits, decode, line_of, one_line, parse
 from trainconsole.engine.config.schema import BUILTIN_MODELS, KEYS, SECTIONS, Key, allowed_text
 
-__all__ = ["BadValue", "Problem", "check_value", "looks_like_path", "one_line", "show", "type_name",
+__all__ = ["BadValue", "Problem", "check_base_model", "check_value", "looks_like_path", "one_line", "show", "type_name",
            "validate_document"]
 
 # ---------------------------------------------------------------- values
@@ -183,7 +183,7 @@ def looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~", ".\\", "..\\")) or value in (".", "..")
 
 
-def _base_model(value: str, root: Path) -> str:
+def check_base_model(value: str, root: Path) -> str:
     if looks_like_path(value):
         where = Path(os.path.normpath(root / Path(value).expanduser()))
         try:
@@ -284,7 +284,7 @@ def validate_document(data: bytes | str, *, root: Path) -> tuple[dict[str, dict[
             try:
                 checked = check_value(key, value)
                 if key.dotted == "model.base_model":
-                    checked = _base_model(checked, root)
+                    checked = check_base_model(checked, root)
                 values[name] = checked
             except BadValue as bad:
                 add(f"{key.dotted} = {show(value)} {bad.message}", section, name, bad.case)

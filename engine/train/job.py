@@ -110,13 +110,16 @@ class TrainJob:
         from transformers.utils import logging as hf_logging_module
 
         from trainconsole.engine.config import load_config
+        from trainconsole.engine.config.jobsettings import with_settings
 
         # The worker's stdout is a log file, not a terminal: no progress bars or advice to upgrade.
         hf_logging: Any = hf_logging_module
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", category=FutureWarning)
-        cfg = load_config(Path(self.spec["config"]))
+        # The engine's config.toml for the engine-wide sections; the job's own settings, fixed when
+        # it was queued, for everything per-job (a later edit of config.toml changes no queued job).
+        cfg = with_settings(load_config(Path(self.spec["config"])), self.spec.get("settings") or None)
         ov = self.spec.get("overrides") or {}
         batch = int(ov.get("batch_size") or cfg.training.batch_size)
         accum = int(ov.get("gradient_accumulation") or cfg.training.gradient_accumulation)
@@ -133,7 +136,8 @@ class TrainJob:
         if already is not None:
             self.log(f"adapter {already.name} was already published by this job; nothing to do")
             return Outcome("done", 0, 0, str(already), "already published")
-        parent = lineage.check_parent(adapters, fp, self.events, self.job_id)
+        parent = lineage.check_parent(adapters, fp, self.events, self.job_id, lineage=self.lineage,
+                                      start_from=self.spec.get("start_from") or None)
         # A checkpoint must also match the adapter's shape: one saved before lora.r was changed
         # would pass the base check and then fail inside the Trainer's resume.
         ck_fp = {**fp, "lora": lineage.lora_shape(cfg, parent)}
@@ -325,7 +329,8 @@ class TrainJob:
         parent_name = source.extra.get("parent", parent.name if parent else None)
         path = lineage.publish_adapter(source.path, adapters, job_id=self.job_id, fingerprint=fp,
                                        step=source.step, parent=parent_name,
-                                       extra={"eval_loss": source.extra.get("eval_loss"), "note": note})
+                                       extra={"eval_loss": source.extra.get("eval_loss"), "note": note},
+                                       lineage=self.lineage)
         self.log(f"published adapter {path.name} from {source.path.name}" + (f" ({note})" if note else ""))
         self.step = max(self.step, source.step)
         return Outcome("done", self.step, plan.max_steps, str(path), note or "done")

@@ -1,5 +1,6 @@
 """Adapter lineage: each finished job publishes its adapter as ``adapters/<n>-<job>/`` and moves
-the ``latest`` pointer to it; the next job continues from ``latest``.
+its lineage's pointer to it (``latest`` for ``main``, ``latest-<name>`` for any other; see
+``trainconsole.engine.adapters``); the lineage's next job continues from there.
 
 An adapter folder is a plain PEFT adapter (``PeftModel.from_pretrained`` loads it) plus
 ``lineage.json`` (job, parent adapter, step, the base fingerprint) and the manifest of
@@ -22,7 +23,14 @@ from typing import Any
 
 from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine import fsio
-from trainconsole.engine.adapters import LINEAGE_FILE, NUMBERED, resolve_latest
+from trainconsole.engine.adapters import (
+    LINEAGE_FILE,
+    MAIN,
+    NUMBERED,
+    pointer_name,
+    read_adapter,
+    resolve_latest,
+)
 from trainconsole.engine.adapters import published_for as published_for
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError
@@ -39,27 +47,52 @@ def _alerted(exc: ConfigError) -> ConfigError:
     return exc
 
 
-def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog,
-                 job_id: str) -> Path | None:
-    """The adapter to continue from, verified against this base; refused with an alert if not."""
-    target = resolve_latest(adapters)
+START_BASE = "base"  # a job's start_from: train a new adapter from the base model
+
+
+def check_parent(adapters: Path, fingerprint: dict[str, Any], events: EventLog, job_id: str, *,
+                 lineage: str = MAIN, start_from: str | None = None) -> Path | None:
+    """The adapter to continue from, verified against this base; refused with an alert if not.
+
+    ``start_from``: None continues the lineage's newest adapter; ``"base"`` starts a new adapter
+    from the base model; a path starts from that adapter (``--from-adapter``)."""
+    if start_from == START_BASE:
+        return None
+    pointer = adapters / pointer_name(lineage)
+    if start_from:
+        target: Path | None = Path(start_from)
+        shown = str(start_from)
+        advice = "give --from-adapter an adapter trained on this base model"
+    else:
+        target = resolve_latest(adapters, lineage)
+        shown = f"{pointer} -> {target.name}" if target is not None else str(pointer)
+        advice = ("set model.base_model back to the base it was trained on, or start a new lineage "
+                  "(trainconsole add --new-lineage) for this base")
     if target is None:
         return None
-    shown = f"{adapters / 'latest'} -> {target.name}"
-    advice = (f"set model.base_model back to the base it was trained on, or move {adapters / 'latest'} "
-              "aside to start a new adapter lineage")
     if not target.is_dir():
-        message = f"adapter {shown} does not exist; point latest at an existing adapter or remove it"
+        message = f"adapter {shown} does not exist; point {pointer.name} at an existing adapter or remove it"
         events.alert(13, message, severity="critical", job_id=job_id, key="adapter-missing")
         raise _alerted(ConfigError(message, case=13))
+    if start_from and not (target / ckpt.MANIFEST).is_file():
+        # An adapter from elsewhere (no manifest of ours): PEFT checks its shapes when it loads.
+        missing = [f for f in ADAPTER_FILES if not (target / f).is_file()]
+        if missing:
+            message = f"--from-adapter {shown} is not a PEFT adapter folder (no {', '.join(missing)})"
+            events.alert(13, message, severity="critical", job_id=job_id, key="adapter-refused")
+            raise _alerted(ConfigError(message, case=13))
+        return target
     verdict = ckpt.verify(target, fingerprint=fingerprint, require=ADAPTER_FILES)
     if isinstance(verdict, ckpt.Rejection):
         if verdict.case == 18:
-            message = f"adapter {shown} was {verdict.reason}; {advice}"
+            theirs = read_adapter(target)
+            message = (f"lineage {lineage}: adapter {shown} was trained on base model "
+                       f"{theirs.base_model if theirs and theirs.base_model else '(unknown)'}, but this job's "
+                       f"base model is {fingerprint.get('name')} ({verdict.reason}); {advice}")
             case = 13
         else:
-            message = (f"adapter {shown} cannot be used: {verdict.reason}; point latest at a good "
-                       "adapter, or move it aside to start a new adapter lineage")
+            message = (f"adapter {shown} cannot be used: {verdict.reason}; point {pointer.name} at a good "
+                       "adapter, or start a new lineage")
             case = verdict.case
         events.alert(case, message, severity="critical", job_id=job_id, key="adapter-refused")
         raise _alerted(ConfigError(message, case=case))
@@ -153,17 +186,18 @@ def next_name(adapters: Path, job_id: str) -> str:
     return f"{highest + 1:04d}-{job_id}"
 
 
-def _point_latest(adapters: Path, name: str) -> None:
-    pointer = adapters / "latest"
+def _point_latest(adapters: Path, name: str, lineage: str = MAIN) -> None:
+    pointer = adapters / pointer_name(lineage)
     if pointer.is_dir() and not pointer.is_symlink():
         ckpt.quarantine(pointer, adapters, case=None, reason="a folder stood where the latest pointer goes")
     fsio.point_symlink(pointer, name)
 
 
 def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: dict[str, Any],
-                    step: int, parent: str | None, extra: dict[str, Any] | None = None) -> Path:
+                    step: int, parent: str | None, extra: dict[str, Any] | None = None,
+                    lineage: str = MAIN) -> Path:
     """Copy the adapter files of checkpoint ``source`` into a new numbered folder, sealed with a
-    manifest, and point ``latest`` at it. Tensors are checked finite first."""
+    manifest, and point the lineage's pointer at it. Tensors are checked finite first."""
     from trainconsole.engine.train.guards import assert_finite_file
 
     assert_finite_file(source / ckpt.ADAPTER_WEIGHTS)
@@ -172,11 +206,11 @@ def publish_adapter(source: Path, adapters: Path, *, job_id: str, fingerprint: d
     with fsio.staged(adapters, name) as staging:
         for file_name in ADAPTER_FILES:
             shutil.copyfile(source / file_name, staging / file_name)
-        lineage = {"schema": 1, "job_id": job_id, "parent": parent,
-                   "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
-                   **(extra or {})}
-        fsio.write_json(staging / LINEAGE, lineage, durable=False)
+        meta = {"schema": 1, "job_id": job_id, "lineage": lineage, "parent": parent,
+                "global_step": step, "base": fingerprint, "created_at": round(time.time(), 3),
+                **(extra or {})}
+        fsio.write_json(staging / LINEAGE, meta, durable=False)
         ckpt.publish(staging, adapters / name, kind="adapter", step=step, fingerprint=fingerprint,
                      extra={"job_id": job_id})
-    _point_latest(adapters, name)
+    _point_latest(adapters, name, lineage)
     return adapters / name
