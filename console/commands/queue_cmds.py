@@ -30,6 +30,23 @@ def build(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--priority", default="normal", choices=("high", "normal", "low"))
         parser.add_argument("--force", action="store_true",
                             help="queue a file even if a job already has the same content")
+        exp = parser.add_argument_group("experiment (fixed when queued; see `trainconsole show JOB`)")
+        exp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                         help="a per-job setting over config.toml, e.g. training.learning_rate=1e-4 "
+                              "(sections model, lora, training, data, guards); repeatable")
+        exp.add_argument("--settings", dest="settings_file", type=Path, metavar="PATH",
+                         help="a TOML file of per-job settings ([training] learning_rate = 1e-4 ...)")
+        exp.add_argument("--lineage", metavar="NAME",
+                         help="the lineage whose newest adapter the job continues (default: main)")
+        exp.add_argument("--new-lineage", action="store_true",
+                         help="start a new lineage from the base model (named by --lineage, else by the file)")
+        exp.add_argument("--from-adapter", metavar="NAME|PATH",
+                         help="start a new lineage from this adapter (a folder name, a lineage or a path)")
+        exp.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="KEY=V1,V2,...",
+                         help="one job per value, each in its own new lineage; several --sweep: every "
+                              "combination")
+        exp.add_argument("--after", metavar="JOB",
+                         help="start only after JOB finished done (if it fails, this job is held)")
     elif name == "retry":
         parser.add_argument("job", nargs="?", metavar="JOB", help="job id, e.g. j0003")
         parser.add_argument("--all-failed", action="store_true", help="retry every failed job")
@@ -195,7 +212,10 @@ def _add(args: argparse.Namespace) -> int:
             continue
         files.append((shown, NewFile(Path(given).name, real, sha, size, args.priority)))
     with store:
-        results = store.add_files([f for _, f in files], force=args.force) if files else []
+        files = _experiments(args, store, files)
+        # One file as several sweep points is several jobs of the same content, on purpose.
+        force = args.force or bool(args.sweeps)
+        results = store.add_files([f for _, f in files], force=force) if files else []
         for (shown, f), result in zip(files, results, strict=True):
             error = result.error
             if error is not None:
@@ -209,8 +229,32 @@ def _add(args: argparse.Namespace) -> int:
                 what = f"{dup.id} ({dup.status})" if dup else "a job being added"
                 print(f"{shown}: same content as {what}; not queued again (--force to queue it anyway)")
             else:
-                print(f"{result.job.id}  queued  {args.priority:<6}  {shown}")
+                job = result.job
+                where = "" if job.lineage == "main" and not job.experiment.settings else f"  lineage {job.lineage}"
+                print(f"{job.id}  queued  {args.priority:<6}  {shown}{where}")
     return 1 if bad else 0
+
+
+def _experiments(args: argparse.Namespace, store: Store, files: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Each file as the experiments it is queued as (several for a sweep); all checked before any
+    is queued, so a bad setting queues nothing."""
+    import dataclasses
+
+    from trainconsole.console.common import load_config
+    from trainconsole.engine.store.experiments import Request, plan
+
+    cfg = load_config(args)
+    request = Request(sets=args.sets, settings_file=args.settings_file, lineage=args.lineage,
+                      new_lineage=args.new_lineage, from_adapter=args.from_adapter, sweeps=args.sweeps,
+                      after=args.after)
+    jobs = store.jobs()
+    taken: set[str] = set()
+    out = []
+    for shown, f in files:
+        stem = Path(f.name).stem
+        for experiment in plan(cfg, store.layout, jobs, request, stem=stem, taken=taken):
+            out.append((shown, dataclasses.replace(f, experiment=experiment)))
+    return out
 
 
 # -- operator actions ---------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def apply_outcome(sup: Supervisor, run: Running, outcome: Outcome) -> None:
     jid = job.id
     cls = outcome.error_class
     if outcome.done:
-        store.succeed(jid)
+        adapter = (outcome.report or {}).get("adapter")
+        store.succeed(jid, adapter=adapter if isinstance(adapter, str) else None)
         return
     if run.cancel:
         store.cancel(jid, worker_stopped=True)
@@ -89,7 +90,8 @@ def apply_outcome(sup: Supervisor, run: Running, outcome: Outcome) -> None:
 
 
 def _oom(sup: Supervisor, run: Running, outcome: Outcome) -> None:
-    store, job, t = sup.store, run.job, sup.cfg.training
+    store, job = sup.store, run.job
+    t = sup.job_config(job).training  # the job's own batch and accumulation, fixed when queued
     jid = job.id
     case = outcome.case or 23
     charge = case == 24  # the kernel's OOM killer: counted as an attempt

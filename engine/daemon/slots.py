@@ -2,9 +2,8 @@
 of one lineage (a lineage is a chain: each job continues the adapter the one before published, so
 two of one chain at once would fork it).
 
-Until jobs carry a lineage of their own, every job continues ``adapters/latest``: one lineage,
-``main``, so jobs still run one at a time whatever ``max_parallel`` says. ``lineage_of`` is the
-one place that will read a job's own lineage; the slot logic below does not change when it does.
+Each job carries its lineage (``trainconsole add --lineage``, ``--new-lineage``, ``--sweep``;
+``main`` by default); ``lineage_of`` is the one place that reads it.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ MAIN = "main"
 
 
 def lineage_of(job: Job) -> str:
-    return MAIN
+    return job.lineage
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import orjson
 
 from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
+from trainconsole.engine.config.jobsettings import with_settings
 from trainconsole.engine.daemon import inbox as ingest
 from trainconsole.engine.daemon.launcher import (
     DevicePlan,
@@ -293,9 +294,12 @@ class Supervisor:
             self.notifier.alert(51, f"{job.id}: {message}", job_id=job.id, severity="warning")
             return
         spec_path = run_dir / "spec.json"
+        exp = job.experiment
         _write_json(spec_path, {
             "schema": 1, "job_id": job.id, "data_file": str(job.path), "config": str(self.cfg.source),
             "run_dir": str(run_dir), "overrides": job.overrides, "adapters_dir": str(self.layout.adapters),
+            # The job's own settings (fixed when queued) and where its adapter continues from.
+            "settings": exp.settings, "lineage": exp.lineage, "start_from": exp.start_from,
         })
         launcher = self.launcher_factory(plan)
         env = worker_env(plan, job.name)
@@ -306,7 +310,7 @@ class Supervisor:
         except OSError as exc:
             self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"could not start the worker: {exc}")
             raise
-        g = self.cfg.guards
+        g = self.job_config(job).guards
         self.current = Running(
             job, worker, Watchdog(run_dir / "heartbeat.json", floor_s=g.hang_floor_s, multiple=g.hang_multiple,
                                   first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono,
@@ -334,8 +338,12 @@ class Supervisor:
         raise FileNotFoundError(errno.ENOENT, f"the queue's jobs folder is {why} (an unmounted share?)",
                                 str(folder))
 
+    def job_config(self, job: Job) -> Config:
+        """The config this job runs with: its stored settings over config.toml."""
+        return with_settings(self.cfg, job.experiment.settings)
+
     def _boundary(self, job: Job) -> Callable[[int], bool]:
-        t = self.cfg.training
+        t = self.job_config(job).training
 
         def slow_after(step: int) -> bool:
             last = self.current.last_max_steps if self.current is not None else None
@@ -382,14 +390,20 @@ class Supervisor:
 
     def _progress(self, run: Running) -> None:
         last = None
+        eval_loss: float | None = None
         for event in run.tail.read_new():
             if event.get("type") == "step" and isinstance(event.get("step"), int):
                 last = event
-        if last is not None and last["step"] != run.last_step:
-            run.last_step = last["step"]
-            max_steps = last.get("max_steps")
-            run.last_max_steps = max_steps if isinstance(max_steps, int) else run.last_max_steps
-            self.store.progress(run.job.id, last["step"], max_steps if isinstance(max_steps, int) else None)
+            elif event.get("type") == "eval" and isinstance(event.get("eval_loss"), int | float):
+                eval_loss = float(event["eval_loss"])
+        if (last is not None and last["step"] != run.last_step) or eval_loss is not None:
+            if last is not None:
+                run.last_step = last["step"]
+                max_steps = last.get("max_steps")
+                run.last_max_steps = max_steps if isinstance(max_steps, int) else run.last_max_steps
+            loss = last.get("loss") if last is not None else None
+            self.store.progress(run.job.id, run.last_step or 0, run.last_max_steps,
+                                loss=float(loss) if isinstance(loss, int | float) else None, eval_loss=eval_loss)
 
     def _dump_stacks(self, run: Running, silent_s: float, limit_s: float) -> None:
         """Stacks first, then the kill: a hang is only fixable if we know where it sat (case 70)."""

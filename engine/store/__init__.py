@@ -3,5 +3,6 @@ the parts (``db``, the database object they all share; ``schema``, ``add``, ``re
 ``files``, ``scheduling``, ``types``) are the store's own."""
 
 from trainconsole.engine.store.store import ACTIVE, SCHEMA_VERSION, STATUSES, Command, Job, QueueError, Store
+from trainconsole.engine.store.types import Experiment
 
-__all__ = ["ACTIVE", "SCHEMA_VERSION", "STATUSES", "Command", "Job", "QueueError", "Store"]
+__all__ = ["ACTIVE", "SCHEMA_VERSION", "STATUSES", "Command", "Experiment", "Job", "QueueError", "Store"]

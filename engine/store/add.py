@@ -22,7 +22,7 @@ import functools
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainconsole.engine import fsio
@@ -33,7 +33,7 @@ from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.db import Database, Row
 from trainconsole.engine.store.schema import COLUMNS
-from trainconsole.engine.store.types import Job
+from trainconsole.engine.store.types import Experiment, Job
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class NewFile:
     size: int
     priority: str = "normal"
     move: bool = False  # rename it in (the inbox); else copy, leaving the caller's file
+    experiment: Experiment = field(default_factory=Experiment)  # settings, lineage, ... (types.py)
 
 
 @dataclass
@@ -54,11 +55,11 @@ class Added:
 
 
 def new_row(seq: int, job_id: str, name: bytes, filename: str, sha256: str, size: int, priority: str,
-            now: float) -> Row:
-    """The row of a job just taken in: queued, no attempts, no history."""
+            now: float, experiment: str = "{}") -> Row:
+    """The row of a job just taken in: queued, no attempts, no history; ``experiment`` as JSON."""
     return dict(zip(COLUMNS, (seq, job_id, name, filename, sha256, size, priority, "queued", 0, None,
                               None, None, "{}", "[]", now, now, None, None, None, None, None, None,
-                              None, None, None),
+                              None, None, None, experiment, None, None, None),
                     strict=True))
 
 
@@ -84,11 +85,12 @@ def add_files(db: Database, files: list[NewFile], *, force: bool = False) -> lis
             filename = sf.data_filename(job_id, f.name)
             conn.execute(
                 "INSERT INTO intents(seq,id,src,name,filename,sha256,size,priority,mode,owner_pid,"
-                "created_at,owner_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "created_at,owner_start,experiment) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (seq, job_id, os.fsencode(f.path), os.fsencode(f.name), filename, f.sha256, f.size,
-                 f.priority, "move" if f.move else "copy", os.getpid(), time.time(), my_identity()))
+                 f.priority, "move" if f.move else "copy", os.getpid(), time.time(), my_identity(),
+                 f.experiment.to_json()))
             pending.append((i, new_row(seq, job_id, os.fsencode(f.name), filename, f.sha256, f.size,
-                                         f.priority, now)))
+                                         f.priority, now, f.experiment.to_json())))
     if not pending:
         return results
     db.layout.jobs.mkdir(parents=True, exist_ok=True)

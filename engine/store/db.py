@@ -31,7 +31,7 @@ from trainconsole.engine.names import display
 from trainconsole.engine.procid import from_stored
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.schema import COLUMNS, folder_for
-from trainconsole.engine.store.types import Job, QueueError
+from trainconsole.engine.store.types import Experiment, Job, QueueError
 
 Row = dict[str, Any]
 """A ``jobs`` row by column name (``COLUMNS``); ``overrides``/``history`` as JSON text or values."""
@@ -109,6 +109,8 @@ class Database:
             pid_start=from_stored(row["pid_start"]), step=row["step"], max_steps=row["max_steps"],
             queued_at=row["queued_at"], seq=row["seq"], history=tuple(orjson.loads(row["history"])),
             slurm_id=row["slurm_id"], node=row["node"], slurm_reason=row["slurm_reason"],
+            experiment=Experiment.from_json(row["experiment"]), last_loss=row["last_loss"],
+            eval_loss=row["eval_loss"], adapter=row["adapter"],
         )
 
     def jobs(self, statuses: Iterable[str] | None = None) -> list[Job]:
@@ -141,8 +143,10 @@ class Database:
         before commit), then, after commit, the file's move to its new folder."""
         old_folder = folder_for(self.layout, row["status"])
         new = {**row, **changes}
-        for key in ("overrides", "history"):
-            if not isinstance(new[key], str):
+        for key in ("overrides", "history", "experiment"):
+            if isinstance(new[key], Experiment):
+                new[key] = new[key].to_json()
+            elif not isinstance(new[key], str):
                 new[key] = orjson.dumps(new[key]).decode()
         sets = ",".join(f"{k}=?" for k in changes)
         self.conn.execute(f"UPDATE jobs SET {sets} WHERE id=?", [new[k] for k in changes] + [row["id"]])
@@ -171,9 +175,11 @@ class Database:
         meta = {k: row[k] for k in _SIDECAR_KEYS}
         meta["name_hex"] = bytes(row["name"]).hex()
         meta["name"] = display(os.fsdecode(bytes(row["name"])))
-        for key in ("overrides", "history"):
+        for key in ("overrides", "history", "experiment"):
             value = row[key]
             meta[key] = orjson.loads(value) if isinstance(value, str) else value
+        if isinstance(meta["experiment"], Experiment):
+            meta["experiment"] = orjson.loads(meta["experiment"].to_json())
         sf.write_sidecar(folder, self.layout.tmp, meta, sync_dir=sync_dir)
 
     def move_files(self, job_id: str, filename: str, src: Path, dst: Path) -> None:

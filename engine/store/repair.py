@@ -37,8 +37,8 @@ def _finish_intents(db: Database) -> None:
     conn = db.conn
     now = db.clock()
     rows = conn.execute("SELECT seq, id, src, name, filename, sha256, size, priority, mode, owner_pid, "
-                        "created_at, owner_start FROM intents").fetchall()
-    for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created, start in rows:
+                        "created_at, owner_start, experiment FROM intents").fetchall()
+    for seq, job_id, src_b, name_b, filename, sha, size, priority, mode, owner, created, start, exp in rows:
         if _owner_live(int(owner), float(created), start):
             continue  # still being written by a live process
         src = Path(os.fsdecode(bytes(src_b)))
@@ -60,7 +60,7 @@ def _finish_intents(db: Database) -> None:
                 continue
         except OSError:
             continue  # left for the next open
-        db.commit_intent(new_row(seq, job_id, bytes(name_b), filename, sha, size, priority, now))
+        db.commit_intent(new_row(seq, job_id, bytes(name_b), filename, sha, size, priority, now, exp or "{}"))
 
 
 def _owner_live(pid: int, created: float, owner_start: str | None) -> bool:

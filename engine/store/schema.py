@@ -17,7 +17,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,11 @@ from trainconsole.engine.store import files as sf
 # 3: where a job's worker runs on a cluster (launcher.kind = "slurm"): jobs.slurm_id (the attempt's
 # Slurm job, how a restarted daemon finds it again), jobs.node, jobs.slurm_reason (why Slurm keeps
 # it pending). NULL for local workers.
-SCHEMA_VERSION = 3
+# 4: what a job is as an experiment, fixed when it is queued: jobs.experiment and intents.experiment
+# (JSON: settings, lineage, start_from, after, sweep; trainconsole.engine.store.types.Experiment).
+# 5: how a job's training went, kept by the daemon as it runs: jobs.last_loss, jobs.eval_loss and
+# jobs.adapter (the folder it published), so status --json needs no log reading.
+# Each upgrade is one step of MIGRATIONS, in order (see _create).
 _HEADER = b"SQLite format 3\x00"
 _RUN_ID = re.compile(r"^j(\d{4,})$")
 
@@ -64,7 +68,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_steps INTEGER,
     slurm_id INTEGER,
     node TEXT,
-    slurm_reason TEXT
+    slurm_reason TEXT,
+    experiment TEXT NOT NULL DEFAULT '{}',
+    last_loss REAL,
+    eval_loss REAL,
+    adapter TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
 CREATE INDEX IF NOT EXISTS jobs_sha ON jobs(sha256);
@@ -89,14 +97,15 @@ CREATE TABLE IF NOT EXISTS intents (
     mode TEXT NOT NULL,
     owner_pid INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    owner_start TEXT
+    owner_start TEXT,
+    experiment TEXT NOT NULL DEFAULT '{}'
 );
 """
 
 COLUMNS = ("seq", "id", "name", "filename", "sha256", "size", "priority", "status", "attempts",
            "next_attempt_at", "error_class", "error", "overrides", "history", "created_at",
            "queued_at", "started_at", "finished_at", "pid", "pid_start", "step", "max_steps",
-           "slurm_id", "node", "slurm_reason")
+           "slurm_id", "node", "slurm_reason", "experiment", "last_loss", "eval_loss", "adapter")
 
 FOLDER_STATUS = (("jobs", "queued"), ("done", "done"), ("failed", "failed"))
 
@@ -258,10 +267,9 @@ def _create(path: Path) -> sqlite3.Connection:
             conn.execute("BEGIN IMMEDIATE")
             # Re-read under the write lock: another process may have just created or migrated it.
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version == 1:
-                _migrate_1_to_2(conn)
-            if version in (1, 2):
-                _migrate_2_to_3(conn)
+            if version >= 1:  # 0: a new file, made whole by the DDL below
+                for step in MIGRATIONS[version - 1:]:
+                    step(conn)
             for statement in DDL.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -297,6 +305,32 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     for name, kind in SLURM_COLUMNS:
         if name not in have:
             conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: tuple[tuple[str, str], ...]) -> None:
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns:
+        if name not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    """Jobs before experiments trained with config.toml and continued adapters/latest: an empty
+    experiment means exactly that (lineage main, settings read from config.toml when it runs)."""
+    _add_columns(conn, "jobs", (("experiment", "TEXT NOT NULL DEFAULT '{}'"),))
+    _add_columns(conn, "intents", (("experiment", "TEXT NOT NULL DEFAULT '{}'"),))
+
+
+def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
+    """Training results start empty; a finished job's adapter is still found in adapters/."""
+    _add_columns(conn, "jobs", (("last_loss", "REAL"), ("eval_loss", "REAL"), ("adapter", "TEXT")))
+
+
+# MIGRATIONS[i] upgrades a schema-(i + 1) file to schema i + 2, in place, inside _create's
+# transaction. A new schema is one more small step at the end, never an edit of an earlier one.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5)
+SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 
 def _highest_seq_in_runs(layout: Layout) -> int:
@@ -361,6 +395,7 @@ def row_for_file(layout: Layout, folder: Path, default_status: str, job_id: str,
     overrides = meta.get("overrides") if isinstance(meta.get("overrides"), dict) else {}
     history = meta.get("history") if isinstance(meta.get("history"), list) else []
     error_class, error = meta.get("error_class"), meta.get("error")
+    experiment = meta.get("experiment") if isinstance(meta.get("experiment"), dict) else {}
     return (
         int(job_id[1:]), job_id, os.fsencode(name), path.name, sha, size, priority, status,
         max(0, _num(meta.get("attempts"), int, 0)), None,
@@ -368,7 +403,7 @@ def row_for_file(layout: Layout, folder: Path, default_status: str, job_id: str,
         _dumps(overrides, "{}"), _dumps(history, "[]"),
         created, _num(meta.get("queued_at"), float, created),
         None, now if status in ("done", "failed", "cancelled") else None, None, None, None, None,
-        None, None, None,
+        None, None, None, _dumps(experiment, "{}"), None, None, None,
     )
 
 
@@ -417,7 +452,8 @@ def rebuild_from_folders(conn: sqlite3.Connection, layout: Layout) -> int:
             conn.execute(
                 f"INSERT INTO jobs({','.join(COLUMNS)}) VALUES ({marks})",
                 (next_seq, job_id, os.fsencode(fname), new_name, sha, size, "normal", "queued", 0, None,
-                 None, None, "{}", "[]", now, now, None, None, None, None, None, None, None, None, None),
+                 None, None, "{}", "[]", now, now, None, None, None, None, None, None, None, None, None,
+                 "{}", None, None, None),
             )
             next_seq += 1
         conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (str(next_seq),))

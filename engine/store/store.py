@@ -160,8 +160,26 @@ class Store:
         pol = self.policy
         ready = [j for j in self.jobs(["queued"])
                  if sch.is_due(j.next_attempt_at, now, pol.backoff_max_s)]
+        if any(j.experiment.after for j in ready):
+            ready = self._dependencies_met(ready)
         ready.sort(key=lambda j: sch.order_key(j.priority, j.queued_at, j.seq, now, pol.aging_s))
         return ready
+
+    def _dependencies_met(self, ready: list[Job]) -> list[Job]:
+        """``--after``: a job starts once the job it waits for is done; when that one failed or was
+        cancelled (or is gone), it is held with the reason, for the operator to decide."""
+        states = {j.id: j.status for j in self.jobs()}
+        out = []
+        for job in ready:
+            after = job.experiment.after
+            state = states.get(after) if after else "done"
+            if state == "done":
+                out.append(job)
+            elif state in ("failed", "cancelled", None):
+                self.requeue(job.id, hold=True, reason=(
+                    f"{after} {state or 'is gone'}, and this job runs only after it is done; release it "
+                    f"(trainconsole release {job.id}) once {after} is retried and done, or cancel it"))
+        return out
 
     def next_runnable(self, now: float | None = None) -> Job | None:
         now = self.clock() if now is None else now
@@ -208,15 +226,20 @@ class Store:
             self.db.conn.execute("UPDATE jobs SET slurm_id=?, node=?, slurm_reason=? WHERE id=?",
                                  (slurm_id, node or None, reason or None, job_id))
 
-    def progress(self, job_id: str, step: int, max_steps: int | None) -> None:
+    def progress(self, job_id: str, step: int, max_steps: int | None, *, loss: float | None = None,
+                 eval_loss: float | None = None) -> None:
+        """The newest step (and its loss, and the newest eval loss, where given) the daemon saw."""
         with self.db.write():
-            self.db.conn.execute("UPDATE jobs SET step=?, max_steps=? WHERE id=?", (step, max_steps, job_id))
+            self.db.conn.execute(
+                "UPDATE jobs SET step=?, max_steps=?, last_loss=coalesce(?, last_loss), "
+                "eval_loss=coalesce(?, eval_loss) WHERE id=?", (step, max_steps, loss, eval_loss, job_id))
 
-    def succeed(self, job_id: str) -> Job:
+    def succeed(self, job_id: str, adapter: str | None = None) -> Job:
         with self.db.write() as after:
             row = self.db.row(job_id)
+            extra = {"adapter": adapter} if adapter else {}
             return self.db.update(row, after, status="done", finished_at=self.clock(), pid=None,
-                                pid_start=None, error_class=None, error=None)
+                                pid_start=None, error_class=None, error=None, **extra)
 
     def fail_attempt(self, job_id: str, error_class: str | ErrorClass, message: str,
                      report: str | None = None) -> Job:

@@ -13,11 +13,12 @@ from trainconsole.engine.names import display
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.db import Database
 from trainconsole.engine.store.schema import folder_for
-from trainconsole.engine.store.types import STATUSES, Job
+from trainconsole.engine.store.types import STATUSES, Experiment, Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
          "error_class", "error", "created_at", "queued_at", "started_at", "finished_at", "step",
-         "max_steps", "size", "sha256", "slurm_id", "node", "slurm_reason")
+         "max_steps", "size", "sha256", "slurm_id", "node", "slurm_reason", "experiment", "last_loss",
+         "eval_loss", "adapter")
 
 
 def _shown(raw: bytes) -> str:
@@ -66,11 +67,24 @@ def reasons(db: Database, policy: sch.QueuePolicy, now: float, jobs: list[Job]) 
     running = sum(1 for j in jobs if j.status == "running")
     rank = ranks([(j.id, j.priority, j.queued_at, j.seq, j.next_attempt_at) for j in jobs
                   if j.status == "queued"], now, policy)
-    return {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
-                              error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
-                              now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
-                              policy=policy, node=j.node, slurm_reason=j.slurm_reason)
-            for j in jobs}
+    states = {j.id: j.status for j in jobs}
+    out = {j.id: reason_text(j.status, step=j.step, max_steps=j.max_steps, error_class=j.error_class,
+                             error=j.error, next_attempt_at=j.next_attempt_at, attempts=j.attempts,
+                             now=now, paused=paused, ahead=rank.get(j.id, 0) + running,
+                             policy=policy, node=j.node, slurm_reason=j.slurm_reason)
+           for j in jobs}
+    for j in jobs:
+        waiting = waiting_for(j.status, j.experiment.after, states)
+        if waiting:
+            out[j.id] = waiting
+    return out
+
+
+def waiting_for(status: str, after: str | None, states: dict[str, str]) -> str | None:
+    """The reason of a queued job whose ``--after`` job has not finished done yet."""
+    if status != "queued" or after is None or states.get(after) == "done":
+        return None
+    return f"waiting for {after} ({states.get(after, 'gone')})"
 
 
 def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, list[dict[str, Any]]]:
@@ -81,10 +95,13 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
     folders = {s: os.fspath(folder_for(db.layout, s)) + os.sep for s in STATUSES}
     running = sum(1 for r in rows if r[5] == "running")
     rank = ranks([(r[1], r[4], r[11], r[0], r[7]) for r in rows if r[5] == "queued"], now, policy)
+    states = {r[1]: r[5] for r in rows}
     out = []
     for r in rows:
         (seq, job_id, name, filename, priority, status, attempts, next_at, eclass, error, created,
-         _queued, started, finished, step, max_steps, size, sha, slurm_id, node, slurm_reason) = r
+         _queued, started, finished, step, max_steps, size, sha, slurm_id, node, slurm_reason, exp_text,
+         last_loss, eval_loss, adapter) = r
+        exp = Experiment.from_json(exp_text)
         if status == "done" or status == "cancelled":
             reason = status  # most rows in a long-lived queue: skip the general path
         else:
@@ -92,6 +109,9 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
                                  next_attempt_at=next_at, attempts=attempts, now=now, paused=paused,
                                  ahead=rank.get(job_id, 0) + running, policy=policy, node=node,
                                  slurm_reason=slurm_reason)
+        waiting = waiting_for(status, exp.after, states)
+        if waiting:
+            reason = waiting
         raw = bytes(name)
         try:
             exact: str | None = raw.decode("utf-8")
@@ -105,5 +125,8 @@ def snapshot(db: Database, policy: sch.QueuePolicy, now: float) -> tuple[bool, l
             "finished_at": iso(finished), "step": step, "max_steps": max_steps, "size": size,
             "sha256": sha, "path": folders.get(status, "") + filename,
             "slurm_id": slurm_id, "node": node,
+            "lineage": exp.lineage, "sweep": exp.sweep, "after": exp.after, "settings": exp.settings or None,
+            "adapter": adapter, "last_loss": last_loss, "eval_loss": eval_loss,
+            "run_dir": os.fspath(db.layout.run_dir(job_id)), "log": os.fspath(db.layout.job_events(job_id)),
         })
     return paused, out
