@@ -283,7 +283,8 @@ class WorkspaceClient:
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
                 reason=self._short(reasons.get(job.id, "")), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
-                started_at=job.started_at, finished_at=job.finished_at))
+                started_at=job.started_at, finished_at=job.finished_at, lineage=job.lineage,
+                sweep=job.experiment.sweep, eval_loss=job.eval_loss, last_loss=job.last_loss))
         try:
             engine = self._engine(rate, paused)
         except Exception as exc:  # noqa: BLE001

@@ -29,6 +29,10 @@ class JobRow:
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    lineage: str = "main"
+    sweep: str | None = None  # jobs of one `add --sweep` share it: the table can group them
+    eval_loss: float | None = None  # the newest evaluation's loss (the store's, kept by the daemon)
+    last_loss: float | None = None
 
     @property
     def progress(self) -> str:
@@ -137,3 +141,18 @@ def format_age(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def by_eval_loss(row: JobRow) -> tuple[bool, float, int]:
+    """Sort key for the queue table's eval-loss order: best (lowest) first, jobs without an
+    evaluation last, ties in queue order. A sweep's points line up by how well they did."""
+    return (row.eval_loss is None, row.eval_loss if row.eval_loss is not None else 0.0, _seq(row.id))
+
+
+def _seq(job_id: str) -> int:
+    digits = job_id.lstrip("j")
+    return int(digits) if digits.isdigit() else 0
+
+
+# Orders the queue table offers (key binding and widget: the console's own business).
+JOB_ORDERS = {"queue": None, "eval_loss": by_eval_loss}

@@ -76,7 +76,8 @@ def describe(store: Store, job: Job, now: float) -> dict[str, Any]:
     """The whole picture of one job (what ``trainconsole show --json`` prints under ``job``)."""
     layout = store.layout
     metrics = last_metrics(layout.job_events(job.id))
-    adapter = published_for(layout.adapters, job.id)
+    adapter = Path(job.adapter) if job.adapter else published_for(layout.adapters, job.id)
+    exp = job.experiment
     history = [{**h, "t": iso(h["t"])} if isinstance(h.get("t"), int | float) else dict(h)
                for h in job.history]
     rungs = {k: v for k, v in job.overrides.items()
@@ -86,9 +87,12 @@ def describe(store: Store, job: Job, now: float) -> dict[str, Any]:
         "priority": job.priority, "attempts": job.attempts, "max_attempts": store.policy.max_attempts,
         "error_class": job.error_class, "error": job.error, "history": history, "rungs": rungs,
         "step": job.step if job.step is not None else metrics.step, "max_steps": job.max_steps,
-        "last_loss": metrics.loss, "last_loss_step": metrics.step,
-        "eval_loss": metrics.eval_loss, "eval_step": metrics.eval_step,
+        "last_loss": metrics.loss if metrics.loss is not None else job.last_loss, "last_loss_step": metrics.step,
+        "eval_loss": metrics.eval_loss if metrics.eval_loss is not None else job.eval_loss,
+        "eval_step": metrics.eval_step,
         "adapter": os.fspath(adapter) if adapter is not None else None,
+        "lineage": exp.lineage, "start_from": exp.start_from, "after": exp.after, "sweep": exp.sweep,
+        "settings": exp.settings or None,
         "created_at": iso(job.created_at), "queued_at": iso(job.queued_at), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "next_attempt_at": iso(job.next_attempt_at),
         "sha256": job.sha256, "size": job.size, "paths": paths(layout, job),

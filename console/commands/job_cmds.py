@@ -118,7 +118,13 @@ def _print(info: dict[str, Any]) -> None:
         ("loss", f"{_num(info['last_loss'])} at step {_num(info['last_loss_step'])}"),
         ("eval loss", f"{_num(info['eval_loss'])} at step {_num(info['eval_step'])}"),
         ("adapter", info["adapter"] or "-"),
+        ("lineage", info["lineage"] + (f"  (starts from {info['start_from']})" if info["start_from"] else "")
+         + (f"  (sweep {info['sweep']})" if info["sweep"] else "")),
     ]
+    if info["after"]:
+        rows.append(("after", info["after"]))
+    for section, values in (info["settings"] or {}).items():
+        rows.append((f"settings [{section}]", ", ".join(f"{k} = {v}" for k, v in values.items())))
     if info["rungs"]:
         rows.append(("oom rungs", ", ".join(f"{k}={v}" for k, v in info["rungs"].items())))
     if info["error"]:

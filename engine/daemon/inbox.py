@@ -22,12 +22,18 @@ never loses or doubles a file:
   via the store's intent record, so a kill at any instant is completed or undone at the next open, and
   the user deleting or moving their file afterwards changes nothing (51, 52);
 - the same name twice makes two jobs; the same content twice makes one, with a notice, unless
-  ``queue.dedupe`` is off (53). The duplicate stays in the inbox for the operator to delete or
+  ``queue.dedupe`` is off (53);
+- a sidecar ``NAME.toml`` beside ``NAME.jsonl`` holds that job's own settings (the sections of
+  ``trainconsole add --settings``): it is taken with its data file (and must be as settled), and a
+  sidecar alone waits for its file, silently. A bad sidecar fails that job alone, at once, naming
+  the key; the sidecar is kept beside the failed job's report as ``<file>.settings.toml``. The duplicate stays in the inbox for the operator to delete or
   force with ``trainconsole add --force``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import os
 import stat
@@ -38,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from trainconsole.engine.config import Config
-from trainconsole.engine.errors import TrainconsoleError
+from trainconsole.engine.errors import ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.names import display
-from trainconsole.engine.store import Job, Store
+from trainconsole.engine.store import Experiment, Job, Store
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.add import NewFile
 
@@ -75,10 +81,14 @@ class Inbox:
         self._budget_left = 0
         self._seen: dict[str, _Seen] = {}
         self._noticed: set[tuple[str, str]] = set()
+        self._cfg: Config | None = None
 
     def scan(self, store: Store, stable_s: float = 1.0, dedupe: bool = True,
-             events: EventLog | None = None) -> list[Job]:
+             events: EventLog | None = None, cfg: Config | None = None) -> list[Job]:
+        """``cfg``: with it, each job's settings are fixed as it is taken (config.toml's per-job
+        sections and its sidecar); without it, the job reads config.toml when it runs."""
         events = events or NullEventLog()
+        self._cfg = cfg
         self._time_left = self.hash_budget_s  # time spent reading, not moving: many small files
         self._budget_left = self.hash_budget_bytes if self.hash_budget_bytes is not None else 1 << 62
         root = os.path.realpath(self.layout.queue)
@@ -120,6 +130,7 @@ class Inbox:
               events: EventLog) -> list[Job]:
         """All files ready in this scan, taken as one batch; then each outcome told once."""
         taken: list[Job] = []
+        candidates, bad = self._experiments(store, candidates)
         results = store.add_files([c[1] for c in candidates], force=not dedupe)
         for (path, f), result in zip(candidates, results, strict=True):
             shown = display(path)
@@ -153,8 +164,41 @@ class Inbox:
                         seen.settled = True
                     continue
             self._seen.pop(path, None)
-            taken.append(result.job)
+            job = result.job
+            sidecar = _sidecar(path)
+            if path in bad:
+                # Queued to be failed at once: the operator sees the job, its report and the key.
+                report_copy = self.layout.failed / f"{job.path.name}.settings.toml"
+                self.layout.failed.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    os.replace(sidecar, report_copy)
+                job = store.fail_attempt(job.id, ErrorClass.CONFIG, f"{display(str(sidecar))}: {bad[path]} "
+                                         f"(kept as {report_copy}; fix it and add the file again)")
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(sidecar)  # its settings are the job's now
+            taken.append(job)
         return taken
+
+    def _experiments(self, store: Store, candidates: list[tuple[str, NewFile]]
+                     ) -> tuple[list[tuple[str, NewFile]], dict[str, str]]:
+        """Each file's settings fixed now; a sidecar that fails its check marks that file alone."""
+        if self._cfg is None:
+            return candidates, {}
+        from trainconsole.engine.store.experiments import Request, plan
+
+        jobs = store.jobs()
+        out, bad = [], {}
+        for path, f in candidates:
+            sidecar = _sidecar(path)
+            request = Request(sidecar=Path(sidecar) if os.path.isfile(sidecar) else None, cwd=self.layout.incoming)
+            try:
+                (experiment,) = plan(self._cfg, self.layout, jobs, request, stem=Path(f.name).stem)
+            except TrainconsoleError as exc:
+                bad[path] = exc.message
+                experiment = Experiment()
+            out.append((path, dataclasses.replace(f, experiment=experiment)))
+        return out, bad
 
     def _consider(self, entry: os.DirEntry[str], priority: str, root: str, stable_s: float,
                   events: EventLog) -> tuple[str, NewFile] | None:
@@ -188,6 +232,8 @@ class Inbox:
                     else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "not a file")
             self._notice(events, path, "special", None, f"{shown} is {kind}; ignored (never opened)")
             return None
+        if name.lower().endswith(".toml"):
+            return None  # a sidecar: taken with its NAME.jsonl; alone, it waits for it
         if not name.lower().endswith(".jsonl"):
             self._notice(events, path, "ext", 56, f"{shown} does not end in .jsonl; left where it is "
                          "(rename it to NAME.jsonl to queue it)")
@@ -223,6 +269,8 @@ class Inbox:
         if not same:
             self._seen[path] = _Seen((size, 0, 0, 0), now)  # changed while we read it: wait again
             return None
+        if not _sidecar_settled(_sidecar(path), stable_s):
+            return None  # its settings are still being written: the file waits with them
         # A hard link shares its inode with a file elsewhere that may be edited later: copy it.
         copy = link or st.st_nlink > 1
         return path, NewFile(name, source if link else Path(path), sha, size, priority, move=not copy)
@@ -289,6 +337,21 @@ class Inbox:
         events.alert(case, message, severity=severity, key=f"inbox-{kind}-{sf.name_to_hex(path)[:64]}")
 
 
+def _sidecar(path: str) -> str:
+    """``NAME.toml`` beside ``NAME.jsonl``."""
+    base, _ = os.path.splitext(path)
+    return base + ".toml"
+
+
+def _sidecar_settled(path: str, stable_s: float) -> bool:
+    """No sidecar, or one unchanged for ``stable_s`` (by its mtime: it is small, never hashed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True
+    return time.time() - st.st_mtime >= stable_s
+
+
 _LEASE_PROBE: bool | None = None
 
 
@@ -339,4 +402,5 @@ def scan(layout: Layout, store: Store, cfg: Config, events: EventLog | None = No
         inbox = _INBOXES[layout.queue] = Inbox(layout)
     queue_cfg = getattr(cfg, "queue", cfg)
     return inbox.scan(store, stable_s=float(getattr(queue_cfg, "stable_s", 1.0)),
-                      dedupe=bool(getattr(queue_cfg, "dedupe", True)), events=events)
+                      dedupe=bool(getattr(queue_cfg, "dedupe", True)), events=events,
+                      cfg=cfg if isinstance(cfg, Config) else None)
