@@ -46,3 +46,12 @@ def test_one_slot_is_the_old_one_at_a_time() -> None:
     jobs, lin = _jobs("a", "b")
     slots = Slots(1, lambda j: lin[j.id])
     assert slots.pick(jobs, []) == jobs[:1] and slots.pick(jobs[1:], jobs[:1]) == []
+
+
+def test_lineage_of_reads_the_lineage_each_job_was_queued_in() -> None:
+    from trainconsole.engine.store import Experiment
+
+    jobs = [replace(BASE, id=f"j{i:04d}", seq=i, experiment=Experiment(lineage=name))
+            for i, name in enumerate(["alpha", "alpha", "beta"], 1)]
+    assert [lineage_of(j) for j in jobs] == ["alpha", "alpha", "beta"]
+    assert [j.id for j in Slots(3).pick(jobs, [])] == ["j0001", "j0003"]  # never two of alpha at once
