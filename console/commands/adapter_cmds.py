@@ -86,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from trainconsole.console.common import config_path, load_layout
-    from trainconsole.engine import checkpoints as ckpt
+    from trainconsole.engine import fsio
     from trainconsole.engine.adapters import find
 
     _, layout = load_layout(args)
@@ -101,17 +101,12 @@ def _export(args: argparse.Namespace) -> int:
         proc = subprocess.run([sys.executable, "-m", EXPORT_MODULE, os.fspath(source), os.fspath(out),
                                os.fspath(config_path(args))], stdin=subprocess.DEVNULL)
         return proc.returncode
-    staging = ckpt.new_staging(out.parent, out.name)
-    try:
+    with fsio.staged(out.parent, out.name) as staging:
         for name in COPIED:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
-                ckpt.fsync_file(staging / name)
-        ckpt.fsync_dir(staging)
-        os.rename(staging, out)
-        ckpt.fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        fsio.sync_tree(staging)
+        os.rename(staging, out)  # never over a folder that appeared meanwhile (it is not empty)
+        fsio.fsync_dir(out.parent)
     print(f"{out}  (adapter {source.name})")
     return 0

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.adapters import read_adapter
 from trainconsole.engine.config import load_config
 from trainconsole.engine.errors import ConfigError, TrainconsoleError
@@ -40,18 +40,12 @@ def merge(adapter: Path, out: Path, config: Path) -> Path:
     model = basecheck.load_model(cfg, base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = ckpt.new_staging(out.parent, out.name)
-    try:
+    with fsio.staged(out.parent, out.name) as staging:
         merged.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
-        for path in staging.iterdir():
-            ckpt.fsync_file(path)
-        ckpt.fsync_dir(staging)
-        os.rename(staging, out)  # refuses to replace a folder that appeared meanwhile
-        ckpt.fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        fsio.sync_tree(staging)
+        os.rename(staging, out)  # never over a folder that appeared meanwhile (it is not empty)
+        fsio.fsync_dir(out.parent)
     return out
 
 
