@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tests.helpers import run_cli
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine import fsio
 from trainconsole.engine.adapters import lineages, resolve_latest
 from trainconsole.engine.config import load_config, set_value
 from trainconsole.engine.daemon.inbox import Inbox
@@ -139,7 +140,7 @@ def test_an_adapters_folder_from_before_lineages_is_main(tmp_path: Path) -> None
     """Upgrade: the old adapters/latest is main's pointer and its adapters (no lineage in their
     lineage.json) are main's; nothing on disk is changed."""
     adapters = tmp_path / "adapters"
-    staging = ckpt.new_staging(adapters, "0001-j0001")
+    staging = fsio.new_staging(adapters, "0001-j0001")
     (staging / "adapter_model.safetensors").write_bytes(b"x" * 16)
     (staging / "adapter_config.json").write_text('{"r": 8}')
     (staging / "lineage.json").write_text(json.dumps({"schema": 1, "job_id": "j0001", "parent": None,
