@@ -53,6 +53,11 @@ KEYMAP: tuple[Key, ...] = (
     Key("k", "cursor_up", "up", show=False, long="previous job"),
 )
 
+# Kept free for views whose engine side is still to come: lineages and exported adapters. (`f`
+# follows the running job here; in the job's detail screen, which re-reads its log every refresh,
+# the same key is where following a job's log belongs.)
+RESERVED: dict[str, str] = {"L": "the lineage view", "e": "export the selected job's adapter"}
+
 MUTATING_ACTIONS = frozenset(k.action for k in KEYMAP if k.mutating)
 # Actions that make sense only for a selected job in a given state.
 JOB_STATES: dict[str, tuple[str, ...]] = {

@@ -61,6 +61,11 @@ class AlertRow:
     t: float  # wall seconds, display only
     message: str
     acked: bool = False
+    resolved: bool = False  # the condition under this key is over (a standing alert settled)
+
+    @property
+    def unread(self) -> bool:
+        return not self.acked and not self.resolved
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class LossView:
     eval_y: tuple[float, ...] = ()
     last_loss: float | None = None
     last_step: int = 0
+    max_steps: int = 0  # the job's planned steps, when known: the x axis never needs to pass it
 
     @property
     def empty(self) -> bool:
@@ -100,6 +106,19 @@ class Snapshot:
     loss: LossView | None = None
     problem: str = ""  # why part of the data could not be read, shown in the status line
     disk_labels: dict[str, str] = field(default_factory=dict)  # path -> short label
+    # True counts over every alert read (``alerts`` holds only the newest few hundred); None:
+    # counted from ``alerts``.
+    alert_unread: int | None = None
+    alert_critical: bool | None = None
+    alert_total: int | None = None
+
+    def alert_counts(self) -> tuple[int, bool, int]:
+        """(unread, whether a critical one is unread, total)."""
+        unread = [a for a in self.alerts if a.unread]
+        return (len(unread) if self.alert_unread is None else self.alert_unread,
+                any(a.severity == "critical" for a in unread) if self.alert_critical is None
+                else self.alert_critical,
+                len(self.alerts) if self.alert_total is None else self.alert_total)
 
     def job(self, job_id: str | None) -> JobRow | None:
         if job_id is None:

@@ -1,5 +1,6 @@
-"""Resource gauges: each GPU (utilisation, memory, temperature, power), or a plain "no GPU" state,
-then RAM, swap and free disk. A fixed-size text block, redrawn only when its text changes."""
+"""Resource gauges: each GPU (utilisation, memory, temperature, power, and the running job's own
+memory on it), or a plain "no GPU" state with the job's CPU use, then RAM, swap and free disk.
+A fixed-size text block, redrawn only when its text changes, one line at a time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from trainconsole.engine.procmon import WorkerUsage
 from trainconsole.engine.sysmon import GpuSample, Sample
 
 NO_GPU_TEXT = {
@@ -42,9 +44,23 @@ def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
     mem = (None if gpu.mem_used_mb is None or not gpu.mem_total_mb
            else gpu.mem_used_mb / gpu.mem_total_mb)
     mem_text = f"{_gb(gpu.mem_used_mb)[:-1]}/{_gb(gpu.mem_total_mb)}"
-    return [head,
-            Text(" util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4}"),
-            Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
+    lines = [head,
+             Text(" util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4}"),
+             Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
+    if gpu.job_mem_mb is not None:
+        # The worker's own memory (per process, as nvitop shows it): the device total also
+        # counts other users and the driver.
+        job = gpu.job_mem_mb / gpu.mem_total_mb if gpu.mem_total_mb else None
+        lines.append(Text(" job  ") + bar(job, bar_w) + Text(f" {_gb(gpu.job_mem_mb)}"))
+    return lines
+
+
+def worker_line(worker: WorkerUsage, width: int) -> Text:
+    """The job's processes: CPU (of every core, with the percent of one core as top shows it)
+    and resident memory, the gauge that matters when training runs on CPU."""
+    cpu = "?" if worker.cpu_pct is None else f"{worker.cpu_pct:.0f}%"
+    tail = f" {cpu:>5} {_gb(worker.rss_mb)}"
+    return Text("job  ") + bar(worker.cpu_fraction, max(4, width - 5 - len(tail))) + Text(tail)
 
 
 def gpu_line(gpu: GpuSample, width: int) -> Text:
@@ -64,9 +80,12 @@ def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str]
     out: list[Text] = []
     if sample is None:
         return [Text("sampling…", style="dim")]
+    on_gpu = any(g.job_mem_mb for g in sample.gpus)
+    cpu_gauge = sample.worker is not None and not on_gpu
     if sample.gpu_state == "ok" and sample.gpus:
-        rest = 2 + len({int(free) for free in sample.disk_free_mb.values()})
-        roomy = height is None or 3 * len(sample.gpus) + rest <= height
+        rest = 2 + cpu_gauge + len({int(free) for free in sample.disk_free_mb.values()})
+        per_gpu = 3 + any(g.job_mem_mb is not None for g in sample.gpus)
+        roomy = height is None or per_gpu * len(sample.gpus) + rest <= height
         for gpu in sample.gpus:
             out += gpu_lines(gpu, width) if roomy else [gpu_line(gpu, width)]
     else:
@@ -74,8 +93,11 @@ def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str]
         style = "bold red" if sample.gpu_state == "error" else "bold yellow"
         out.append(Text(head[:width], style=style))
         why = gpu_detail if sample.gpu_state == "error" and gpu_detail else why
-        if why:
+        # A short panel keeps the job's gauge rather than the reason there is no GPU.
+        if why and (height is None or not cpu_gauge or height >= 6 + len(sample.disk_free_mb)):
             out.append(Text(why[:width], style="dim"))
+    if sample.worker is not None and cpu_gauge:
+        out.append(worker_line(sample.worker, width))
     bar_w = max(4, width - 20)
     ram_frac = sample.ram_used_mb / sample.ram_total_mb if sample.ram_total_mb else None
     out.append(Text("RAM  ") + bar(ram_frac, bar_w) + Text(

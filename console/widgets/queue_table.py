@@ -1,5 +1,7 @@
-"""The queue: one row per job, keyed by job id. Cells change only when their text changes, and
-rows are never rebuilt: each DataTable update redraws the table, the console's largest cost."""
+"""The queue: one row per job, keyed by job id. Cells change only when their text changes, rows are
+never rebuilt, and a changed cell is the only part of the table sent to the terminal: DataTable's
+own ``update_cell`` repaints the whole table, which made a running job's progress cell, changing
+every second, about 39% of the console's bytes."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from collections.abc import Callable
 
 from rich.text import Text
 from textual import events
+from textual.coordinate import Coordinate
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey, RowKey
 
 from trainconsole.console.snapshot import JobRow
 
@@ -63,6 +67,8 @@ class QueueTable(DataTable[str | Text]):
         self._restore: str | None = None
         self._jobs: tuple[JobRow, ...] = ()
         self._room = 0
+        self._full: dict[str, tuple[JobRow, bool, tuple[str | Text, ...]]] = {}
+        self._applied: tuple[object, ...] = ()
 
     def set_compact(self, compact: bool) -> None:
         """Column widths only grow as cells change: a new width rebuilds the rows once."""
@@ -75,6 +81,7 @@ class QueueTable(DataTable[str | Text]):
             for column in self.columns.values():
                 column.content_width = column.label.cell_len
             self._shown = {}
+        self._full = {}
 
     # The operator moving the cursor (keys or mouse) stops the cursor following the running job.
     def _user_moved(self) -> None:
@@ -138,11 +145,26 @@ class QueueTable(DataTable[str | Text]):
         return any(needle in part.lower() for part in (job.id, job.name, job.status, job.priority,
                                                         job.reason))
 
+    def _cells(self, job: JobRow) -> tuple[str | Text, ...]:
+        """A row's cells before the reason is clipped, built again only when the job changed."""
+        cached = self._full.get(job.id)
+        if cached is not None and cached[0] == job and cached[1] == self.compact:
+            return cached[2]
+        row = cells(job, self.compact, reason_width=1 << 16)
+        self._full[job.id] = (job, self.compact, row)
+        return row
+
     def apply(self, jobs: tuple[JobRow, ...]) -> bool:
         """Bring the table to ``jobs``; True when anything changed."""
+        state = (jobs, self.filter_text, self.compact, self.size)
+        if state == self._applied and self._restore is None:
+            return False  # a quiet poll: nothing to compare
+        self._applied = state
         self._jobs = jobs
         # Built whole first: their widths decide the room left for the reason, then clipped to it.
-        full = {job.id: cells(job, self.compact, reason_width=1 << 16) for job in jobs if self.matches(job)}
+        full = {job.id: self._cells(job) for job in jobs if self.matches(job)}
+        for gone in [k for k in self._full if k not in full]:
+            del self._full[gone]
         self._room = self.reason_room(list(full.values()))
         wanted = {job_id: (*row[:-1], Text(_clip(_plain(row[-1]), self._room), no_wrap=True))
                   for job_id, row in full.items()}
@@ -162,9 +184,7 @@ class QueueTable(DataTable[str | Text]):
             else:
                 for (_, col), new, before in zip(COLUMNS, row, old, strict=True):
                     if new != before:
-                        # Re-measuring columns costs a layout pass: only when the text grew.
-                        grew = len(str(new)) > len(str(before))
-                        self.update_cell(job_id, col, new, update_width=grew)
+                        self._set_cell(job_id, col, new)
                         changed = True
             self._shown[job_id] = row
         if out_of_order:
@@ -173,6 +193,19 @@ class QueueTable(DataTable[str | Text]):
             self.move_cursor(row=self.get_row_index(self._restore), animate=False)
         self._restore = None
         return changed
+
+    def _set_cell(self, job_id: str, col: str, value: str | Text) -> None:
+        column = self.columns[ColumnKey(col)]
+        if _width(value) > column.content_width:
+            # The column widens: every row moves, so the whole table is redrawn (and laid out).
+            self.update_cell(job_id, col, value, update_width=True)
+            return
+        # What update_cell stores, without its refresh of the whole table: only this cell is
+        # marked dirty, so only its cells are sent to the terminal.
+        row_key = RowKey(job_id)
+        self._data[row_key][column.key] = value
+        self._update_count += 1  # the render caches are keyed by it
+        self.refresh_coordinate(Coordinate(self.get_row_index(row_key), self.get_column_index(column.key)))
 
     def shows(self, job_id: str | None) -> bool:
         return job_id is not None and job_id in self._shown

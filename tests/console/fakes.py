@@ -132,5 +132,9 @@ class ScriptedClient:
         self.calls.append(("acknowledge", tuple(keys)))
         self.acked.update(keys)
 
+    def acknowledge_all(self) -> None:
+        self.calls.append(("acknowledge_all",))
+        self.acked.update(a.key for a in self.alerts)
+
     def close(self) -> None:
         pass
