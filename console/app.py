@@ -207,8 +207,8 @@ class TrainConsole(ConsoleActions):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self._polling = False
-        if not self.screen_stack:  # a poll that finished while the console was closing
-            return
+        if not self.screen_stack or not self._dashboard.query(QueueTable):
+            return  # a poll that finished while the console was closing (its widgets gone)
         if message.snapshot is not None:
             self.apply_snapshot(message.snapshot)
         elif message.error:
@@ -239,8 +239,9 @@ class TrainConsole(ConsoleActions):
             alerts = self._main(AlertList)
             alerts.apply(snap.alerts)
             total = snap.alert_counts()[2]
-            alerts.border_title = (f"alerts ({len(snap.alerts)} newest of {total})"
-                                   if total > len(snap.alerts) else "alerts")
+            title = f"alerts ({len(snap.alerts)} newest of {total})" if total > len(snap.alerts) else "alerts"
+            if alerts.border_title != title:  # setting it repaints the whole panel, even unchanged
+                alerts.border_title = title
             self._main(EngineState).apply(snap, self.readonly, table.filter_text)
         self._toast_new_alerts(snap)
         self._refresh_keys()

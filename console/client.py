@@ -27,7 +27,7 @@ import orjson
 
 from trainconsole.console.alert_book import SHOWN, AlertBook
 from trainconsole.console.logtail import TailFirst
-from trainconsole.console.series import SETTLE, LossSeries, StepRate
+from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.joblog import format_event
@@ -77,7 +77,8 @@ class _Watch:
     series: LossSeries = field(default_factory=LossSeries)
     rate: StepRate = field(default_factory=StepRate)
     version: int = 0  # bumped by every change to ``series``: an unchanged one is not viewed again
-    viewed: tuple[int, int, LossView] | None = None  # (version, width, the view)
+    reshaped: bool = False  # more than grown at its end (history put in front): view it at once
+    viewed: tuple[int, int, float, LossView] | None = None  # (version, width, when, the view)
 
 
 def _float(value: Any) -> float | None:
@@ -98,7 +99,8 @@ class WorkspaceClient:
         self.readonly = readonly
         self.layout: Layout = cfg.layout()
         gpus = cfg.hardware.gpus
-        self.sysmon = Sysmon(gpus if isinstance(gpus, list) else None)
+        # RAM, swap and disk move slowly: read every 2 s (the devices still every second).
+        self.sysmon = Sysmon(gpus if isinstance(gpus, list) else None, host_every_s=2.0)
         self.disk_labels = {str(self.layout.queue): "queue", str(self.layout.runs): "runs"}
         self._engine_log = TailFirst(self.layout.engine_events, window=ENGINE_WINDOW)
         self._watches: dict[str, _Watch] = {}
@@ -214,7 +216,7 @@ class WorkspaceClient:
         if watch is None or not (steps or evals):
             return
         series = watch.series if not older else LossSeries(
-            settle=0 if watch.log.bite_at_start else SETTLE)
+            settle=0 if watch.log.bite_at_start else SETTLE, span=watch.series.train.span)
         series.extend(steps, losses)
         for step, loss in evals:
             series.add_eval(step, loss)
@@ -222,6 +224,7 @@ class WorkspaceClient:
             series.max_steps = planned
         if older:
             watch.series.absorb_older(series)
+            watch.reshaped = True
         watch.version += 1
 
     def _watch(self, job_id: str) -> _Watch:
@@ -250,8 +253,13 @@ class WorkspaceClient:
             self._take_events(older, job.id, watch, older=True)
 
     def _loss_view(self, job_id: str, watch: _Watch, width: int) -> LossView:
-        if watch.viewed is not None and watch.viewed[:2] == (watch.version, width):
-            return watch.viewed[2]
+        # The plot draws a growing curve at most every GROWTH_REDRAW_S: a view more often is work
+        # nobody sees. A new width, or a curve that stopped growing, is viewed at once.
+        now = time.monotonic()
+        if watch.viewed is not None and watch.viewed[1] == width and not watch.reshaped and (
+                watch.viewed[0] == watch.version or now - watch.viewed[2] < GROWTH_REDRAW_S):
+            return watch.viewed[3]
+        watch.reshaped = False
         series = watch.series
         tx, ty = series.train.view(width)
         sx, sy = series.smooth.view(width)
@@ -260,7 +268,7 @@ class WorkspaceClient:
                         last_loss=series.last_loss,
                         last_step=int(series.last_step) if series.last_step is not None else 0,
                         max_steps=series.max_steps)
-        watch.viewed = (watch.version, width, view)
+        watch.viewed = (watch.version, width, now, view)
         return view
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot:

@@ -131,11 +131,13 @@ class Decimated:
     Non-finite values are skipped: a plot cannot draw them.
     """
 
-    def __init__(self, cap: int = 512, raw_keep: int = 4096) -> None:
+    def __init__(self, cap: int = 256, raw_keep: int = 4096, span: float = 1.0) -> None:
+        """``span``: steps per bucket to begin with (a part read to be joined to a series already
+        this coarse need not be finer)."""
         if cap < 1:
             raise ValueError(f"cap must be at least 1, got {cap}")
         self.cap = cap
-        self.span = 1.0
+        self.span = span
         self.buckets: list[list[float]] = []
         self.raw: deque[tuple[float, float]] = deque(maxlen=raw_keep)
         self.first: tuple[float, float] | None = None  # the first point (buckets keep three each)
@@ -176,6 +178,42 @@ class Decimated:
         buckets.append([index, x, y, x, y, x, y])
         if len(buckets) > 2 * self.cap:
             self._coarsen()
+
+    def extend(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        """Many points in step order: a history bite or a poll's new steps. Points that all come
+        after the last one and are finite (the usual case) take a loop with no calls in it;
+        anything else goes point by point through ``add``."""
+        buckets = self.buckets
+        last = buckets[-1][_ZX] if buckets else -math.inf
+        if not xs or not (xs[0] > last and all(map(operator.lt, xs, xs[1:]))
+                          and all(map(_finite, xs)) and all(map(_finite, ys))):
+            for x, y in zip(xs, ys, strict=True):
+                self.add(x, y)
+            return
+        if not buckets:
+            self.first = (xs[0], ys[0])
+        span, limit = self.span, 2 * self.cap
+        bucket = buckets[-1] if buckets else None
+        for x, y in zip(xs, ys, strict=True):
+            index = x // span
+            if bucket is not None and bucket[0] == index:
+                if y < bucket[2]:
+                    bucket[1] = x
+                    bucket[2] = y
+                elif y > bucket[4]:
+                    bucket[3] = x
+                    bucket[4] = y
+                bucket[5] = x
+                bucket[6] = y
+                continue
+            bucket = [index, x, y, x, y, x, y]
+            buckets.append(bucket)
+            if len(buckets) > limit:
+                self._coarsen()
+                buckets, span = self.buckets, self.span
+                bucket = buckets[-1]
+        keep = self.raw.maxlen or 0
+        self.raw.extend(zip(xs[-keep:], ys[-keep:], strict=True))
 
     def _place(self, x: float, y: float) -> None:
         index = self._index(x)
@@ -285,6 +323,9 @@ def _emit(column: list[float], xs: list[float], ys: list[float]) -> None:
             ys.append(y)
 
 
+# A growing curve is drawn at most this often: building it is the plot's cost, and a trend drawn
+# every 2 s reads the same. A new job, log-y or a resize draw at once.
+GROWTH_REDRAW_S = 2.0
 SETTLE = 30  # smoothed points left out where a series starts inside a history (see LossSeries)
 _DEBIASED = 400  # past this many points, 1 - beta**n is 1.0 in a double (beta 0.9)
 
@@ -298,10 +339,11 @@ class LossSeries:
     points follow the raw loss: ``settle`` of them are left out of the smoothed line, a gap of a
     few dozen steps at each join, narrower than one column at such a history's scale."""
 
-    def __init__(self, cap: int = 512, beta: float = 0.9, raw_keep: int = 4096, settle: int = 0) -> None:
-        self.train = Decimated(cap, raw_keep)
-        self.smooth = Decimated(cap, raw_keep)
-        self.evals = Decimated(cap, raw_keep)
+    def __init__(self, cap: int = 256, beta: float = 0.9, raw_keep: int = 4096, settle: int = 0,
+                 span: float = 1.0) -> None:
+        self.train = Decimated(cap, raw_keep, span)
+        self.smooth = Decimated(cap, raw_keep, span)
+        self.evals = Decimated(cap, raw_keep, span)
         self.ema = Ema(beta)
         self.settle = settle
         self._ema_states: deque[tuple[float, float, int]] = deque(maxlen=raw_keep)
@@ -313,8 +355,37 @@ class LossSeries:
         self.extend((step,), (loss,))
 
     def extend(self, steps: Sequence[float], losses: Sequence[float]) -> None:
-        """Many steps at once, in log order: the loop a long history is read through, so the
-        average is kept in locals and the decimated series are fed directly."""
+        """Many steps at once, in log order: the loop a long history is read through. Steps that
+        all come after the last one, with finite losses (the usual case), feed each decimated
+        series in one batch; anything else (a rollback, a NaN) goes step by step."""
+        if not steps:
+            return
+        last = -math.inf if self.last_step is None else self.last_step
+        if not (steps[0] > last and all(map(operator.lt, steps, steps[1:]))
+                and all(map(_finite, steps)) and all(map(_finite, losses))):
+            self._extend_slowly(steps, losses)
+            return
+        beta = self.ema.beta
+        rest = 1.0 - beta
+        acc, n = self.ema.acc, self.ema.n
+        smooth: list[float] = []
+        keep = self._ema_states.maxlen or 0
+        states_from = len(steps) - keep
+        states = self._ema_states
+        for i, loss in enumerate(losses):
+            n += 1
+            acc = beta * acc + rest * loss
+            smooth.append(acc / (1.0 - beta**n) if n < _DEBIASED else acc)
+            if i >= states_from:
+                states.append((steps[i], acc, n))
+        self.ema.restore((acc, n))
+        self.train.extend(steps, losses)
+        settle = min(self.settle, len(steps))
+        self.smooth.extend(steps[settle:], smooth[settle:])
+        self.settle -= settle
+        self.last_step, self.last_loss = steps[-1], losses[-1]
+
+    def _extend_slowly(self, steps: Sequence[float], losses: Sequence[float]) -> None:
         train_add, smooth_add, states = self.train.add, self.smooth.add, self._ema_states
         beta = self.ema.beta
         rest = 1.0 - beta

@@ -32,12 +32,14 @@ class JobRow:
 
     @property
     def progress(self) -> str:
+        """Steps, percent and ETA, each no finer than it is worth: on a long run the cell then
+        changes every few seconds, not at every refresh (and a changed cell is drawn and sent)."""
         if self.max_steps <= 0:
             return "-" if self.status != "done" else "done"
         pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
-        text = f"{self.step}/{self.max_steps} {pct:3.0f}%"
+        text = f"{format_steps(self.step, self.max_steps)}/{format_steps(self.max_steps)} {pct:3.0f}%"
         if self.status == "running" and self.eta_s is not None:
-            text += f" ~{format_duration(self.eta_s)}"
+            text += f" ~{format_eta(self.eta_s)}"
         return text
 
 
@@ -48,7 +50,7 @@ class JobRow:
         pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
         text = f"{pct:3.0f}%"
         if self.status == "running" and self.eta_s is not None:
-            text += f" ~{format_duration(self.eta_s)}"
+            text += f" ~{format_eta(self.eta_s)}"
         return text
 
 
@@ -144,6 +146,27 @@ def format_duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_eta(seconds: float) -> str:
+    """Seconds only in the last two minutes; then minutes, then hours and minutes."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return format_duration(s)
+    if s < 3600:
+        return f"{s // 60}m"
+    return format_duration(s)
+
+
+def format_steps(steps: int, scale: int | None = None) -> str:
+    """A step count as written in the queue: exact up to 10k; then in thousands, to a tenth
+    below 100k (the count changes every 100 steps, not every step)."""
+    scale = steps if scale is None else scale
+    if scale < 10_000:
+        return str(steps)
+    if scale < 100_000:
+        return f"{steps / 1000:.1f}k"
+    return f"{steps // 1000}k"
 
 
 def format_age(seconds: float) -> str:

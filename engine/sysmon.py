@@ -293,7 +293,9 @@ class Sysmon:
     def __init__(self, gpus: Sequence[int] | None = None, *,
                  cgroup_root: Path = Path("/sys/fs/cgroup"),
                  proc_cgroup: Path = Path("/proc/self/cgroup"),
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, host_every_s: float = 0.0) -> None:
+        """``host_every_s``: read RAM, swap and disk space at most this often (a console's gauges);
+        0, at every sample (the daemon's guards)."""
         self.gpu_indices = list(gpus) if gpus is not None else None
         self.cgroup_root = cgroup_root
         self.proc_cgroup = proc_cgroup
@@ -303,6 +305,8 @@ class Sysmon:
         self._devices: tuple[float, str, list[GpuSample]] | None = None
         self._procs: tuple[float, dict[int, dict[int, float | None]]] | None = None
         self.workers = ProcWatch(PROCESS_EVERY_S, clock)
+        self.host_every_s = host_every_s
+        self._host: tuple[float, tuple[str, ...], tuple[Any, ...]] | None = None
 
     @property
     def gpu_detail(self) -> str:
@@ -376,8 +380,11 @@ class Sysmon:
     def sample(self, paths: Iterable[Path | str] = (), pids: Sequence[int] = ()) -> Sample:
         """``pids``: a running job's processes (their children are found here), whose own use
         the sample then carries (``worker`` and each GPU's ``job_mem_mb``)."""
-        total, used, available = self.ram()
-        swap_used, swap_in = self.swap()
+        wanted = tuple(str(p) for p in paths)
+        now = self.clock()
+        if self._host is None or self._host[1] != wanted or now - self._host[0] >= self.host_every_s:
+            self._host = (now, wanted, (*self.ram(), *self.swap(), self.disk_free(wanted)))
+        total, used, available, swap_used, swap_in, disk = self._host[2]
         state, gpus = self.gpus()
         worker = self.workers.usage(pids)
         if worker is not None and state == "ok":
@@ -397,7 +404,7 @@ class Sysmon:
             ram_available_mb=available,
             swap_used_mb=swap_used,
             swap_in_mb_s=swap_in,
-            disk_free_mb=self.disk_free(paths),
+            disk_free_mb=dict(disk),
             gpus=gpus,
             gpu_state=state,
             mono=time.monotonic(),

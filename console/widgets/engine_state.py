@@ -50,12 +50,15 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
 
 
 def format_rate(rate: float) -> str:
-    """Steps per second at any pace (``.3g`` alone wrote 1234 as "1.23e+03"); a very slow job
-    reads better in seconds per step."""
-    if rate >= 100:
+    """Steps per second at any pace, to two figures (a third only flickers, and a changed line is
+    sent to the terminal; ``.3g`` wrote 1234 as "1.23e+03"); a very slow job reads better in
+    seconds per step."""
+    if rate >= 10:
         return f"{rate:.0f} step/s"
+    if rate >= 1:
+        return f"{rate:.1f} step/s"
     if rate >= 0.1:
-        return f"{rate:.3g} step/s"
+        return f"{rate:.2f} step/s"
     if rate > 0:
         return f"{1 / rate:.3g} s/step"
     return "0 step/s"

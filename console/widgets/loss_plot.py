@@ -20,13 +20,11 @@ from textual.geometry import Region
 from textual.strip import Strip
 from textual.widget import Widget
 
+from trainconsole.console.series import GROWTH_REDRAW_S
 from trainconsole.console.snapshot import LossView
 from trainconsole.console.widgets import braille
 from trainconsole.console.widgets.braille import Grid
 
-# While a job trains the curve changes every refresh; building the plot is the console's largest
-# single cost, and a trend drawn every 2 s reads the same. A new job, log-y or a resize draw at once.
-GROWTH_REDRAW_S = 2.0
 _NICE = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
 

@@ -54,7 +54,7 @@ async def test_a_progress_cell_changing_repaints_that_cell_only() -> None:
         assert {(r.y, r.height) for regions in calls for r in regions} == {(y, 1)}
         assert sum(r.width for regions in calls for r in regions) < table.size.width // 2
         await pilot.pause()
-        assert any("121/400" in line and "~4m38s" in line for line in lines(table))
+        assert any("121/400" in line and "~4m" in line for line in lines(table))
         calls.clear()
         assert not table.apply(rows)  # the same jobs again: nothing compared, nothing sent
         assert calls == []
@@ -85,11 +85,11 @@ async def test_the_status_line_sends_the_changed_characters() -> None:
         await pilot.pause()
         state = app.query_one(EngineState)
         calls = spy(state)
-        faster = dataclasses.replace(app.snapshot.engine, step_rate=48.1)
+        faster = dataclasses.replace(app.snapshot.engine, step_rate=0.87)  # was 0.98
         state.apply(dataclasses.replace(app.snapshot, engine=faster), False, "")
         assert len(calls) == 1 and len(calls[0]) == 1
         region = calls[0][0]
-        assert region.width < 20 and "48.1 step/s" in lines(state)[0]
+        assert region.width <= 2 and "0.87 step/s" in lines(state)[0]
 
 
 async def test_one_job_does_not_hold_a_tall_queue_panel() -> None:

@@ -74,6 +74,13 @@ def test_queue_cells_show_progress_eta_and_why_a_job_failed() -> None:
     assert str(failed[6]) == "data: no valid example"
 
 
+def test_a_long_runs_progress_cell_changes_every_few_seconds_not_every_step() -> None:
+    row = JobRow("j1", "a.jsonl", "high", "running", 1, 102_185, 400_000, 6183.0)
+    assert row.progress == "102k/400k  26% ~1h43m"
+    assert JobRow("j1", "a", "high", "running", 1, 54_321, 60_000, 1500.0).progress == "54.3k/60.0k  91% ~25m"
+    assert JobRow("j1", "a", "high", "running", 1, 30, 120, 95.0).progress == "30/120  25% ~1m35s"
+
+
 def test_durations() -> None:
     assert [format_duration(s) for s in (5, 95, 3725, 90000)] == ["5s", "1m35s", "1h02m", "1d01h"]
     assert [format_age(s) for s in (5, 95, 3725)] == ["<1m", "1m", "1h02m"]
@@ -110,8 +117,9 @@ def test_the_header_counts_every_unread_alert_not_the_rows_shown() -> None:
     assert "alert" not in render_state(settled, False, "").plain
 
 
-@pytest.mark.parametrize(("rate", "text"), [(1234.5, "1234 step/s"), (48.07, "48.1 step/s"),
-                                            (0.98, "0.98 step/s"), (0.01, "100 s/step")])
+@pytest.mark.parametrize(("rate", "text"), [(1234.5, "1234 step/s"), (48.07, "48 step/s"),
+                                            (1.5, "1.5 step/s"), (0.98, "0.98 step/s"),
+                                            (0.01, "100 s/step")])
 def test_the_step_rate_reads_well_at_any_pace(rate: float, text: str) -> None:
     assert format_rate(rate) == text
 
