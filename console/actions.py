@@ -220,6 +220,12 @@ class ConsoleActions(App[None]):
         if job is not None:
             self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval))
 
+    def action_follow_log(self) -> None:
+        job = self._job_action("follow_log")
+        if job is not None:
+            self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval,
+                                             follow=self.client.follow_log))
+
     def action_filter(self) -> None:
         box = self._main(Input)
         box.display = True

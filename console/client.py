@@ -30,7 +30,7 @@ from trainconsole.console.logtail import TailFirst
 from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
-from trainconsole.engine.joblog import format_event
+from trainconsole.engine.joblog import format_event, read_last
 from trainconsole.engine.store import Job, Store
 from trainconsole.engine.sysmon import Sysmon
 
@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 MAX_ALERTS = SHOWN  # rows in the panel; the header counts all of them
 ENGINE_WINDOW = 1 << 20  # the engine log's newest part read at once on a cold start
+FOLLOW_LINES = 2000  # a followed log starts with its last this many events
 PRIORITIES = ("low", "normal", "high")
 # The engine's copy of a job's file (`j0002--name.jsonl`, see trainconsole.engine.store.files) leading a
 # message: the id and name columns already say it, and at 80 columns it is all a reason showed.
@@ -56,6 +57,7 @@ class ConsoleClient(Protocol):
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot: ...
     def job_log(self, job_id: str) -> list[str]: ...
+    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]: ...
     def set_priority(self, job_id: str, level: str) -> None: ...
     def hold(self, job_id: str) -> None: ...
     def release(self, job_id: str) -> None: ...
@@ -345,6 +347,19 @@ class WorkspaceClient:
         for event in _read_events(self.layout.job_events(job_id)):
             lines.append(format_event(event))
         return [self._short(line) for line in lines[-2000:]]
+
+    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]:
+        """A job's log as ``trainconsole logs -f`` reads it (engine/joblog.py): first its last
+        2,000 events (``offset`` None), then, from the offset handed back, only what is new, so
+        following a long run's log costs what it writes. Every attempt appends to the same file."""
+        path = self.layout.job_events(job_id)
+        if offset is None:
+            events, offset = read_last(path, FOLLOW_LINES)
+        else:
+            tail = EventTail(path, offset)
+            events = tail.read_new()
+            offset = tail.offset
+        return [self._short(format_event(event)) for event in events], offset
 
     # --- writing ---------------------------------------------------------------------------
 
