@@ -14,6 +14,7 @@ are counted as they come (``alert_book.py``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import threading
@@ -255,21 +256,27 @@ class WorkspaceClient:
             self._take_events(older, job.id, watch, older=True)
 
     def _loss_view(self, job_id: str, watch: _Watch, width: int) -> LossView:
-        # The plot draws a growing curve at most every GROWTH_REDRAW_S: a view more often is work
-        # nobody sees. A new width, or a curve that stopped growing, is viewed at once.
-        now = time.monotonic()
-        if watch.viewed is not None and watch.viewed[1] == width and not watch.reshaped and (
-                watch.viewed[0] == watch.version or now - watch.viewed[2] < GROWTH_REDRAW_S):
-            return watch.viewed[3]
-        watch.reshaped = False
         series = watch.series
+        last_step = int(series.last_step) if series.last_step is not None else 0
+        # The plot draws a growing curve at most every GROWTH_REDRAW_S: decimating it into columns
+        # more often is work nobody sees. Within that time a view of a curve that only grew keeps
+        # its points and takes the newest step and loss (the title); a new width, or a history
+        # put in front, is viewed at once.
+        now = time.monotonic()
+        viewed = watch.viewed
+        if viewed is not None and viewed[1] == width and not watch.reshaped:
+            if viewed[0] == watch.version:
+                return viewed[3]
+            if now - viewed[2] < GROWTH_REDRAW_S:
+                view = dataclasses.replace(viewed[3], last_loss=series.last_loss, last_step=last_step)
+                watch.viewed = (watch.version, width, viewed[2], view)
+                return view
+        watch.reshaped = False
         tx, ty = series.train.view(width)
         sx, sy = series.smooth.view(width)
         ex, ey = series.evals.view(width)
         view = LossView(job_id, tuple(tx), tuple(ty), tuple(sx), tuple(sy), tuple(ex), tuple(ey),
-                        last_loss=series.last_loss,
-                        last_step=int(series.last_step) if series.last_step is not None else 0,
-                        max_steps=series.max_steps)
+                        last_loss=series.last_loss, last_step=last_step, max_steps=series.max_steps)
         watch.viewed = (watch.version, width, now, view)
         return view
 
