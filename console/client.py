@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
-
 from trainconsole.console.alert_book import SHOWN, AlertBook
 from trainconsole.console.logtail import TailFirst
 from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.joblog import format_event, read_last
+from trainconsole.engine.runfiles import read_report
 from trainconsole.engine.store import Job, Store
 from trainconsole.engine.sysmon import Sysmon
 
@@ -342,15 +341,12 @@ class WorkspaceClient:
 
     def job_log(self, job_id: str) -> list[str]:
         lines: list[str] = []
-        report = self.layout.run_dir(job_id) / "report.json"
-        try:
-            data = orjson.loads(report.read_bytes())
-            lines.append(f"report: {data.get('status')} {data.get('error_class') or ''} "
-                         f"case {data.get('case') or '-'}: {data.get('message') or ''}")
-            trace = str(data.get("traceback") or "").rstrip().splitlines()[-15:]
+        report = read_report(self.layout.run_folder(job_id).report)
+        if report is not None:
+            lines.append(f"report: {report.status} {report.error_class or ''} "
+                         f"case {report.case or '-'}: {report.message}")
+            trace = (report.traceback or "").rstrip().splitlines()[-15:]
             lines += [f"  {line}" for line in trace]
-        except (OSError, ValueError, AttributeError):
-            pass
         for event in _read_events(self.layout.job_events(job_id)):
             lines.append(format_event(event))
         return [self._short(line) for line in lines[-2000:]]

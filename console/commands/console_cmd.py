@@ -61,7 +61,7 @@ def _shown_config(path: Path) -> str:
 def start_engine(path: Path) -> str:
     """Start the engine detached; "" or why it did not start. The console opens either way and
     shows the engine as not running, and why (a queue folder it cannot create, for one)."""
-    from trainconsole.engine.lock import start_detached
+    from trainconsole.engine.daemon.start import start_detached
 
     try:
         start_detached(path)

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(config)
     if args.no_console:
-        from trainconsole.engine.lock import start_detached
+        from trainconsole.engine.daemon.start import start_detached
 
         pid = start_detached(config)
         print(f"engine running, pid {pid}; watch it with `trainconsole --config {config}`")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog
+from trainconsole.engine.runfiles import Heartbeat
 
 
 class NonFinite(Exception):
@@ -56,8 +56,9 @@ def trainable_finite(model: Any) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-class Heartbeat:
-    """``heartbeat.json`` as the contract says: pid, step, monotonic time, last step time.
+class HeartbeatWriter:
+    """Writes ``heartbeat.json`` (``trainconsole.engine.runfiles.Heartbeat``: pid, step, monotonic
+    time, last step time) for the daemon's watchdog.
 
     The step thread only records the values (with the monotonic time of the step itself); a
     writer thread replaces the file within ``interval`` seconds. A rename over an existing file
@@ -78,17 +79,15 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def _body(self, step: int, mono: float, step_time_s: float | None) -> bytes:
-        shown = "null" if step_time_s is None else f"{step_time_s:.4f}"
-        return (f'{{"pid": {self.pid}, "step": {step}, "mono": {mono:.3f}, '
-                f'"step_time_s": {shown}}}\n').encode()
+    def _write(self, path: Path, value: tuple[int, float, float | None]) -> None:
+        Heartbeat(self.pid, *value).write(path)
 
     def beat(self, step: int, step_time_s: float | None = None) -> None:
         value = (step, time.monotonic(), step_time_s)
         if self.path is None:
             return
         if self._thread is None:  # the first beat is written at once, so the file exists
-            fsio.write_bytes(self.path, self._body(*value), durable=False)
+            self._write(self.path, value)
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
             return
@@ -99,7 +98,7 @@ class Heartbeat:
         if self.path is not None and value is not None and value is not self._written:
             self._written = value
             try:
-                fsio.write_bytes(self.path, self._body(*value), durable=False)
+                self._write(self.path, value)
             except OSError:
                 pass  # a full disk: the watchdog will judge from the stale file, as it should
 
