@@ -61,7 +61,7 @@ def prepare(root: Path) -> tuple[Path, bool]:
         # Through the inbox, as an operator would drop them: written aside, then renamed in, so
         # the engine never sees a half-written file.
         fsio.write_bytes(layout.incoming / name, data, tmp_dir=layout.tmp, tag="demo")
-    (root / MARKER).write_text("the sample data was queued; delete this file to queue it again\n")
+    fsio.write_bytes(root / MARKER, b"the sample data was queued; delete this file to queue it again\n")
     return config, True
 
 
