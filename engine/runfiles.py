@@ -42,6 +42,10 @@ CHECKPOINTS: Final = "checkpoints"
 TRAINER: Final = "trainer"
 LOCK: Final = "train.lock"
 SLURM_SCRIPT: Final = "slurm-job.sh"
+# Room the worker holds from its start and gives back just before the report, so a disk that filled
+# during training still takes the report that says so.
+REPORT_RESERVE: Final = "report.reserve"
+REPORT_RESERVE_BYTES: Final = 256 * 1024
 # What one attempt leaves that the next must not mistake for its own.
 ATTEMPT_FILES: Final = (REPORT, HEARTBEAT, STACKS)
 LAUNCHED_BY: Final = ("engine", "train")
@@ -89,6 +93,10 @@ class RunFolder:
     @property
     def lock(self) -> Path:
         return self.path / LOCK
+
+    @property
+    def report_reserve(self) -> Path:
+        return self.path / REPORT_RESERVE
 
     @property
     def slurm_script(self) -> Path:

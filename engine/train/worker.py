@@ -36,7 +36,7 @@ from typing import Any
 from trainconsole.engine import fsio
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
-from trainconsole.engine.runfiles import JobSpec, Report, RunFolder
+from trainconsole.engine.runfiles import REPORT_RESERVE_BYTES, JobSpec, Report, RunFolder
 from trainconsole.engine.signals import STACKS_SIGNAL, STOP_SIGNALS, signal_name
 from trainconsole.engine.train.guards import HeartbeatWriter
 
@@ -86,6 +86,13 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+def _hold_reserve(path: Path) -> None:
+    """Claim the report's room on the run folder's disk now (written, so the blocks are really
+    allocated, not a sparse hole). A disk already too full for it is the job's disk-full failure."""
+    with open(path, "wb") as f:
+        f.write(b"\0" * REPORT_RESERVE_BYTES)
+
+
 def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: list[int] | None = None) -> int:
     """Run one job to its report; returns the exit code. Never raises. ``stop_signals``: the
     signals that asked for the stop, the first of which the report names."""
@@ -104,6 +111,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
         run_dir.mkdir(parents=True, exist_ok=True)
         if lead:
             fsio.sweep(run_dir)  # what a worker killed mid-write left: the folder is ours now
+            _hold_reserve(spec.folder.report_reserve)
         events = EventLog(spec.folder.events) if lead else NullEventLog()
         heartbeat = HeartbeatWriter(spec.folder.heartbeat if lead else None)
         heartbeat.beat(0)
@@ -146,6 +154,7 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
         heartbeat.close()
     try:
         if lead:
+            RunFolder(run_dir).report_reserve.unlink(missing_ok=True)
             report.write(run_dir)
     except OSError:  # a full disk may refuse even the report; the exit code still tells the class
         pass

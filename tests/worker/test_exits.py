@@ -121,7 +121,7 @@ def test_injected_hang_stops_the_heartbeat(short_job: Path) -> None:
         time.sleep(2.0)
         assert json.loads(beat.read_text()) == first and proc.poll() is None
         # What the daemon does before ending a hung worker: ask for its stacks.
-        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGUSR2)
         stacks = short_job.parent / "stacks.txt"
         while time.monotonic() < deadline and "faults.py" not in stacks.read_text():
             time.sleep(0.1)
