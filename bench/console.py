@@ -100,23 +100,17 @@ while True:
     time.sleep(max(0.0, next_t - time.monotonic()))
 """
 
+# The console as an operator opens it: `trainconsole --config PATH` (the engine runs: it attaches).
 CONSOLE = r"""
 import sys
-from pathlib import Path
-from trainconsole.engine.config import load_config
-from trainconsole.console.app import TrainConsole
-from trainconsole.console.client import WorkspaceClient
-TrainConsole(WorkspaceClient(load_config(Path(sys.argv[1]))), poll_interval=1.0).run()
+from trainconsole.console.cli import main
+sys.exit(main(["--config", sys.argv[1]]))
 """
 
 NAIVE = r"""
 # The same console redrawing as a first draft would: the table rebuilt, and the plot and the
 # status line repainted whole on every refresh. The same data, the same terminal.
 import sys
-from pathlib import Path
-from trainconsole.engine.config import load_config
-from trainconsole.console.app import TrainConsole
-from trainconsole.console.client import WorkspaceClient
 from trainconsole.console.widgets.engine_state import EngineState, render_state
 from trainconsole.console.widgets.loss_plot import LossPlot, plot_grid
 from trainconsole.console.widgets.queue_table import QueueTable, cells
@@ -142,7 +136,8 @@ def restate(self, snap, readonly, filter_text):
 QueueTable.apply = rebuild
 LossPlot._draw = redraw
 EngineState.apply = restate
-TrainConsole(WorkspaceClient(load_config(Path(sys.argv[1]))), poll_interval=1.0).run()
+from trainconsole.console.cli import main
+sys.exit(main(["--config", sys.argv[1]]))
 """
 
 

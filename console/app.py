@@ -234,7 +234,7 @@ class TrainConsole(ConsoleActions):
             if (first or self.follow) and running is not None and table.shows(running) \
                     and table.selected_id != running:
                 table.move_cursor(row=table.get_row_index(running), animate=False)
-            self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels)
+            self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels, snap.cluster)
             self._main(LossPlot).apply(snap.loss)
             alerts = self._main(AlertList)
             alerts.apply(snap.alerts)

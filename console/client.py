@@ -106,9 +106,11 @@ class WorkspaceClient:
         self.disk_labels = {str(self.layout.queue): "queue", str(self.layout.runs): "runs"}
         self._engine_log = TailFirst(self.layout.engine_events, window=ENGINE_WINDOW)
         self._watches: dict[str, _Watch] = {}
+        self._cluster = ""  # the last "cluster" line the engine sampled (launcher.kind = "slurm")
         self.alerts = AlertBook()
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._polling = threading.Lock()  # one poll at a time: the store's connection is shared
         self._store: Store | None = None
         self._store_identity: tuple[int, int] | None = None
 
@@ -156,8 +158,12 @@ class WorkspaceClient:
         except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
             reasons = {}
         for job in jobs:
+            if job.status == "running" and job.slurm_id is not None:
+                # A Slurm job may wait in Slurm's queue (its reason stays), else: where it runs.
+                if not job.slurm_reason:
+                    reasons[job.id] = f"on {job.node or '?'}, slurm job {job.slurm_id}"
             # Progress and status already say these; the column is for why a job waits.
-            if job.status in ("running", "done", "cancelled"):
+            elif job.status in ("running", "done", "cancelled"):
                 reasons[job.id] = ""
         return jobs, paused, reasons, ""
 
@@ -212,6 +218,8 @@ class WorkspaceClient:
                 step, loss = _float(event.get("step")), _float(event.get("eval_loss"))
                 if step is not None and loss is not None:
                     evals.append((step, loss))
+            elif kind == "resource" and isinstance(event.get("cluster"), str) and not older:
+                self._cluster = str(event["cluster"])
             elif kind == "alert":
                 job_id = event.get("job_id") or job_hint
                 self.alerts.take(event, job_id if isinstance(job_id, str) else None, self._short)
@@ -279,7 +287,24 @@ class WorkspaceClient:
         watch.viewed = (watch.version, width, now, view)
         return view
 
+    def warm(self) -> None:
+        """Begin a first poll now, on a thread of its own: opening the store (it checks the
+        file's integrity), the newest windows of the logs, NVML's start. The console calls it
+        before importing its UI, which takes most of a second; the app's first poll then finds
+        that work done (polls are serialised) and its first frame comes that much sooner."""
+        threading.Thread(target=self._warm, name="console-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.snapshot(None, 60)
+        except Exception:  # noqa: BLE001 - the app's own poll meets the problem and shows it
+            pass
+
     def snapshot(self, focus: str | None, width: int) -> Snapshot:
+        with self._polling:
+            return self._snapshot(focus, width)
+
+    def _snapshot(self, focus: str | None, width: int) -> Snapshot:
         problems: list[str] = []
         try:
             jobs, paused, reasons, note = self._read_jobs()
@@ -315,7 +340,8 @@ class WorkspaceClient:
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
                 reason=self._short(reasons.get(job.id, "")), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
-                started_at=job.started_at, finished_at=job.finished_at))
+                started_at=job.started_at, finished_at=job.finished_at, slurm_id=job.slurm_id,
+                node=str(job.node or "")))
         try:
             engine = self._engine(rate, paused)
         except Exception as exc:  # noqa: BLE001
@@ -336,7 +362,7 @@ class WorkspaceClient:
         sample = self.sysmon.sample([self.layout.queue, self.layout.runs], pids=pids)
         return Snapshot(jobs=tuple(rows), engine=engine, paused=paused, resources=sample,
                         gpu_detail=self.sysmon.gpu_detail, alerts=alerts, loss=loss,
-                        problem="; ".join(problems), disk_labels=dict(self.disk_labels),
+                        problem="; ".join(problems), disk_labels=dict(self.disk_labels), cluster=self._cluster,
                         alert_unread=unread, alert_critical=critical, alert_total=total)
 
     def job_log(self, job_id: str) -> list[str]:

@@ -29,6 +29,8 @@ class JobRow:
     created_at: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    slurm_id: int | None = None  # launcher.kind = "slurm": the attempt's Slurm job and its node
+    node: str = ""
 
     @property
     def progress(self) -> str:
@@ -108,6 +110,7 @@ class Snapshot:
     loss: LossView | None = None
     problem: str = ""  # why part of the data could not be read, shown in the status line
     disk_labels: dict[str, str] = field(default_factory=dict)  # path -> short label
+    cluster: str = ""  # the Slurm cluster's nodes (idle/allocated), from the engine's resource events
     # True counts over every alert read (``alerts`` holds only the newest few hundred); None:
     # counted from ``alerts``.
     alert_unread: int | None = None

@@ -300,13 +300,19 @@ class Sysmon:
         self.cgroup_root = cgroup_root
         self.proc_cgroup = proc_cgroup
         self.clock = clock
-        self._nvml = _nvml_session()
+        self._nvml_held: _Nvml | None = None  # started at first use: nvmlInit can take a while
         self._last_sin: tuple[float, int] | None = None
         self._devices: tuple[float, str, list[GpuSample]] | None = None
         self._procs: tuple[float, dict[int, dict[int, float | None]]] | None = None
         self.workers = ProcWatch(PROCESS_EVERY_S, clock)
         self.host_every_s = host_every_s
         self._host: tuple[float, tuple[str, ...], tuple[Any, ...]] | None = None
+
+    @property
+    def _nvml(self) -> _Nvml:
+        if self._nvml_held is None:
+            self._nvml_held = _nvml_session()
+        return self._nvml_held
 
     @property
     def gpu_detail(self) -> str:

@@ -73,13 +73,14 @@ def gpu_line(gpu: GpuSample, width: int) -> Text:
 
 
 def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int,
-                  height: int | None = None) -> list[Text]:
+                  height: int | None = None, cluster: str = "") -> list[Text]:
     """The panel's lines; given ``height``, GPUs take one line each when three would not leave
-    room for RAM, swap and disk (80x24 leaves six lines)."""
+    room for RAM, swap and disk (80x24 leaves six lines). ``cluster``: the Slurm cluster's nodes,
+    a first line of its own (the GPUs below are this machine's)."""
     width = max(20, width)
-    out: list[Text] = []
+    out: list[Text] = [Text("cluster ", style="bold") + Text(cluster[: width - 8])] if cluster else []
     if sample is None:
-        return [Text("sampling…", style="dim")]
+        return [*out, Text("sampling…", style="dim")]
     on_gpu = any(g.job_mem_mb for g in sample.gpus)
     cpu_gauge = sample.worker is not None and not on_gpu
     if sample.gpu_state == "ok" and sample.gpus:
@@ -128,9 +129,11 @@ class Gauges(Vertical):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._lines: list[Text] = []
         self._args: tuple[Sample | None, str, dict[str, str]] = (None, "", {})
+        self._cluster = ""
 
-    def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str]) -> None:
+    def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str], cluster: str = "") -> None:
         self._args = (sample, gpu_detail, labels)
+        self._cluster = cluster
         self._draw()
 
     def on_resize(self) -> None:
@@ -142,7 +145,7 @@ class Gauges(Vertical):
 
     def _draw(self) -> None:
         lines = render_gauges(*self._args, width=self.content_size.width or 36,
-                              height=self.content_size.height or None)
+                              height=self.content_size.height or None, cluster=self._cluster)
         if lines == self._lines:
             return
         widgets = list(self.query_children(Static))

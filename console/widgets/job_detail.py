@@ -31,6 +31,8 @@ def describe(job: JobRow) -> str:
     ]
     if job.reason:
         lines.append(f"reason: {job.reason}")
+    if job.slurm_id is not None:
+        lines.append(f"slurm job {job.slurm_id}" + (f" on {job.node}" if job.node else " (not placed yet)"))
     if job.error:
         lines.append(f"[red]last error ({job.error_class or '?'}): {job.error}[/red]")
     return "\n".join(lines)
