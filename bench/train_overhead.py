@@ -179,15 +179,15 @@ def run_plain(cfg: Any, model_dir: Path, data: Any, pad: int, steps: int, out: P
 def run_guarded(ws: Path, cfg_path: Path, data_file: Path, job: str) -> tuple[list[float], list[float], float]:
     """The worker's own job runner (what ``python -m trainconsole.engine.train.worker`` runs), in this process."""
     from trainconsole.engine.events import EventLog, read_all
-    from trainconsole.engine.train.guards import Heartbeat
+    from trainconsole.engine.runfiles import JobSpec, write_spec
+    from trainconsole.engine.train.guards import HeartbeatWriter
     from trainconsole.engine.train.job import TrainJob
-    from trainconsole.engine.train.worker import read_spec, write_spec
 
     spec_path = write_spec(ws / "runs" / job, job_id=job, data_file=data_file, config=cfg_path,
                            adapters_dir=ws / "adapters", overrides={})
     run_dir = spec_path.parent
     with EventLog(run_dir / "events.jsonl") as events:
-        runner = TrainJob(read_spec(spec_path), events, Heartbeat(run_dir / "heartbeat.json"), [False])
+        runner = TrainJob(JobSpec.read(spec_path), events, HeartbeatWriter(run_dir / "heartbeat.json"), [False])
         outcome = runner.run()
     if outcome.status != "done" or runner.hooks is None:
         raise SystemExit(f"guarded run failed: {outcome}")

@@ -58,6 +58,9 @@ class ConsoleActions(App[None]):
     def _refresh_keys(self) -> None:
         raise NotImplementedError
 
+    def _fit_rows(self, height: int | None = None) -> None:
+        raise NotImplementedError
+
     def _main(self, kind: type[W]) -> W:
         """A widget of the dashboard, whichever screen is on top (a dialog, the help)."""
         return self._dashboard.query_one(kind)
@@ -217,6 +220,12 @@ class ConsoleActions(App[None]):
         if job is not None:
             self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval))
 
+    def action_follow_log(self) -> None:
+        job = self._job_action("follow_log")
+        if job is not None:
+            self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval,
+                                             follow=self.client.follow_log))
+
     def action_filter(self) -> None:
         box = self._main(Input)
         box.display = True
@@ -228,6 +237,7 @@ class ConsoleActions(App[None]):
         table = self._main(QueueTable)
         table.filter_text = event.value.strip()
         table.apply(self.snapshot.jobs)
+        self._fit_rows()
         self._main(EngineState).apply(self.snapshot, self.readonly, table.filter_text)
         self._refresh_keys()
 
@@ -248,7 +258,7 @@ class ConsoleActions(App[None]):
         alerts = self._main(AlertList)
         key = alerts.selected_key if alerts.has_focus else None
         if key is None:
-            key = next((a.key for a in alerts.alerts if not a.acked), None)  # the top one shown
+            key = next((a.key for a in alerts.alerts if a.unread), None)  # the top one shown
         if key is None:
             self.notify("no unacknowledged alert", timeout=2)
             return
@@ -256,9 +266,9 @@ class ConsoleActions(App[None]):
         self._start_poll()
 
     def action_acknowledge_all(self) -> None:
-        keys = [a.key for a in self.snapshot.alerts if not a.acked]
-        if keys:
-            self.client.acknowledge(keys)
+        # Every alert read, also those past the rows the panel holds (the header counts them).
+        if self.snapshot.alert_counts()[0]:
+            self.client.acknowledge_all()
             self._start_poll()
 
     def action_log_y(self) -> None:

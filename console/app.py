@@ -80,10 +80,12 @@ class TrainConsole(ConsoleActions):
         self._poll_timer: Timer | None = None
         self._binding_state: tuple[Any, ...] = ()
         self._seen_alerts: set[str] | None = None
+        self._toasted_from: tuple[object, ...] | None = None
         self._toasted: set[tuple[str | None, int | None]] = set()
         self._ppid = os.getppid()
         self.follow = True  # the cursor follows the running job until the operator moves it
         self._hung_up = False
+        self._grid_rows = ""
 
     # --- layout ----------------------------------------------------------------------------
 
@@ -121,6 +123,7 @@ class TrainConsole(ConsoleActions):
         narrow = width < NARROW_BELOW
         self._dashboard.set_class(narrow, "narrow")
         self._dashboard.set_class(height < SHORT_BELOW, "short")
+        self._fit_rows(height)
         self._main(AlertList).show_header = not narrow
         # Spaced out, the footer's keys run past 80 columns: "pause" was cut, "filter" hidden.
         self._main(Footer).compact = narrow
@@ -128,6 +131,22 @@ class TrainConsole(ConsoleActions):
         if narrow != table.compact:
             table.set_compact(narrow)
             table.apply(self.snapshot.jobs)
+
+    def _fit_rows(self, height: int | None = None) -> None:
+        """The queue's row is as tall as its jobs need, up to its share; the plot gets the rest.
+        (One job used to hold 14 empty rows at 120x40 while the plot had as many.) The grid
+        changes only when the number of rows does: a layout pass, not one per refresh."""
+        screen = self._dashboard
+        rows_of_main = (height if height is not None else self.size.height) - 2  # status, footer
+        need = max(5, self._main(QueueTable).row_count + 3)  # a header and the border
+        if screen.has_class("short") or screen.has_class("narrow"):
+            plot, alerts = (6, 4) if screen.has_class("short") else (8, 5)
+            rows = f"{min(need, max(5, rows_of_main - plot - alerts))} 1fr {alerts}"
+        else:
+            rows = f"{min(need, max(5, 2 * rows_of_main // 5))} 2fr 1fr"
+        if rows != self._grid_rows:
+            self._grid_rows = rows
+            screen.query_one("#main").styles.grid_rows = rows
 
     # --- terminal lifecycle ----------------------------------------------------------------
 
@@ -188,8 +207,8 @@ class TrainConsole(ConsoleActions):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self._polling = False
-        if not self.screen_stack:  # a poll that finished while the console was closing
-            return
+        if not self.screen_stack or not self._dashboard.query(QueueTable):
+            return  # a poll that finished while the console was closing (its widgets gone)
         if message.snapshot is not None:
             self.apply_snapshot(message.snapshot)
         elif message.error:
@@ -210,13 +229,19 @@ class TrainConsole(ConsoleActions):
         table = self._main(QueueTable)
         with self.batch_update():
             table.apply(snap.jobs)
+            self._fit_rows()
             running = next((j.id for j in snap.jobs if j.status == "running"), None)
             if (first or self.follow) and running is not None and table.shows(running) \
                     and table.selected_id != running:
                 table.move_cursor(row=table.get_row_index(running), animate=False)
-            self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels)
+            self._main(Gauges).apply(snap.resources, snap.gpu_detail, snap.disk_labels, snap.cluster)
             self._main(LossPlot).apply(snap.loss)
-            self._main(AlertList).apply(snap.alerts)
+            alerts = self._main(AlertList)
+            alerts.apply(snap.alerts)
+            total = snap.alert_counts()[2]
+            title = f"alerts ({len(snap.alerts)} newest of {total})" if total > len(snap.alerts) else "alerts"
+            if alerts.border_title != title:  # setting it repaints the whole panel, even unchanged
+                alerts.border_title = title
             self._main(EngineState).apply(snap, self.readonly, table.filter_text)
         self._toast_new_alerts(snap)
         self._refresh_keys()
@@ -224,12 +249,15 @@ class TrainConsole(ConsoleActions):
             self.screen.update_job(snap.job(self.screen.job.id))
 
     def _toast_new_alerts(self, snap: Snapshot) -> None:
+        if self._seen_alerts is not None and snap.alerts is self._toasted_from:
+            return  # the same alerts as last time: nothing new
+        self._toasted_from = snap.alerts
         keys = {a.key for a in snap.alerts}
         if self._seen_alerts is None:  # what was there before we opened is not news
             self._seen_alerts = keys
             return
         for alert in snap.alerts:
-            if alert.key not in self._seen_alerts and alert.severity == "critical" and not alert.acked:
+            if alert.key not in self._seen_alerts and alert.severity == "critical" and alert.unread:
                 # The worker and the daemon may both report one failure: one toast for it.
                 if (alert.job_id, alert.case) in self._toasted:
                     continue
@@ -253,6 +281,8 @@ class TrainConsole(ConsoleActions):
 
     @on(DataTable.RowHighlighted, "#queue")
     def _row_moved(self) -> None:
+        if not self.screen_stack:  # a cursor move still queued while the console closes
+            return
         self._refresh_keys()
         # The plot follows the cursor; fetch its job's curve now rather than in a second.
         if self.snapshot.loss is None or self.snapshot.loss.job_id != self._main(QueueTable).selected_id:

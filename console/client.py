@@ -5,27 +5,32 @@ UI with a scripted one; this module never imports Textual (or torch).
 Everything here runs off the UI thread. The store is opened per call (short transactions, and a
 SQLite connection belongs to the thread that made it); event logs are tailed from byte offsets,
 so any number of consoles can watch one engine at once.
+
+A poll's work does not grow with a run's length: a log is read newest part first and then only
+what is new (``console/logtail.py``), its older part in bounded bites; the loss is kept decimated
+as it arrives (``series.LossSeries``), so a view costs the same at 100k steps as at 5k; alerts
+are counted as they come (``alert_book.py``).
 """
 
 from __future__ import annotations
 
-import bisect
+import dataclasses
 import os
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import orjson
-
-from trainconsole.console.series import Ema, downsample
-from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
+from trainconsole.console.alert_book import SHOWN, AlertBook
+from trainconsole.console.logtail import TailFirst
+from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
+from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
 from trainconsole.engine.events import EventTail
-from trainconsole.engine.joblog import format_event
+from trainconsole.engine.joblog import format_event, read_last
+from trainconsole.engine.runfiles import read_report
 from trainconsole.engine.store import Job, Store
 from trainconsole.engine.sysmon import Sysmon
 
@@ -35,8 +40,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-MAX_ALERTS = 200
-MAX_POINTS = 200_000  # per job; a longer run keeps its newest points
+MAX_ALERTS = SHOWN  # rows in the panel; the header counts all of them
+ENGINE_WINDOW = 1 << 20  # the engine log's newest part read at once on a cold start
+FOLLOW_LINES = 2000  # a followed log starts with its last this many events
 PRIORITIES = ("low", "normal", "high")
 # The engine's copy of a job's file (`j0002--name.jsonl`, see trainconsole.engine.store.files) leading a
 # message: the id and name columns already say it, and at 80 columns it is all a reason showed.
@@ -51,6 +57,7 @@ class ConsoleClient(Protocol):
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot: ...
     def job_log(self, job_id: str) -> list[str]: ...
+    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]: ...
     def set_priority(self, job_id: str, level: str) -> None: ...
     def hold(self, job_id: str) -> None: ...
     def release(self, job_id: str) -> None: ...
@@ -60,57 +67,20 @@ class ConsoleClient(Protocol):
     def set_paused(self, paused: bool) -> None: ...
     def stop_engine(self) -> None: ...
     def acknowledge(self, keys: list[str]) -> None: ...
+    def acknowledge_all(self) -> None: ...
     def close(self) -> None: ...
 
 
 @dataclass
-class _Series:
-    """One job's loss history. A resume after a rollback repeats steps: the old tail is cut."""
+class _Watch:
+    """One job's log as this console follows it: the loss so far and its pace."""
 
-    steps: list[float] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    smooth: list[float] = field(default_factory=list)
-    ema: Ema = field(default_factory=Ema)
-    eval_steps: list[float] = field(default_factory=list)
-    eval_loss: list[float] = field(default_factory=list)
-    recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=30))  # (t, step)
-
-    def add_step(self, step: float, loss: float, t: float) -> None:
-        if self.steps and self.steps[-1] >= step:
-            cut = bisect.bisect_left(self.steps, step)
-            del self.steps[cut:], self.loss[cut:]
-            # The average restarts from the kept points: rollbacks are rare, steps are not.
-            self.ema = Ema()
-            self.smooth = [self.ema.add(v) for v in self.loss]
-        self.steps.append(step)
-        self.loss.append(loss)
-        self.smooth.append(self.ema.add(loss))
-        if len(self.steps) > MAX_POINTS:
-            extra = len(self.steps) - MAX_POINTS
-            del self.steps[:extra], self.loss[:extra], self.smooth[:extra]
-        self.recent.append((t, step))
-
-    def add_eval(self, step: float, loss: float) -> None:
-        while self.eval_steps and self.eval_steps[-1] >= step:
-            self.eval_steps.pop()
-            self.eval_loss.pop()
-        self.eval_steps.append(step)
-        self.eval_loss.append(loss)
-
-    def rate(self) -> float | None:
-        if len(self.recent) < 2:
-            return None
-        (t0, s0), (t1, s1) = self.recent[0], self.recent[-1]
-        # A burst read at once (a history written long ago) says nothing about the current pace.
-        return (s1 - s0) / (t1 - t0) if t1 - t0 >= 1.0 and s1 > s0 else None
-
-    def view(self, job_id: str, width: int) -> LossView:
-        tx, ty = downsample(self.steps, self.loss, width)
-        sx, sy = downsample(self.steps, self.smooth, width)
-        ex, ey = downsample(self.eval_steps, self.eval_loss, width)
-        return LossView(job_id, tuple(tx), tuple(ty), tuple(sx), tuple(sy), tuple(ex), tuple(ey),
-                        last_loss=self.loss[-1] if self.loss else None,
-                        last_step=int(self.steps[-1]) if self.steps else 0)
+    log: TailFirst
+    series: LossSeries = field(default_factory=LossSeries)
+    rate: StepRate = field(default_factory=StepRate)
+    version: int = 0  # bumped by every change to ``series``: an unchanged one is not viewed again
+    reshaped: bool = False  # more than grown at its end (history put in front): view it at once
+    viewed: tuple[int, int, float, LossView] | None = None  # (version, width, when, the view)
 
 
 def _float(value: Any) -> float | None:
@@ -131,15 +101,16 @@ class WorkspaceClient:
         self.readonly = readonly
         self.layout: Layout = cfg.layout()
         gpus = cfg.hardware.gpus
-        self.sysmon = Sysmon(gpus if isinstance(gpus, list) else None)
+        # RAM, swap and disk move slowly: read every 2 s (the devices still every second).
+        self.sysmon = Sysmon(gpus if isinstance(gpus, list) else None, host_every_s=2.0)
         self.disk_labels = {str(self.layout.queue): "queue", str(self.layout.runs): "runs"}
-        self._engine_tail = EventTail(self.layout.engine_events)
-        self._job_tails: dict[str, EventTail] = {}
-        self._series: dict[str, _Series] = {}
-        self._alerts: dict[str, AlertRow] = {}
-        self._acked: set[str] = set()
+        self._engine_log = TailFirst(self.layout.engine_events, window=ENGINE_WINDOW)
+        self._watches: dict[str, _Watch] = {}
+        self._cluster = ""  # the last "cluster" line the engine sampled (launcher.kind = "slurm")
+        self.alerts = AlertBook()
         self._statuses: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._polling = threading.Lock()  # one poll at a time: the store's connection is shared
         self._store: Store | None = None
         self._store_identity: tuple[int, int] | None = None
 
@@ -187,8 +158,12 @@ class WorkspaceClient:
         except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
             reasons = {}
         for job in jobs:
+            if job.status == "running" and job.slurm_id is not None:
+                # A Slurm job may wait in Slurm's queue (its reason stays), else: where it runs.
+                if not job.slurm_reason:
+                    reasons[job.id] = f"on {job.node or '?'}, slurm job {job.slurm_id}"
             # Progress and status already say these; the column is for why a job waits.
-            if job.status in ("running", "done", "cancelled"):
+            elif job.status in ("running", "done", "cancelled"):
                 reasons[job.id] = ""
         return jobs, paused, reasons, ""
 
@@ -211,46 +186,125 @@ class WorkspaceClient:
         return EngineView("paused" if paused else "running", pid=info.pid, uptime_s=uptime,
                           step_rate=running_rate)
 
-    def _take_event(self, event: dict[str, Any], job_hint: str | None) -> None:
-        kind = event.get("type")
-        job_id = event.get("job_id") or job_hint
-        t = _float(event.get("t")) or 0.0
-        if kind == "step" and job_id:
-            step, loss = _float(event.get("step")), _float(event.get("loss"))
-            if step is not None and loss is not None:
-                self._series.setdefault(job_id, _Series()).add_step(step, loss, t)
-        elif kind == "eval" and job_id:
-            step, loss = _float(event.get("step")), _float(event.get("eval_loss"))
-            if step is not None and loss is not None:
-                self._series.setdefault(job_id, _Series()).add_eval(step, loss)
-        elif kind == "alert":
-            case = event.get("case")
-            raw = str(event.get("message", ""))
-            key = str(event.get("key") or f"{t}|{case}|{job_id}|{raw}")
-            message = self._short(raw)
-            before = self._alerts.get(key)
-            if before is not None and t > before.t:
-                self._acked.discard(key)  # it happened again: news again
-            self._alerts[key] = AlertRow(
-                key=key, case=case if isinstance(case, int) else None,
-                severity=str(event.get("severity", "warning")), job_id=job_id, t=t, message=message,
-                acked=key in self._acked)
+    def _take_events(self, events: list[dict[str, Any]], job_hint: str | None,
+                     watch: _Watch | None = None, older: bool = False) -> None:
+        """One read's events. Steps go to the loss in one batch (a history bite is thousands):
+        the job's series for new ones, a series of their own for an older bite, put in front."""
+        steps: list[float] = []
+        losses: list[float] = []
+        evals: list[tuple[float, float]] = []
+        planned = 0
+        rate = watch.rate if watch is not None and not older else None
+        for event in events:
+            kind = event.get("type")
+            if kind == "step":
+                if watch is None:
+                    continue
+                step, loss = event.get("step"), event.get("loss")
+                if type(step) is not int and type(step) is not float:
+                    step = _float(step)
+                if type(loss) is not float and type(loss) is not int:
+                    loss = _float(loss)
+                if step is None or loss is None:
+                    continue
+                steps.append(step)
+                losses.append(loss)
+                if rate is not None:
+                    t = event.get("t")
+                    if isinstance(t, int | float):
+                        rate.add(float(t), float(step))
+                    planned = event.get("max_steps") or planned
+            elif kind == "eval" and watch is not None:
+                step, loss = _float(event.get("step")), _float(event.get("eval_loss"))
+                if step is not None and loss is not None:
+                    evals.append((step, loss))
+            elif kind == "resource" and isinstance(event.get("cluster"), str) and not older:
+                self._cluster = str(event["cluster"])
+            elif kind == "alert":
+                job_id = event.get("job_id") or job_hint
+                self.alerts.take(event, job_id if isinstance(job_id, str) else None, self._short)
+        if watch is None or not (steps or evals):
+            return
+        series = watch.series if not older else LossSeries(
+            settle=0 if watch.log.bite_at_start else SETTLE, span=watch.series.train.span)
+        series.extend(steps, losses)
+        for step, loss in evals:
+            series.add_eval(step, loss)
+        if isinstance(planned, int) and not isinstance(planned, bool) and planned > 0:
+            series.max_steps = planned
+        if older:
+            watch.series.absorb_older(series)
+            watch.reshaped = True
+        watch.version += 1
 
-    def _tail_jobs(self, jobs: list[Any], focus: str | None) -> None:
+    def _watch(self, job_id: str) -> _Watch:
+        watch = self._watches.get(job_id)
+        if watch is None:
+            watch = self._watches[job_id] = _Watch(TailFirst(self.layout.job_events(job_id)))
+        return watch
+
+    def _tail_jobs(self, jobs: list[Job], focus: str | None) -> None:
         for job in jobs:
             before = self._statuses.get(job.id)
             self._statuses[job.id] = job.status
             # Tail running jobs, the focused one, and any whose state changed since the last look
             # (a file rejected between two polls still shows its alert); on the first look, the
-            # failed ones too, for their alerts.
+            # failed ones too, for their alerts. Only a plotted job has its older history read.
             changed = before != job.status and (before is not None or job.status == "failed")
-            if not (job.status == "running" or job.id == focus or changed):
+            plotted = job.status == "running" or job.id == focus
+            if not (plotted or changed):
                 continue
-            tail = self._job_tails.setdefault(job.id, EventTail(self.layout.job_events(job.id)))
-            for event in tail.read_new():
-                self._take_event(event, job.id)
+            watch = self._watch(job.id)
+            first = watch.log.older_end is None
+            new, older = watch.log.read(with_older=plotted)
+            if first and watch.log.live.began_at:  # the window starts inside the history
+                watch.series.settle = SETTLE
+            self._take_events(new, job.id, watch)
+            self._take_events(older, job.id, watch, older=True)
+
+    def _loss_view(self, job_id: str, watch: _Watch, width: int) -> LossView:
+        series = watch.series
+        last_step = int(series.last_step) if series.last_step is not None else 0
+        # The plot draws a growing curve at most every GROWTH_REDRAW_S: decimating it into columns
+        # more often is work nobody sees. Within that time a view of a curve that only grew keeps
+        # its points and takes the newest step and loss (the title); a new width, or a history
+        # put in front, is viewed at once.
+        now = time.monotonic()
+        viewed = watch.viewed
+        if viewed is not None and viewed[1] == width and not watch.reshaped:
+            if viewed[0] == watch.version:
+                return viewed[3]
+            if now - viewed[2] < GROWTH_REDRAW_S:
+                view = dataclasses.replace(viewed[3], last_loss=series.last_loss, last_step=last_step)
+                watch.viewed = (watch.version, width, viewed[2], view)
+                return view
+        watch.reshaped = False
+        tx, ty = series.train.view(width)
+        sx, sy = series.smooth.view(width)
+        ex, ey = series.evals.view(width)
+        view = LossView(job_id, tuple(tx), tuple(ty), tuple(sx), tuple(sy), tuple(ex), tuple(ey),
+                        last_loss=series.last_loss, last_step=last_step, max_steps=series.max_steps)
+        watch.viewed = (watch.version, width, now, view)
+        return view
+
+    def warm(self) -> None:
+        """Begin a first poll now, on a thread of its own: opening the store (it checks the
+        file's integrity), the newest windows of the logs, NVML's start. The console calls it
+        before importing its UI, which takes most of a second; the app's first poll then finds
+        that work done (polls are serialised) and its first frame comes that much sooner."""
+        threading.Thread(target=self._warm, name="console-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        try:
+            self.snapshot(None, 60)
+        except Exception:  # noqa: BLE001 - the app's own poll meets the problem and shows it
+            pass
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot:
+        with self._polling:
+            return self._snapshot(focus, width)
+
+    def _snapshot(self, focus: str | None, width: int) -> Snapshot:
         problems: list[str] = []
         try:
             jobs, paused, reasons, note = self._read_jobs()
@@ -260,21 +314,24 @@ class WorkspaceClient:
             jobs, paused, reasons = [], False, {}
             problems.append(f"job store unreadable: {exc}")
         with self._lock:
-            for event in self._engine_tail.read_new():
-                self._take_event(event, None)
+            new, older = self._engine_log.read()
+            self._take_events(new, None)
+            self._take_events(older, None)
             self._tail_jobs(jobs, focus)
 
+        now = time.time()
         running = [j for j in jobs if j.status == "running"]
         rate = None
         rows = []
         for job in jobs:
-            series = self._series.get(job.id)
-            job_rate = series.rate() if series is not None and job.status == "running" else None
+            watch = self._watches.get(job.id)
+            job_rate = watch.rate.rate(now) if watch is not None and job.status == "running" else None
             if job_rate is not None:
                 rate = job_rate
             step = int(job.step or 0)
-            if series is not None and job.status == "running" and series.steps:
-                step = max(step, int(series.steps[-1]))  # the store's progress lags the events
+            last = watch.series.last_step if watch is not None else None
+            if job.status == "running" and last is not None:
+                step = max(step, int(last))  # the store's progress lags the events
             max_steps = int(job.max_steps or 0)
             eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
             error = self._short(str(job.error or ""))
@@ -284,7 +341,8 @@ class WorkspaceClient:
                 reason=self._short(reasons.get(job.id, "")), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
                 started_at=job.started_at, finished_at=job.finished_at, lineage=job.lineage,
-                sweep=job.experiment.sweep, eval_loss=job.eval_loss, last_loss=job.last_loss))
+                sweep=job.experiment.sweep, eval_loss=job.eval_loss, last_loss=job.last_loss,
+                slurm_id=job.slurm_id, node=str(job.node or "")))
         try:
             engine = self._engine(rate, paused)
         except Exception as exc:  # noqa: BLE001
@@ -292,37 +350,46 @@ class WorkspaceClient:
             problems.append(engine.detail)
 
         loss = None
-        target = focus if focus in self._series else (running[0].id if running else None)
-        if target is not None and target in self._series:
-            loss = self._series[target].view(target, max(8, width))
+        plotted = [w for w in (focus, running[0].id if running else None)
+                   if w is not None and w in self._watches and not self._watches[w].series.empty]
+        if plotted:
+            loss = self._loss_view(plotted[0], self._watches[plotted[0]], max(8, width))
         elif focus is not None:
             loss = LossView(focus)
 
         with self._lock:
-            if len(self._alerts) > MAX_ALERTS:
-                oldest = sorted(self._alerts, key=lambda k: self._alerts[k].t)
-                for key in oldest[: len(self._alerts) - MAX_ALERTS]:
-                    del self._alerts[key]
-            alerts = tuple(sorted(self._alerts.values(), key=lambda a: a.t, reverse=True))
-        sample = self.sysmon.sample([self.layout.queue, self.layout.runs])
+            alerts, unread, critical, total = self.alerts.view()
+        pids = [j.pid for j in running if j.pid]
+        sample = self.sysmon.sample([self.layout.queue, self.layout.runs], pids=pids)
         return Snapshot(jobs=tuple(rows), engine=engine, paused=paused, resources=sample,
                         gpu_detail=self.sysmon.gpu_detail, alerts=alerts, loss=loss,
-                        problem="; ".join(problems), disk_labels=dict(self.disk_labels))
+                        problem="; ".join(problems), disk_labels=dict(self.disk_labels), cluster=self._cluster,
+                        alert_unread=unread, alert_critical=critical, alert_total=total)
 
     def job_log(self, job_id: str) -> list[str]:
         lines: list[str] = []
-        report = self.layout.run_dir(job_id) / "report.json"
-        try:
-            data = orjson.loads(report.read_bytes())
-            lines.append(f"report: {data.get('status')} {data.get('error_class') or ''} "
-                         f"case {data.get('case') or '-'}: {data.get('message') or ''}")
-            trace = str(data.get("traceback") or "").rstrip().splitlines()[-15:]
+        report = read_report(self.layout.run_folder(job_id).report)
+        if report is not None:
+            lines.append(f"report: {report.status} {report.error_class or ''} "
+                         f"case {report.case or '-'}: {report.message}")
+            trace = (report.traceback or "").rstrip().splitlines()[-15:]
             lines += [f"  {line}" for line in trace]
-        except (OSError, ValueError, AttributeError):
-            pass
         for event in _read_events(self.layout.job_events(job_id)):
             lines.append(format_event(event))
         return [self._short(line) for line in lines[-2000:]]
+
+    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]:
+        """A job's log as ``trainconsole logs -f`` reads it (engine/joblog.py): first its last
+        2,000 events (``offset`` None), then, from the offset handed back, only what is new, so
+        following a long run's log costs what it writes. Every attempt appends to the same file."""
+        path = self.layout.job_events(job_id)
+        if offset is None:
+            events, offset = read_last(path, FOLLOW_LINES)
+        else:
+            tail = EventTail(path, offset)
+            events = tail.read_new()
+            offset = tail.offset
+        return [self._short(format_event(event)) for event in events], offset
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -363,15 +430,12 @@ class WorkspaceClient:
         # Acknowledgement is this console's own: another operator's console still shows them.
         # Called from the UI thread while a poll may be reading the same alerts: hence the lock.
         with self._lock:
-            self._acknowledge(keys)
+            self.alerts.acknowledge(keys)
 
-    def _acknowledge(self, keys: list[str]) -> None:
-        for key in keys:
-            self._acked.add(key)
-            row = self._alerts.get(key)
-            if row is not None:
-                self._alerts[key] = AlertRow(row.key, row.case, row.severity, row.job_id, row.t,
-                                             row.message, acked=True)
+    def acknowledge_all(self) -> None:
+        """Every alert read, also those past the rows shown."""
+        with self._lock:
+            self.alerts.acknowledge_all()
 
     def close(self) -> None:
         self._drop_reader()
@@ -379,12 +443,5 @@ class WorkspaceClient:
 
 def _read_events(path: Path, limit: int = 512 << 10) -> list[dict[str, Any]]:
     """The newest events of a log (the detail screen re-reads it every refresh: a bounded tail,
-    whatever the run's length). A line cut by the start of the window is skipped as torn."""
-    tail = EventTail(path, max_bytes=limit)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return []
-    tail.offset = max(0, size - limit)
-    events = tail.read_new()
-    return events
+    whatever the run's length), from the first whole line in the window."""
+    return EventTail.from_end(path, limit, max_bytes=limit + (64 << 10)).read_new()

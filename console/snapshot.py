@@ -33,15 +33,19 @@ class JobRow:
     sweep: str | None = None  # jobs of one `add --sweep` share it: the table can group them
     eval_loss: float | None = None  # the newest evaluation's loss (the store's, kept by the daemon)
     last_loss: float | None = None
+    slurm_id: int | None = None  # launcher.kind = "slurm": the attempt's Slurm job and its node
+    node: str = ""
 
     @property
     def progress(self) -> str:
+        """Steps, percent and ETA, each no finer than it is worth: on a long run the cell then
+        changes every few seconds, not at every refresh (and a changed cell is drawn and sent)."""
         if self.max_steps <= 0:
             return "-" if self.status != "done" else "done"
         pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
-        text = f"{self.step}/{self.max_steps} {pct:3.0f}%"
+        text = f"{format_steps(self.step, self.max_steps)}/{format_steps(self.max_steps)} {pct:3.0f}%"
         if self.status == "running" and self.eta_s is not None:
-            text += f" ~{format_duration(self.eta_s)}"
+            text += f" ~{format_eta(self.eta_s)}"
         return text
 
 
@@ -52,7 +56,7 @@ class JobRow:
         pct = 100.0 * min(self.step, self.max_steps) / self.max_steps
         text = f"{pct:3.0f}%"
         if self.status == "running" and self.eta_s is not None:
-            text += f" ~{format_duration(self.eta_s)}"
+            text += f" ~{format_eta(self.eta_s)}"
         return text
 
 
@@ -65,6 +69,11 @@ class AlertRow:
     t: float  # wall seconds, display only
     message: str
     acked: bool = False
+    resolved: bool = False  # the condition under this key is over (a standing alert settled)
+
+    @property
+    def unread(self) -> bool:
+        return not self.acked and not self.resolved
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class LossView:
     eval_y: tuple[float, ...] = ()
     last_loss: float | None = None
     last_step: int = 0
+    max_steps: int = 0  # the job's planned steps, when known: the x axis never needs to pass it
 
     @property
     def empty(self) -> bool:
@@ -104,6 +114,20 @@ class Snapshot:
     loss: LossView | None = None
     problem: str = ""  # why part of the data could not be read, shown in the status line
     disk_labels: dict[str, str] = field(default_factory=dict)  # path -> short label
+    cluster: str = ""  # the Slurm cluster's nodes (idle/allocated), from the engine's resource events
+    # True counts over every alert read (``alerts`` holds only the newest few hundred); None:
+    # counted from ``alerts``.
+    alert_unread: int | None = None
+    alert_critical: bool | None = None
+    alert_total: int | None = None
+
+    def alert_counts(self) -> tuple[int, bool, int]:
+        """(unread, whether a critical one is unread, total)."""
+        unread = [a for a in self.alerts if a.unread]
+        return (len(unread) if self.alert_unread is None else self.alert_unread,
+                any(a.severity == "critical" for a in unread) if self.alert_critical is None
+                else self.alert_critical,
+                len(self.alerts) if self.alert_total is None else self.alert_total)
 
     def job(self, job_id: str | None) -> JobRow | None:
         if job_id is None:
@@ -129,6 +153,27 @@ def format_duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     return f"{s // 86400}d{(s % 86400) // 3600:02d}h"
+
+
+def format_eta(seconds: float) -> str:
+    """Seconds only in the last two minutes; then minutes, then hours and minutes."""
+    s = max(0, int(seconds))
+    if s < 120:
+        return format_duration(s)
+    if s < 3600:
+        return f"{s // 60}m"
+    return format_duration(s)
+
+
+def format_steps(steps: int, scale: int | None = None) -> str:
+    """A step count as written in the queue: exact up to 10k; then in thousands, to a tenth
+    below 100k (the count changes every 100 steps, not every step)."""
+    scale = steps if scale is None else scale
+    if scale < 10_000:
+        return str(steps)
+    if scale < 100_000:
+        return f"{steps / 1000:.1f}k"
+    return f"{steps // 1000}k"
 
 
 def format_age(seconds: float) -> str:

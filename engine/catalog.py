@@ -314,9 +314,11 @@ _ALL: Final[tuple[Case, ...]] = (
           "As case 64; tensors are also checked finite before any checkpoint or adapter is "
           "published."),
     _case(66, "Loss doesn't decrease (stuck in plateau)", "warning", True,
-          "smoothed loss improvement over guards.plateau_window steps against "
-          "guards.plateau_min_delta",
-          "An alert; training goes on (early stopping is decided on validation loss, case 67)."),
+          "mean loss per guards.plateau_window steps against the best mean so far: "
+          "guards.plateau_patience windows without a guards.plateau_min_delta improvement begin a "
+          "plateau, a window twice that far below the best ends it",
+          "One standing alert per plateau (key plateau-JOB), settled by an info alert when the loss "
+          "improves again; training goes on (early stopping is decided on validation loss, case 67)."),
     _case(67, "Validation loss increases (overfitting)", "warning", True,
           "eval loss at each evaluation, with guards.early_stop_patience",
           "Early stop after the patience runs out; the best checkpoint is published, not the last."),

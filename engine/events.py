@@ -8,13 +8,16 @@ durations are measured with monotonic clocks elsewhere) and ``type``, one of ``E
   optional ``epoch``
 - ``eval``: ``job_id``, ``step``, ``eval_loss``, optional ``accuracy``, ``think_share``
 - ``alert``: ``case`` (1-80 or null), ``severity`` (info|warning|critical), ``message``,
-  optional ``job_id``, ``key`` (for de-duplication)
+  optional ``job_id``, ``key`` (names the condition: a repeat with the same key replaces the
+  earlier alert in a console), ``resolved`` (true: the condition under this key is over, so the
+  alert stands settled rather than unread)
 - ``resource``: ``ram_used_mb``, ``ram_total_mb``, ``swap_used_mb``, ``disk_free_mb``, ``gpus``
 - ``log``: ``level``, ``message``, optional ``job_id``
 
 Writers append whole lines and flush, but never fsync: fsync belongs to checkpoints, and an
 fsync per step costs about a millisecond. A reader skips a torn last line (a crash mid-write)
-and resumes from a byte offset, so any number of consoles can tail at once.
+and resumes from a byte offset, so any number of consoles can tail at once; a reader follows a
+rotation of the file (``EventTail``, ``rotated``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import orjson
 SCHEMA_VERSION: Final = 1
 EVENT_TYPES: Final = frozenset({"job", "step", "eval", "alert", "resource", "log"})
 SEVERITIES: Final = ("info", "warning", "critical")
+ROTATED_SUFFIX: Final = ".1"
+HEAD_BYTES: Final = 64
 
 
 def _clean(value: Any) -> Any:
@@ -120,31 +125,143 @@ def default_severity(case: int | None) -> str:
     return entry.severity if entry is not None else "warning"
 
 
-class EventTail:
-    """Reads new complete lines from a byte offset. Torn or garbled lines never raise."""
+def rotated(path: Path) -> Path:
+    """Where a rotation moves a log: ``events.jsonl`` becomes ``events.jsonl.1`` and writing goes
+    on in a new ``events.jsonl``. ``EventTail`` follows exactly this rename."""
+    return path.with_name(path.name + ROTATED_SUFFIX)
 
-    def __init__(self, path: Path, offset: int = 0, max_bytes: int = 4 << 20) -> None:
+
+class EventTail:
+    """Reads new complete lines from a byte offset. Torn or garbled lines never raise.
+
+    No file handle is held between reads (a daemon tails one log per job, thousands over months),
+    so a reader knows its file by identity (device, inode) instead:
+
+    - Rotation: when the path names another file than the one being read, the old one is looked
+      for under ``rotated(path)``; if it is there (same identity), it is read on from the offset
+      to its end, then the new file from 0. So a writer that rotates by renaming ``events.jsonl``
+      to ``events.jsonl.1`` and opening a new one loses no event for a reader that keeps polling.
+      If the old file is gone too (rotated twice between reads, or deleted), the new file is read
+      from 0 and ``lost`` counts it.
+    - Truncation in place (copy-and-truncate): a file shorter than the offset is read from 0.
+    - ``from_end``: start ``window`` bytes before the end, from the first whole line there, so a
+      long log's reader sees its present at once (the console's cold start); ``stop`` bounds a
+      reader to the bytes before a given offset and ``align`` starts it at the first whole line
+      after its offset (the same log's older part, read later in bites).
+    """
+
+    def __init__(self, path: Path, offset: int = 0, max_bytes: int = 4 << 20, *,
+                 stop: int | None = None, align: bool = False) -> None:
         self.path = path
         self.offset = offset
         self.max_bytes = max_bytes
+        self.stop = stop
         self.skipped = 0
+        self.lost = 0  # rotations whose old file could not be finished
+        self.bytes_read = 0  # bytes taken from disk so far (the console's cost, for tests and bench)
+        self.identity: tuple[int, int] | None = None
+        self.head = b""  # the file's first bytes, with ``identity`` what says it is the same file
+        # ``align``: the offset may fall inside a line, so reading starts after the next newline.
+        self._align = align and offset > 0
+        self.began_at: int | None = None if self._align else offset  # the first whole line read
+
+    @classmethod
+    def from_end(cls, path: Path, window: int, max_bytes: int = 4 << 20) -> EventTail:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return cls(path, 0, max_bytes)
+        tail = cls(path, max(0, st.st_size - window), max_bytes, align=True)
+        tail.identity = (st.st_dev, st.st_ino)  # the first bytes are taken at the first read
+        return tail
+
+    @property
+    def done(self) -> bool:
+        """A bounded reader (``stop``) has read up to its stop, or lost its file."""
+        return self.stop is not None and (self.offset >= self.stop or self.lost > 0)
+
+    def _is_ours(self, fh: IO[bytes]) -> bool:
+        """Whether an open file is the one being read. An inode number alone can be reused by a
+        new file once the old one is deleted, so the file's first bytes must match too."""
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) != self.identity:
+            return False
+        return not self.head or os.pread(fh.fileno(), len(self.head), 0) == self.head
+
+    def _open(self) -> tuple[IO[bytes] | None, bool]:
+        """(the file to read, whether it is the rotated-away old one)."""
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed by the caller
+        except FileNotFoundError:
+            fh = None
+        if fh is not None:
+            if self.identity is None or self._is_ours(fh):
+                if self.identity is None:
+                    st = os.fstat(fh.fileno())
+                    self.identity, self.head = (st.st_dev, st.st_ino), b""
+                return fh, False
+        elif self.identity is None:
+            return None, False
+        try:
+            old = open(rotated(self.path), "rb")  # noqa: SIM115 - closed by the caller
+            if self._is_ours(old):
+                if fh is not None:
+                    fh.close()
+                return old, True
+            old.close()
+        except FileNotFoundError:
+            pass
+        if fh is None:
+            return None, False
+        # Our file is gone without a trace: what it held after the offset is lost.
+        self.lost += 1
+        if self.stop is not None:
+            fh.close()
+            return None, False
+        st = os.fstat(fh.fileno())
+        self.identity, self.head, self.offset, self._align = (st.st_dev, st.st_ino), b"", 0, False
+        return fh, False
 
     def read_new(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < self.offset:  # truncated or replaced: start over
-                    self.offset = 0
-                fh.seek(self.offset)
-                chunk = fh.read(self.max_bytes)
-        except FileNotFoundError:
+        if self.done:
             return []
+        fh, old = self._open()
+        if fh is None:
+            return []
+        with fh:
+            size = os.fstat(fh.fileno()).st_size
+            if not old and len(self.head) < HEAD_BYTES:
+                self.head = os.pread(fh.fileno(), HEAD_BYTES, 0)
+            if size < self.offset:  # truncated in place: start over
+                self.offset, self._align = 0, False
+                self.began_at = self.began_at if self.began_at is not None else 0
+            limit = size if self.stop is None else min(size, self.stop)
+            start = self.offset - 1 if self._align else self.offset
+            fh.seek(start)
+            chunk = fh.read(max(0, min(self.max_bytes, limit - start)))
+        self.bytes_read += len(chunk)
+        if self._align:
+            first = chunk.find(b"\n")
+            if first < 0:  # inside one long line still: skip what was read of it
+                self.offset = start + len(chunk)
+                return []
+            self._align = False
+            self.offset = self.began_at = start + first + 1
+            chunk = chunk[first + 1:]
         end = chunk.rfind(b"\n")
-        if end < 0:
-            return []  # only a partial line so far: wait for its newline
+        events = self._parse(chunk[: end + 1]) if end >= 0 else []
         self.offset += end + 1
+        if old and self.stop is None and self.offset + (len(chunk) - end - 1) >= size:
+            # The rotated file is read to its end (a torn last line there will never be finished):
+            # go on with the new file from its start.
+            self.identity, self.offset = None, 0
+            if not events:
+                return self.read_new()
+        return events
+
+    def _parse(self, data: bytes) -> list[dict[str, Any]]:
         events = []
-        for line in chunk[: end + 1].split(b"\n"):
+        for line in data.split(b"\n"):
             if not line.strip():
                 continue
             try:

@@ -61,13 +61,13 @@ def last_metrics(log: Path, window: int = TAIL_BYTES) -> LastMetrics:
 
 
 def paths(layout: Layout, job: Job) -> dict[str, str | None]:
-    run = layout.run_dir(job.id)
+    run = layout.run_folder(job.id)
     tensorboard = [p for p in (layout.runs / "tensorboard").glob(f"{job.id}-*") if p.is_dir()] \
         if (layout.runs / "tensorboard").is_dir() else []
     return {
-        "data": os.fspath(job.path), "run_dir": os.fspath(run), "log": os.fspath(layout.job_events(job.id)),
-        "worker_log": os.fspath(run / "worker.log"), "report": os.fspath(run / "report.json"),
-        "checkpoints": os.fspath(run / "checkpoints"),
+        "data": os.fspath(job.path), "run_dir": os.fspath(run.path), "log": os.fspath(run.events),
+        "worker_log": os.fspath(run.worker_log), "report": os.fspath(run.report),
+        "checkpoints": os.fspath(run.checkpoints),
         "tensorboard": os.fspath(tensorboard[0]) if tensorboard else None,
     }
 

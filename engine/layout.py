@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from trainconsole.engine import runfiles
+
 PRIORITY_FOLDERS: Final = {"high": "high", "low": "low"}
 
 
@@ -61,8 +63,12 @@ class Layout:
     def run_dir(self, job_id: str) -> Path:
         return self.runs / job_id
 
+    def run_folder(self, job_id: str) -> runfiles.RunFolder:
+        """The run folder's files (``trainconsole.engine.runfiles`` names them)."""
+        return runfiles.RunFolder(self.run_dir(job_id))
+
     def job_events(self, job_id: str) -> Path:
-        return self.run_dir(job_id) / "events.jsonl"
+        return self.run_folder(job_id).events
 
     @property
     def latest_adapter(self) -> Path:

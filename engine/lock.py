@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,8 @@ import psutil
 from trainconsole.engine import fsio
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.layout import Layout
-from trainconsole.engine.procid import from_stored, identity, my_identity, same_process
+from trainconsole.engine.procid import from_stored, my_identity, same_process
+from trainconsole.engine.runfiles import RunFolder
 
 
 class AlreadyRunning(TrainconsoleError):
@@ -157,11 +156,11 @@ class RunFolderBusy(TrainconsoleError):
 
 
 def lock_run_folder(run_dir: Path) -> int:
-    """An flock on ``run_dir/train.lock``, returned as a file descriptor for the worker to inherit
+    """An flock on the run folder's lock file, returned as a file descriptor for the worker to inherit
     (``pass_fds``) so it stays held for the worker's life, even if whoever started it dies. Two
     workers on one folder would interleave its checkpoints and publish the job's adapter twice.
     Raises ``RunFolderBusy`` at once, never waits."""
-    fd = os.open(run_dir / "train.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(RunFolder(run_dir).lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -169,68 +168,3 @@ def lock_run_folder(run_dir: Path) -> int:
         raise RunFolderBusy(f"{run_dir} is in use by another worker (a `trainconsole train`, or the "
                             "engine training that job)") from None
     return fd
-
-
-def detached_log(layout: Layout) -> Path:
-    return layout.queue / "engine.log"
-
-
-def start_detached(config_path: Path, *, wait_s: float = 30.0) -> int:
-    """Start ``trainconsole daemon`` in its own session, so closing the terminal or losing SSH never
-    stops training. Returns the daemon's pid once its PID file appears.
-
-    A short-lived intermediate process launches the daemon and exits, so the daemon is re-parented
-    and never becomes a zombie of a long-lived console (case 49). Its output goes to
-    ``queue/engine.log``; it inherits no file descriptors.
-    """
-    from trainconsole.engine.config import load_config
-
-    cfg = load_config(config_path)
-    layout: Layout = cfg.layout()
-    layout.queue.mkdir(parents=True, exist_ok=True)
-    running = engine_running(layout)
-    if running is not None:
-        return running.pid
-    out = subprocess.run(
-        [sys.executable, "-m", "trainconsole.engine.lock", "--spawn", str(Path(config_path).resolve()),
-         str(detached_log(layout))],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, close_fds=True,
-    )
-    if out.returncode != 0:
-        raise TrainconsoleError(f"could not start the engine: {out.stderr.strip() or out.stdout.strip()}")
-    pid = int(out.stdout.strip().splitlines()[-1])
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        info = engine_running(layout)
-        if info is not None:
-            return info.pid
-        if identity(pid) is None:
-            break
-        time.sleep(0.05)
-    info = engine_running(layout)
-    if info is not None:
-        return info.pid
-    tail = ""
-    try:
-        tail = detached_log(layout).read_text(errors="replace")[-2000:].strip()
-    except OSError:
-        pass
-    raise TrainconsoleError(f"the engine did not start; see {detached_log(layout)}: {tail[-400:]}")
-
-
-def _spawn(config_path: str, log_path: str) -> int:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainconsole.console.cli", "--config", config_path, "daemon"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=str(Path(config_path).parent),
-        )
-    print(proc.pid)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--spawn":
-        sys.exit(_spawn(sys.argv[2], sys.argv[3]))
-    print("usage: python -m trainconsole.engine.lock --spawn CONFIG LOG", file=sys.stderr)
-    sys.exit(2)

@@ -9,6 +9,13 @@ laptop, and the daemon must train on CPU (case 26).
 
 RAM is the smaller of what the host and the process's memory cgroup allow: inside a container
 the host's free memory is a lie, and the kernel's OOM killer acts on the cgroup's limit (case 24).
+
+Sampling rates, as nvitop's: device readings are taken at most once a second and the list of
+processes on each GPU at most every two seconds, however often ``sample`` is called (a console
+polls faster after a key, the daemon asks for disk space at will); device handles are looked up
+once per process. Given the pids of a running job, a sample also says what that job uses itself:
+its GPU memory on each device (NVML's per-process list, summed over the job's process tree) and
+its CPU and RAM (``procmon``), the console's gauge when training runs on CPU.
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
+from trainconsole.engine.procmon import ProcWatch, WorkerUsage
+
 MB: Final = 1024 * 1024
+DEVICE_EVERY_S: Final = 1.0
+PROCESS_EVERY_S: Final = 2.0
 GPU_STATES: Final = ("ok", "no_nvml", "no_gpu", "error")
 # cgroup v1 reports "no limit" as a page-rounded huge number; anything above this is unlimited.
 _UNLIMITED: Final = 1 << 60
@@ -39,6 +50,7 @@ class GpuSample:
     mem_total_mb: float | None
     temp_c: float | None
     power_w: float | None
+    job_mem_mb: float | None = None  # GPU memory of the watched job's processes on this device
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,7 @@ class Sample:
     gpus: list[GpuSample] = field(default_factory=list)
     gpu_state: str = "no_nvml"
     mono: float = 0.0  # time.monotonic() when taken
+    worker: WorkerUsage | None = None  # the watched job's processes, when pids were given
 
     def event_fields(self) -> dict[str, Any]:
         """The fields of a ``resource`` event (engine/events.py)."""
@@ -153,6 +166,22 @@ class _Nvml:
                 power_w=_scaled(power, 1000),  # NVML reports milliwatts
             ))
         return "ok", out
+
+    def processes(self, wanted: Sequence[int] | None) -> dict[int, dict[int, float | None]]:
+        """GPU index -> {pid: MB used, None where NVML cannot say}; compute processes only (a
+        training job). A device that cannot list them is left out."""
+        if self.state != "ok":
+            return {}
+        out: dict[int, dict[int, float | None]] = {}
+        for index, handle in self.handles:
+            if wanted is not None and index not in wanted:
+                continue
+            procs = self.query(index, "procs", "nvmlDeviceGetComputeRunningProcesses", handle)
+            if procs is None:
+                continue
+            out[index] = {int(p.pid): _scaled(getattr(p, "usedGpuMemory", None), MB) for p in procs
+                          if isinstance(getattr(p, "pid", None), int)}
+        return out
 
 
 def _num(value: Any) -> float | None:
@@ -263,12 +292,27 @@ class Sysmon:
 
     def __init__(self, gpus: Sequence[int] | None = None, *,
                  cgroup_root: Path = Path("/sys/fs/cgroup"),
-                 proc_cgroup: Path = Path("/proc/self/cgroup")) -> None:
+                 proc_cgroup: Path = Path("/proc/self/cgroup"),
+                 clock: Callable[[], float] = time.monotonic, host_every_s: float = 0.0) -> None:
+        """``host_every_s``: read RAM, swap and disk space at most this often (a console's gauges);
+        0, at every sample (the daemon's guards)."""
         self.gpu_indices = list(gpus) if gpus is not None else None
         self.cgroup_root = cgroup_root
         self.proc_cgroup = proc_cgroup
-        self._nvml = _nvml_session()
+        self.clock = clock
+        self._nvml_held: _Nvml | None = None  # started at first use: nvmlInit can take a while
         self._last_sin: tuple[float, int] | None = None
+        self._devices: tuple[float, str, list[GpuSample]] | None = None
+        self._procs: tuple[float, dict[int, dict[int, float | None]]] | None = None
+        self.workers = ProcWatch(PROCESS_EVERY_S, clock)
+        self.host_every_s = host_every_s
+        self._host: tuple[float, tuple[str, ...], tuple[Any, ...]] | None = None
+
+    @property
+    def _nvml(self) -> _Nvml:
+        if self._nvml_held is None:
+            self._nvml_held = _nvml_session()
+        return self._nvml_held
 
     @property
     def gpu_detail(self) -> str:
@@ -318,36 +362,59 @@ class Sysmon:
                 continue
         return out
 
+    def gpus(self) -> tuple[str, list[GpuSample]]:
+        """The devices' readings, taken at most once per ``DEVICE_EVERY_S``."""
+        now = self.clock()
+        if self._devices is None or now - self._devices[0] >= DEVICE_EVERY_S:
+            state, gpus = self._nvml.sample(self.gpu_indices)
+            self._devices = (now, state, gpus)
+        return self._devices[1], self._devices[2]
+
+    def process_table(self) -> dict[int, dict[int, float | None]]:
+        """NVML's compute processes per device, {index: {pid: MB or None}}, listed at most once
+        per ``PROCESS_EVERY_S``."""
+        now = self.clock()
+        if self._procs is None or now - self._procs[0] >= PROCESS_EVERY_S:
+            self._procs = (now, self._nvml.processes(self.gpu_indices))
+        return self._procs[1]
+
     def gpu_processes(self) -> list[tuple[int, int, float | None]]:
         """(GPU index, pid, GPU memory MB or None) of every compute process NVML reports, as
         nvitop shows them; [] without NVML. A failing query costs that device's rows only."""
-        nv = self._nvml
-        if nv.state != "ok":
-            return []
-        rows: list[tuple[int, int, float | None]] = []
-        for index, handle in nv.handles:
-            if self.gpu_indices is not None and index not in self.gpu_indices:
-                continue
-            procs = nv.query(index, "procs", "nvmlDeviceGetComputeRunningProcesses", handle) or []
-            for proc in procs:
-                used = getattr(proc, "usedGpuMemory", None)
-                rows.append((index, int(proc.pid), _scaled(used, MB) if isinstance(used, int) else None))
-        return rows
+        return [(index, pid, mb) for index, procs in self.process_table().items() for pid, mb in procs.items()]
 
-    def sample(self, paths: Iterable[Path | str] = ()) -> Sample:
-        total, used, available = self.ram()
-        swap_used, swap_in = self.swap()
-        state, gpus = self._nvml.sample(self.gpu_indices)
+    def sample(self, paths: Iterable[Path | str] = (), pids: Sequence[int] = ()) -> Sample:
+        """``pids``: a running job's processes (their children are found here), whose own use
+        the sample then carries (``worker`` and each GPU's ``job_mem_mb``)."""
+        wanted = tuple(str(p) for p in paths)
+        now = self.clock()
+        if self._host is None or self._host[1] != wanted or now - self._host[0] >= self.host_every_s:
+            self._host = (now, wanted, (*self.ram(), *self.swap(), self.disk_free(wanted)))
+        total, used, available, swap_used, swap_in, disk = self._host[2]
+        state, gpus = self.gpus()
+        worker = self.workers.usage(pids)
+        if worker is not None and state == "ok":
+            per_gpu = self.process_table()
+            tree = set(worker.pids)
+            marked = []
+            for gpu in gpus:
+                listed = per_gpu.get(gpu.index)
+                mine = [mb for pid, mb in (listed or {}).items() if pid in tree]
+                # Not listed, or NVML cannot tell a process's memory (some containers): unknown.
+                known = listed is not None and all(mb is not None for mb in mine)
+                marked.append(replace(gpu, job_mem_mb=sum(mb or 0.0 for mb in mine) if known else None))
+            gpus = marked
         return Sample(
             ram_total_mb=total,
             ram_used_mb=used,
             ram_available_mb=available,
             swap_used_mb=swap_used,
             swap_in_mb_s=swap_in,
-            disk_free_mb=self.disk_free(paths),
+            disk_free_mb=dict(disk),
             gpus=gpus,
             gpu_state=state,
             mono=time.monotonic(),
+            worker=worker,
         )
 
 

@@ -61,7 +61,7 @@ def _shown_config(path: Path) -> str:
 def start_engine(path: Path) -> str:
     """Start the engine detached; "" or why it did not start. The console opens either way and
     shows the engine as not running, and why (a queue folder it cannot create, for one)."""
-    from trainconsole.engine.lock import start_detached
+    from trainconsole.engine.daemon.start import start_detached
 
     try:
         start_detached(path)
@@ -90,10 +90,12 @@ def open_console(cfg: Config, path: Path, *, readonly: bool, start: bool, refres
     if start and not readonly and engine_running(layout) is None:
         print(f"starting the engine for {layout.queue} …", flush=True)
         notice = start_engine(path)
-    from trainconsole.console.app import TrainConsole
     from trainconsole.console.client import WorkspaceClient
 
     client = WorkspaceClient(cfg, readonly=readonly)
+    client.warm()  # the first poll's reading goes on while the UI's modules load
+    from trainconsole.console.app import TrainConsole
+
     app = TrainConsole(client, poll_interval=refresh, readonly=readonly, watch_terminal=interactive,
                        notice=notice)
     try:

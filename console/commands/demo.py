@@ -61,7 +61,7 @@ def prepare(root: Path) -> tuple[Path, bool]:
         # Through the inbox, as an operator would drop them: written aside, then renamed in, so
         # the engine never sees a half-written file.
         fsio.write_bytes(layout.incoming / name, data, tmp_dir=layout.tmp, tag="demo")
-    (root / MARKER).write_text("the sample data was queued; delete this file to queue it again\n")
+    fsio.write_bytes(root / MARKER, b"the sample data was queued; delete this file to queue it again\n")
     return config, True
 
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(config)
     if args.no_console:
-        from trainconsole.engine.lock import start_detached
+        from trainconsole.engine.daemon.start import start_detached
 
         pid = start_detached(config)
         print(f"engine running, pid {pid}; watch it with `trainconsole --config {config}`")

@@ -1,19 +1,19 @@
 """``trainconsole train FILE``: one guarded job in the foreground, outside the queue.
 
 For an operator debugging a file, and for tests that come before the daemon. The job runs in a
-real worker process (``python -m trainconsole.engine.train.worker``), exactly as the daemon runs it; this
-command only writes its spec, follows its events with a progress bar, and reads its report. It
-never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctrl-C kills it).
+real worker process started by the engine's launcher (``trainconsole.engine.daemon.launcher``),
+exactly as the daemon starts one: the configured devices, torchrun for several, the allocator
+setting. This command only writes its spec, follows its events with a progress bar, and reads its
+report. It never imports torch. Ctrl-C asks the worker to checkpoint and stop (a second Ctrl-C
+kills it).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,12 +21,14 @@ from typing import Any, TextIO
 
 from trainconsole.console.commands.validate import check_data_path
 from trainconsole.console.common import load_layout
-from trainconsole.engine import fsio
+from trainconsole.engine.config import Config
+from trainconsole.engine.daemon.launcher import WorkerProcess, device_plan, start_worker
 from trainconsole.engine.errors import ConfigError, TrainconsoleError, UsageError
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
+from trainconsole.engine.procid import my_identity
+from trainconsole.engine.runfiles import JobSpec, Report, RunFileError, RunFolder
 
-ROOT = Path(__file__).resolve().parents[2]
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -105,6 +107,21 @@ def _lock_run(run_dir: Path) -> int:
         raise TrainconsoleError(f"{exc.message}; wait for it to finish, or choose another --job-id") from None
 
 
+def _start(cfg: Config, spec: JobSpec, lock_fd: int, progress: Progress) -> WorkerProcess:
+    """Through the launcher, as the engine starts its workers: the configured devices, torchrun
+    for several, the allocator setting. The worker inherits the run folder's lock, so it stays
+    held for as long as the worker lives, even if this process is killed."""
+    from trainconsole.engine.sysmon import Sysmon
+
+    plan = device_plan(cfg.hardware, Sysmon().sample())
+    if plan.hold:
+        raise ConfigError(f"cannot start the worker: {plan.hold}", case=plan.case)
+    if plan.warning:
+        progress.line(f"warning (case {plan.case}): {plan.warning}")
+    _, worker = start_worker(spec, plan, job_name=spec.data_file.name, keep_fds=(lock_fd,))
+    return worker
+
+
 def run(args: argparse.Namespace) -> int:
     cfg, layout = load_layout(args)
     data = Path(args.file).expanduser()
@@ -116,62 +133,63 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--job-id {args.job_id!r}: use letters, digits, '.', '_' or '-' "
                          "(up to 64, starting with a letter or digit)")
     job_id = args.job_id or time.strftime("fg-%Y%m%d-%H%M%S")
-    run_dir = layout.runs / job_id
-    spec_path = run_dir / "spec.json"
+    folder = layout.run_folder(job_id)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = _lock_run(run_dir)
-        fsio.write_json(spec_path, {
-            "schema": 1, "job_id": job_id, "data_file": str(data.resolve()), "config": str(cfg.source),
-            "run_dir": str(run_dir), "overrides": {}, "adapters_dir": str(layout.adapters)})
-        (run_dir / "report.json").unlink(missing_ok=True)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock_run(folder.path)
+        spec = JobSpec(job_id=job_id, data_file=data.resolve(), config=cfg.source, run_dir=folder.path,
+                       adapters_dir=layout.adapters, launched_by="train", launcher_pid=os.getpid(),
+                       launcher_identity=my_identity())
+        spec.write()
+        folder.report.unlink(missing_ok=True)
     except OSError as exc:
-        raise ConfigError(f"{run_dir}: cannot prepare the run folder ({exc.strerror or exc}); check "
+        raise ConfigError(f"{folder.path}: cannot prepare the run folder ({exc.strerror or exc}); check "
                           f"the permissions and free space of paths.runs ({layout.runs})") from None
     progress = Progress(sys.stderr)
-    progress.line(f"training {data} as {job_id} (log: {run_dir / 'worker.log'})")
-    tail = EventTail(run_dir / "events.jsonl", (run_dir / "events.jsonl").stat().st_size
-                     if (run_dir / "events.jsonl").exists() else 0)
+    progress.line(f"training {data} as {job_id} (log: {folder.worker_log})")
+    tail = EventTail(folder.events, folder.events.stat().st_size if folder.events.exists() else 0)
     # A closed terminal (SIGHUP) or a plain kill stops the worker the way Ctrl-C does, rather than
     # leaving it to run on unwatched.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
-    with open(run_dir / "worker.log", "ab") as log:
-        # The worker inherits the run folder's lock, so it stays held for as long as the worker
-        # lives, even if this process is killed.
-        proc = subprocess.Popen([sys.executable, "-m", "trainconsole.engine.train.worker", str(spec_path)], cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                pass_fds=(lock_fd,))
-        os.close(lock_fd)
-        interrupts = 0
-        while True:
-            try:
-                while proc.poll() is None:
-                    _show(tail.read_new(), progress)
-                    time.sleep(0.2)
-                break
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts == 1:
-                    progress.line("stopping: the worker checkpoints at the next step (Ctrl-C again to kill it)")
-                    proc.send_signal(signal.SIGTERM)
-                else:
-                    proc.kill()
-    _show(tail.read_new(), progress)
     try:
-        report = json.loads((run_dir / "report.json").read_text())
-    except (OSError, ValueError):
-        progress.line(f"the worker ended with exit code {proc.returncode} and no report; see {run_dir / 'worker.log'}")
+        worker = _start(cfg, spec, lock_fd, progress)
+    finally:
+        os.close(lock_fd)
+    interrupts = 0
+    while True:
+        try:
+            while worker.poll() is None:
+                _show(tail.read_new(), progress)
+                time.sleep(0.2)
+            break
+        except KeyboardInterrupt:
+            interrupts += 1
+            if interrupts == 1:
+                progress.line("stopping: the worker checkpoints at the next step (Ctrl-C again to kill it)")
+                worker.signal_group(signal.SIGTERM)
+            else:
+                worker.signal_group(signal.SIGKILL)
+    _show(tail.read_new(), progress)
+    return _verdict(worker.poll(), folder, job_id, progress)
+
+
+def _verdict(code: int | None, folder: RunFolder, job_id: str, progress: Progress) -> int:
+    try:
+        report = Report.read(folder.report)
+    except RunFileError as exc:
+        progress.line(f"the worker ended with exit code {code} and no usable report ({exc.message}); "
+                      f"see {folder.worker_log}")
         return 1
-    if report["status"] == "done":
-        progress.line(f"done at step {report['global_step']}: adapter {report['adapter']}")
+    if report.status == "done":
+        progress.line(f"done at step {report.global_step}: adapter {report.adapter}")
         return 0
-    if report["status"] == "interrupted":
-        progress.line(f"stopped at step {report['global_step']} after a checkpoint; run again with "
+    if report.status == "interrupted":
+        progress.line(f"stopped at step {report.global_step} after a checkpoint; run again with "
                       f"--job-id {job_id} to resume")
         return 1
-    case = f", case {report['case']}" if report.get("case") else ""
-    progress.line(f"failed ({report['error_class']}{case}): {report['message']}")
-    if report.get("traceback") and report.get("error_class") == "bug":
-        progress.line(f"traceback in {run_dir / 'report.json'}")
+    case = f", case {report.case}" if report.case else ""
+    progress.line(f"failed ({report.error_class}{case}): {report.message}")
+    if report.traceback and report.error_class == "bug":
+        progress.line(f"traceback in {folder.report}")
     return 1

@@ -1,6 +1,8 @@
 """Alerts, newest first, except that critical ones not yet acknowledged stay on top: repeated
 warnings (a guard at every evaluation) would otherwise push them out of the few rows an 80x24
-terminal gives. Case number, severity, job, time and message; acknowledged ones are dimmed. Alerts change rarely, so the table is rebuilt only when the list itself changes."""
+terminal gives. Case number, severity, job, time and message; acknowledged ones are dimmed, and so
+are settled ones (a standing alert whose condition is over, such as a plateau the loss left).
+Alerts change rarely, so the table is rebuilt only when the list itself changes."""
 
 from __future__ import annotations
 
@@ -25,11 +27,12 @@ def _clip(text: Text, width: int) -> Text:
 
 
 def alert_cells(alert: AlertRow, message_width: int | None = None) -> tuple[Text, ...]:
-    dim = "dim" if alert.acked else ""
-    sev = alert.severity if not alert.acked else f"{alert.severity} ✓"
+    dim = "" if alert.unread else "dim"
+    sev = "resolved" if alert.resolved else alert.severity
+    sev = f"{sev} ✓" if alert.acked else sev
     return (
         Text(f"#{alert.case}" if alert.case is not None else "-", style=dim),
-        Text(sev, style="dim" if alert.acked else SEVERITY_STYLE.get(alert.severity, "")),
+        Text(sev, style=dim or SEVERITY_STYLE.get(alert.severity, "")),
         Text(alert.job_id or "engine", style=dim),
         Text(time.strftime("%H:%M:%S", time.localtime(alert.t)), style=dim),
         _clip(Text(alert.message.replace("\n", " "), style=dim, no_wrap=True),
@@ -51,8 +54,9 @@ def message_room(alerts: tuple[AlertRow, ...], width: int, height: int, padding:
 class AlertList(DataTable[Text]):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(cursor_type="row", **kwargs)  # type: ignore[arg-type]
-        self._shown: tuple[tuple[str, bool], ...] = ()
+        self._shown: tuple[tuple[str, bool, bool, float], ...] = ()
         self.alerts: tuple[AlertRow, ...] = ()
+        self._given: tuple[AlertRow, ...] | None = None
         self._room = 0
 
     def on_mount(self) -> None:
@@ -65,13 +69,17 @@ class AlertList(DataTable[Text]):
     def on_resize(self) -> None:
         if self.alerts and self._room != self._message_room(self.alerts):
             self._shown = ()  # rebuilt for the new width
+            self._given = None
             self.apply(self.alerts)
 
     def apply(self, alerts: tuple[AlertRow, ...]) -> None:
+        if alerts is self._given:  # the client hands back the same tuple while nothing changed
+            return
+        self._given = alerts
         # A stable sort: each group stays newest first.
-        alerts = tuple(sorted(alerts, key=lambda a: a.acked or a.severity != "critical"))
+        alerts = tuple(sorted(alerts, key=lambda a: not a.unread or a.severity != "critical"))
         self.alerts = alerts
-        signature = tuple((a.key, a.acked) for a in alerts)
+        signature = tuple((a.key, a.acked, a.resolved, a.t) for a in alerts)
         if signature == self._shown:
             return
         # The operator's place is kept only while they are in the list; otherwise the cursor

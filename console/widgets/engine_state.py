@@ -1,12 +1,15 @@
 """One status line: the engine's state, pid, uptime and step rate, the queue's counts, unread
-alerts, and anything that could not be read."""
+alerts (all of them, not the rows the panel shows), and anything that could not be read. When it
+changes, only the changed cells are sent (the step rate moves every second)."""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.app import RenderResult
+from textual.widget import Widget
 
 from trainconsole.console.snapshot import Snapshot, format_age
+from trainconsole.console.widgets.diff import cells_of, changed_regions
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "stopped": "bold red",
                "not running": "bold red"}
@@ -21,12 +24,11 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
     if engine.uptime_s is not None:
         out += Text(f"  up {format_age(engine.uptime_s)}")
     if engine.step_rate is not None:
-        out += Text(f"  {engine.step_rate:.3g} step/s")
+        out += Text(f"  {format_rate(engine.step_rate)}")
     if snap.paused and engine.state != "paused":
         out += Text("  queue paused", style="yellow")
-    unread = sum(1 for a in snap.alerts if not a.acked)
+    unread, critical, _total = snap.alert_counts()
     if unread:
-        critical = any(a.severity == "critical" and not a.acked for a in snap.alerts)
         out += Text(f"  │ {unread} alert{'s' if unread != 1 else ''}",
                     style="bold red" if critical else "yellow")
     if filter_text:
@@ -47,13 +49,44 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
     return out
 
 
-class EngineState(Static):
+def format_rate(rate: float) -> str:
+    """Steps per second at any pace, to two figures (a third only flickers, and a changed line is
+    sent to the terminal; ``.3g`` wrote 1234 as "1.23e+03"); a very slow job reads better in
+    seconds per step."""
+    if rate >= 10:
+        return f"{rate:.0f} step/s"
+    if rate >= 1:
+        return f"{rate:.1f} step/s"
+    if rate >= 0.1:
+        return f"{rate:.2f} step/s"
+    if rate > 0:
+        return f"{1 / rate:.3g} s/step"
+    return "0 step/s"
+
+
+class EngineState(Widget):
+    DEFAULT_CSS = "EngineState { height: 1; }"
+
     def __init__(self, **kwargs: object) -> None:
-        super().__init__("", **kwargs)  # type: ignore[arg-type]
+        super().__init__(**kwargs)  # type: ignore[arg-type]
         self._last: Text | None = None
+        self._text = Text()
+
+    def render(self) -> RenderResult:
+        return self._text
+
+    @property
+    def text(self) -> Text:
+        return self._text
 
     def apply(self, snap: Snapshot, readonly: bool, filter_text: str) -> None:
         text = render_state(snap, readonly, filter_text)
-        if text != self._last:
-            self._last = text
-            self.update(text, layout=False)
+        if text == self._last:
+            return
+        old = None if self._last is None else [cells_of(self._last)]
+        self._last = self._text = text
+        regions = changed_regions(old, [cells_of(text)], self.content_size.width)
+        if regions is None:
+            self.refresh()
+        else:
+            self.refresh(*regions)

@@ -1,5 +1,6 @@
-"""Resource gauges: each GPU (utilisation, memory, temperature, power), or a plain "no GPU" state,
-then RAM, swap and free disk. A fixed-size text block, redrawn only when its text changes."""
+"""Resource gauges: each GPU (utilisation, memory, temperature, power, and the running job's own
+memory on it), or a plain "no GPU" state with the job's CPU use, then RAM, swap and free disk.
+A fixed-size text block, redrawn only when its text changes, one line at a time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
 
+from trainconsole.engine.procmon import WorkerUsage
 from trainconsole.engine.sysmon import GpuSample, Sample
 
 NO_GPU_TEXT = {
@@ -42,9 +44,23 @@ def gpu_lines(gpu: GpuSample, width: int) -> list[Text]:
     mem = (None if gpu.mem_used_mb is None or not gpu.mem_total_mb
            else gpu.mem_used_mb / gpu.mem_total_mb)
     mem_text = f"{_gb(gpu.mem_used_mb)[:-1]}/{_gb(gpu.mem_total_mb)}"
-    return [head,
-            Text(" util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4}"),
-            Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
+    lines = [head,
+             Text(" util ") + bar(util, bar_w) + Text(f" {_num(gpu.util_pct, '%'):>4}"),
+             Text(" mem  ") + bar(mem, bar_w) + Text(f" {mem_text}")]
+    if gpu.job_mem_mb is not None:
+        # The worker's own memory (per process, as nvitop shows it): the device total also
+        # counts other users and the driver.
+        job = gpu.job_mem_mb / gpu.mem_total_mb if gpu.mem_total_mb else None
+        lines.append(Text(" job  ") + bar(job, bar_w) + Text(f" {_gb(gpu.job_mem_mb)}"))
+    return lines
+
+
+def worker_line(worker: WorkerUsage, width: int) -> Text:
+    """The job's processes: CPU (of every core, with the percent of one core as top shows it)
+    and resident memory, the gauge that matters when training runs on CPU."""
+    cpu = "?" if worker.cpu_pct is None else f"{worker.cpu_pct:.0f}%"
+    tail = f" {cpu:>5} {_gb(worker.rss_mb)}"
+    return Text("job  ") + bar(worker.cpu_fraction, max(4, width - 5 - len(tail))) + Text(tail)
 
 
 def gpu_line(gpu: GpuSample, width: int) -> Text:
@@ -57,16 +73,20 @@ def gpu_line(gpu: GpuSample, width: int) -> Text:
 
 
 def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str], width: int,
-                  height: int | None = None) -> list[Text]:
+                  height: int | None = None, cluster: str = "") -> list[Text]:
     """The panel's lines; given ``height``, GPUs take one line each when three would not leave
-    room for RAM, swap and disk (80x24 leaves six lines)."""
+    room for RAM, swap and disk (80x24 leaves six lines). ``cluster``: the Slurm cluster's nodes,
+    a first line of its own (the GPUs below are this machine's)."""
     width = max(20, width)
-    out: list[Text] = []
+    out: list[Text] = [Text("cluster ", style="bold") + Text(cluster[: width - 8])] if cluster else []
     if sample is None:
-        return [Text("sampling…", style="dim")]
+        return [*out, Text("sampling…", style="dim")]
+    on_gpu = any(g.job_mem_mb for g in sample.gpus)
+    cpu_gauge = sample.worker is not None and not on_gpu
     if sample.gpu_state == "ok" and sample.gpus:
-        rest = 2 + len({int(free) for free in sample.disk_free_mb.values()})
-        roomy = height is None or 3 * len(sample.gpus) + rest <= height
+        rest = 2 + cpu_gauge + len({int(free) for free in sample.disk_free_mb.values()})
+        per_gpu = 3 + any(g.job_mem_mb is not None for g in sample.gpus)
+        roomy = height is None or per_gpu * len(sample.gpus) + rest <= height
         for gpu in sample.gpus:
             out += gpu_lines(gpu, width) if roomy else [gpu_line(gpu, width)]
     else:
@@ -74,8 +94,11 @@ def render_gauges(sample: Sample | None, gpu_detail: str, labels: dict[str, str]
         style = "bold red" if sample.gpu_state == "error" else "bold yellow"
         out.append(Text(head[:width], style=style))
         why = gpu_detail if sample.gpu_state == "error" and gpu_detail else why
-        if why:
+        # A short panel keeps the job's gauge rather than the reason there is no GPU.
+        if why and (height is None or not cpu_gauge or height >= 6 + len(sample.disk_free_mb)):
             out.append(Text(why[:width], style="dim"))
+    if sample.worker is not None and cpu_gauge:
+        out.append(worker_line(sample.worker, width))
     bar_w = max(4, width - 20)
     ram_frac = sample.ram_used_mb / sample.ram_total_mb if sample.ram_total_mb else None
     out.append(Text("RAM  ") + bar(ram_frac, bar_w) + Text(
@@ -106,9 +129,11 @@ class Gauges(Vertical):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._lines: list[Text] = []
         self._args: tuple[Sample | None, str, dict[str, str]] = (None, "", {})
+        self._cluster = ""
 
-    def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str]) -> None:
+    def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str], cluster: str = "") -> None:
         self._args = (sample, gpu_detail, labels)
+        self._cluster = cluster
         self._draw()
 
     def on_resize(self) -> None:
@@ -120,7 +145,7 @@ class Gauges(Vertical):
 
     def _draw(self) -> None:
         lines = render_gauges(*self._args, width=self.content_size.width or 36,
-                              height=self.content_size.height or None)
+                              height=self.content_size.height or None, cluster=self._cluster)
         if lines == self._lines:
             return
         widgets = list(self.query_children(Static))

@@ -172,6 +172,8 @@ class GuardsConfig:
                               lo_open=True)
     plateau_window: int = _f(50, "Steps over which the loss must improve.", lo=1)
     plateau_min_delta: float = _f(0.001, "Smallest relative improvement that counts.", lo=0, hi=1)
+    plateau_patience: int = _f(3, "Windows in a row without that improvement before the plateau alert.",
+                               lo=1)
     early_stop_patience: int = _f(3, "Evaluations without improvement before stopping early.", lo=1)
     think_tag_max_share: float = _f(0.95, "Largest share of <think> text in generations before alerting.",
                                     lo=0, hi=1)

@@ -1,4 +1,4 @@
-"""The launcher seam: how a worker process is started, and nothing else.
+"""The launcher seam: how a worker process is started (``start_worker``), and nothing else.
 
 Supervision, retries and the watchdog see only a ``WorkerProcess`` (pid, start time, poll, signal
 its group), so a cluster launcher (Slurm's ``srun``) can be added here later without touching them.
@@ -19,15 +19,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
 import psutil
 
+from trainconsole.engine.config.schema import HardwareConfig
 from trainconsole.engine.procid import identity
+from trainconsole.engine.runfiles import JobSpec
 from trainconsole.engine.signals import STACKS_SIGNAL
+from trainconsole.engine.sysmon import Sample
 
 WORKER_MODULE = "trainconsole.engine.train.worker"
 ALLOC_CONF = "expandable_segments:True"
@@ -45,7 +48,7 @@ class DevicePlan:
     device: str  # "cuda" or "cpu"
     nproc: int
     visible: str | None  # CUDA_VISIBLE_DEVICES, None = leave as is
-    hold: str | None = None  # why no job may start (the queue is held, not failed)
+    hold: str | None = None  # why no worker may start, and what to do (the engine holds its queue)
     warning: str | None = None
     case: int | None = None
 
@@ -63,8 +66,8 @@ def plan_devices(device: str, gpus: str | list[int], gpu_state: str, gpu_indices
                "no_gpu": "no GPU was found", "error": "GPU detection failed"}.get(gpu_state, "no GPU was found")
         if device == "cuda":
             return DevicePlan("cuda", 0, None, hold=(
-                f'hardware.device is "cuda" but {why}; the queue is held until a GPU is back '
-                f'or hardware.device is set to "auto" or "cpu"'), case=26)
+                f'hardware.device is "cuda" but {why}; wait for a GPU to come back, or set '
+                f'hardware.device to "auto" or "cpu"'), case=26)
         return DevicePlan("cpu", cpu_nproc, "", warning=f"{why}: training on the CPU (slow)", case=26)
     if isinstance(gpus, str):
         chosen = list(gpu_indices)
@@ -73,7 +76,7 @@ def plan_devices(device: str, gpus: str | list[int], gpu_state: str, gpu_indices
         if missing:
             return DevicePlan("cuda", 0, None, hold=(
                 f"hardware.gpus asks for GPU {missing} but this machine has {gpu_indices}; "
-                "the queue is held until the config names GPUs that exist"), case=27)
+                "name GPUs that exist"), case=27)
         chosen = list(dict.fromkeys(gpus))
     return DevicePlan("cuda", len(chosen), ",".join(str(i) for i in chosen))
 
@@ -214,3 +217,22 @@ class TorchrunLauncher(LocalLauncher):
 
 def launcher_for(plan: DevicePlan) -> Launcher:
     return TorchrunLauncher(plan.nproc) if plan.nproc > 1 else LocalLauncher()
+
+
+def device_plan(hardware: HardwareConfig, sample: Sample | None) -> DevicePlan:
+    """The devices for the next worker, from ``hardware.device``/``hardware.gpus`` and what a
+    resource sample saw (no sample yet: as if no GPU were found)."""
+    state = sample.gpu_state if sample is not None else "no_nvml"
+    indices = [g.index for g in sample.gpus] if sample is not None and state == "ok" else []
+    return plan_devices(hardware.device, hardware.gpus, state, indices)
+
+
+def start_worker(spec: JobSpec, plan: DevicePlan, *, job_name: str, keep_fds: tuple[int, ...] = (),
+                 factory: Callable[[DevicePlan], Launcher] = launcher_for) -> tuple[Launcher, WorkerProcess]:
+    """The one way a worker starts, for the engine and for `trainconsole train` alike: on the
+    planned devices, under torchrun for several processes, with the allocator setting (case 29),
+    its output in the run folder's worker log. ``job_name`` selects test-only fault injection."""
+    launcher = factory(plan)
+    worker = launcher.launch(spec.folder.spec, worker_env(plan, job_name), spec.folder.worker_log,
+                             keep_fds=keep_fds)
+    return launcher, worker

@@ -1,8 +1,8 @@
 """The engine daemon: exactly one per queue folder, small, and never importing torch.
 
 Start-up order matters: folders checked writable (46), the lock taken (48), then recovery before
-anything trains (41-43: orphaned workers ended, jobs left running requeued, leftovers swept), then
-the supervision loop (``trainconsole.engine.daemon.supervisor``). SIGTERM, SIGINT or a ``stop`` command: the worker
+anything trains (``trainconsole.engine.daemon.recovery``: orphaned workers ended, jobs left running
+requeued, leftovers swept; 41-43), then the supervision loop (``trainconsole.engine.daemon.supervisor``). SIGTERM, SIGINT or a ``stop`` command: the worker
 checkpoints at its next step boundary and exits, its job is requeued without charge, and the
 daemon exits 0. SIGHUP is ignored (a closed terminal must not stop training; config changes take
 a restart). Workers are our children and reaped as they end (49).
@@ -18,51 +18,21 @@ from typing import Any
 
 from trainconsole.engine.config import Config, load_config
 from trainconsole.engine.daemon.notify import Notifier
-from trainconsole.engine.daemon.recovery import end_orphans, find_orphans, sweep
+from trainconsole.engine.daemon.recovery import recover
 from trainconsole.engine.daemon.resources import check_writable
-from trainconsole.engine.daemon.retry_policy import read_report
 from trainconsole.engine.daemon.supervisor import Supervisor
 from trainconsole.engine.errors import TrainconsoleError
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
-from trainconsole.engine.lock import EngineLock, start_detached
+from trainconsole.engine.lock import EngineLock
 from trainconsole.engine.store import Store
 from trainconsole.engine.sysmon import Sysmon
 
-__all__ = ["run_daemon", "start_detached", "recover"]
+__all__ = ["main", "run_daemon"]
 
 
 def _say(message: str) -> None:
     print(f"trainconsole engine: {message}", flush=True)
-
-
-def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float,
-            config: Path | None = None) -> None:
-    """Before anything trains: end orphans, requeue jobs left running, sweep leftovers."""
-    running = store.jobs(["running"])
-    orphans = find_orphans(running, layout)
-    if orphans:
-        notifier.alert(41, f"ending {len(orphans)} worker(s) left by an engine that did not stop cleanly: "
-                           + ", ".join(f"pid {o.pid} ({o.job_id or '?'}, {o.how})" for o in orphans),
-                       severity="warning", key="orphans")
-        end_orphans(orphans, grace_s)
-    for job in running:
-        report = read_report(layout.run_dir(job.id) / "report.json")
-        if report is not None and report.get("status") == "done":
-            # The orphan finished its job while no engine watched: its work is not redone.
-            store.succeed(job.id)
-            notifier.alert(41, f"{job.id} finished while the engine was down; recorded as done",
-                           severity="info", job_id=job.id)
-            continue
-        store.requeue(job.id, charge_attempt=False,
-                      reason="the engine stopped while this job ran; it resumes from its last checkpoint")
-        notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "
-                           "reboot); requeued, it resumes from its newest good checkpoint",
-                       severity="warning", job_id=job.id)
-    removed = sweep(layout, config=config)
-    if removed:
-        events.emit("log", level="info", message=f"swept {len(removed)} leftover temporary file(s): "
-                    + ", ".join(p.name for p in removed[:10]))
 
 
 class _Signals:
@@ -133,7 +103,7 @@ def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pi
         recover(store, layout, notifier, events, grace_s=sup.hang_grace_s, config=cfg.source)
         if store.paused() and any(j.error_class == "disk_full" for j in store.jobs(["queued"])):
             # Paused by a full disk before a restart: resume on our own once there is room again.
-            sup.disk_paused = True
+            sup.holds.disk_paused = True
             sup.guard.hold_for_disk(layout.runs, max(64.0, float(cfg.hardware.min_free_disk_mb)),
                                     from_now=False)
         code = sup.run()
@@ -146,12 +116,14 @@ def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pi
 
 
 def main(config: str) -> int:
+    """The engine's entry point (``python -m trainconsole.engine.daemon CONFIG``): a problem that
+    is the operator's to fix is one line on stderr and exit 1, never a traceback."""
     try:
         return run_daemon(load_config(Path(config)))
     except TrainconsoleError as exc:
         print(f"trainconsole: {exc.message}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "config.toml"))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"trainconsole: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1

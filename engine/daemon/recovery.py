@@ -1,11 +1,14 @@
-"""Start-up recovery after the daemon was killed, the power went or the machine rebooted (41-43).
+"""Start-up recovery after the daemon was killed, the power went or the machine rebooted (41-43),
+all of it here: ``recover`` is what the daemon runs before anything trains.
 
-Before anything trains: workers orphaned by a killed daemon are ended (found both by the pid and
-process identity the store recorded (``trainconsole.engine.procid``: a pid since given to an
-unrelated process is not ours to end), and by their command line naming a spec under our runs folder, in
-case the daemon died between spawning and recording); jobs left ``running`` are requeued without
-charging an attempt (the worker resumes from the newest good checkpoint); temporary and
-checkpoint-staging files of dead writers are swept.
+Workers orphaned by a killed daemon are ended (found both by the pid and process identity the
+store recorded, ``trainconsole.engine.procid``: a pid since given to an unrelated process is not
+ours to end, and by their command line naming a spec under our runs folder, in case the daemon
+died between spawning and recording; a live `trainconsole train`'s worker, as its spec says, is
+left alone); jobs left ``running`` are requeued without charging an attempt (the worker resumes
+from the newest good checkpoint), or recorded as done when an orphan finished meanwhile; what
+dead writers left (temporary files, staging folders: ``trainconsole.engine.fsio.sweep``) is
+removed. ``sweep_run`` is also what the supervisor runs after each worker ends.
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine import fsio
 from trainconsole.engine.daemon.launcher import WORKER_MODULE
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.procid import same_process
+from trainconsole.engine.runfiles import JobSpec, RunFileError, RunFolder, read_report
+from trainconsole.engine.store import Job, Store
 
 STALE_TMP_S = 3600.0
 
@@ -35,7 +41,7 @@ class Orphan:
     how: str
 
 
-def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
+def find_orphans(jobs: list[Job], layout: Layout) -> list[Orphan]:
     found: dict[int, Orphan] = {}
     for job in jobs:
         if job.status == "running" and job.pid and same_process(job.pid, job.pid_start):
@@ -50,7 +56,7 @@ def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
         if proc.pid == me or WORKER_MODULE not in cmd:
             continue
         spec = cmd[-1] if cmd else ""
-        if spec.startswith(runs + os.sep) and proc.pid not in found and not _foreground(proc):
+        if spec.startswith(runs + os.sep) and proc.pid not in found and not _foreground(spec):
             # torchrun's ranks are found through their parent's group; one entry per group.
             try:
                 pgid = os.getpgid(proc.pid)
@@ -61,19 +67,15 @@ def find_orphans(jobs: list[Any], layout: Layout) -> list[Orphan]:
     return list(found.values())
 
 
-def _foreground(proc: psutil.Process) -> bool:
-    """A worker that a live `trainconsole train` started (its parent, or torchrun's parent) is an
-    operator's foreground run, not an orphan of a killed engine: it is left alone."""
+def _foreground(spec_path: str) -> bool:
+    """A worker that a live `trainconsole train` started is an operator's foreground run, not an
+    orphan of a killed engine, and is left alone. Its spec says who launched it, and that
+    command's pid and process identity tell a live launcher from a gone one."""
     try:
-        for parent in proc.parents()[:2]:
-            argv = parent.cmdline()
-            command = [a for a in argv if not a.startswith("-")]
-            is_cli = any(a == "trainconsole.console.cli" or a.endswith("trainconsole") for a in argv)
-            if is_cli and "train" in command:
-                return True
-    except psutil.Error:
+        spec = JobSpec.read(Path(spec_path))
+    except RunFileError:
         return False
-    return False
+    return spec.launched_by == "train" and same_process(spec.launcher_pid, spec.launcher_identity)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -115,6 +117,36 @@ def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
         time.sleep(0.05)
 
 
+def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float,
+            config: Path | None = None) -> None:
+    """Before anything trains: end orphans, requeue jobs left running (or record one an orphan
+    finished meanwhile as done), sweep leftovers."""
+    running = store.jobs(["running"])
+    orphans = find_orphans(running, layout)
+    if orphans:
+        notifier.alert(41, f"ending {len(orphans)} worker(s) left by an engine that did not stop cleanly: "
+                           + ", ".join(f"pid {o.pid} ({o.job_id or '?'}, {o.how})" for o in orphans),
+                       severity="warning", key="orphans")
+        end_orphans(orphans, grace_s)
+    for job in running:
+        report = read_report(layout.run_folder(job.id).report)
+        if report is not None and report.done:
+            # The orphan finished its job while no engine watched: its work is not redone.
+            store.succeed(job.id)
+            notifier.alert(41, f"{job.id} finished while the engine was down; recorded as done",
+                           severity="info", job_id=job.id)
+            continue
+        store.requeue(job.id, charge_attempt=False,
+                      reason="the engine stopped while this job ran; it resumes from its last checkpoint")
+        notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "
+                           "reboot); requeued, it resumes from its newest good checkpoint",
+                       severity="warning", job_id=job.id)
+    removed = sweep(layout, config=config)
+    if removed:
+        events.emit("log", level="info", message=f"swept {len(removed)} leftover temporary file(s): "
+                    + ", ".join(p.name for p in removed[:10]))
+
+
 def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_TMP_S) -> list[Path]:
     """What dead writers left, found by the pid in their names (``trainconsole.engine.fsio``):
     everything in ``queue/.tmp`` whose writer is dead (or older than an hour: that folder holds
@@ -131,8 +163,7 @@ def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_
         run_dirs = []
     for run_dir in run_dirs:
         removed += sweep_run(run_dir)
-        for name in ("heartbeat.json", "stacks.txt"):
-            leftover = run_dir / name
+        for leftover in (RunFolder(run_dir).heartbeat, RunFolder(run_dir).stacks()):
             if leftover.exists() and _remove(leftover):
                 removed.append(leftover)
     removed += sweep_adapters(layout.adapters)
@@ -149,14 +180,8 @@ def sweep_run(run_dir: Path) -> list[Path]:
     """Leftovers of dead writers in one run folder: temporaries of its files, and staging folders
     of saves that never got their manifest (only bytes, not checkpoints; left alone they would be
     quarantined and pile up with every kill mid-save)."""
-    removed = fsio.sweep(run_dir)
-    try:
-        subdirs = [d for d in run_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    except OSError:
-        subdirs = []
-    for sub in subdirs:
-        removed += fsio.sweep(sub) + fsio.sweep(sub / ckpt.QUARANTINE)
-    return removed
+    checkpoints = RunFolder(run_dir).checkpoints
+    return fsio.sweep(run_dir) + fsio.sweep(checkpoints) + fsio.sweep(checkpoints / ckpt.QUARANTINE)
 
 
 def _remove(path: Path) -> bool:

@@ -174,3 +174,19 @@ def checkpoint_mb(run_dir: Path) -> float:
             continue
         best = max(best, size / (1024 * 1024))
     return max(1.0, best)
+
+
+_VANISHED = {errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EHOSTDOWN}
+_LOCKED = {errno.EPERM, errno.EACCES, errno.EBUSY, errno.ETXTBSY}
+
+
+def io_problem(exc: BaseException) -> tuple[int, str]:
+    """The case and a phrase for an I/O failure of the engine's own folders, by its errno."""
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in _VANISHED:
+        return 45, "a folder or file the engine needs is gone"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return 25, "the disk is full"
+    if code in _LOCKED:
+        return 50, "a file could not be moved or removed (locked, busy or immutable)"
+    return 44, "an I/O error"

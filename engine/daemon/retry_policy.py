@@ -1,128 +1,58 @@
-"""How a worker ended, and what happens to its job next. Pure functions over facts (the report, the
-exit status, the kernel's OOM counter); the supervisor applies the result to the store.
+"""What happens to a job after its worker ended (``trainconsole.engine.daemon.outcome`` says how it
+ended): the daemon's retry policy, in one place.
 
-Order of evidence: the worker's ``report.json`` first (it knows why it stopped), then its exit code
-(one per error class), then the signal that ended it. A SIGKILL with no report is the kernel's OOM
-killer only when the kernel's own OOM counter moved while the worker ran (case 24); any other
-SIGKILL is an outside kill, retried as transient. Both charge an attempt, so a job that keeps
-dying ends in failed/ after ``queue.max_attempts``.
+- done: published; interrupted (stop, preemption): requeued without charging an attempt.
+- OOM (21-24): down the ladder (half the micro-batch, twice the accumulation, then gradient
+  checkpointing), every rung recorded in the job's overrides, the engine log and the job log; a
+  kernel OOM kill (24) also charges an attempt; past the last rung, a clear permanent failure.
+- disk full (25): not charged; the queue pauses until the disk has room for another checkpoint.
+- device fault (28): retried after the store's back-off; three within an hour pause the queue.
+- transient (44, 45, 70, outside kills): the store's back-off, bounded by ``max_attempts``.
+- bug (71-80), data, config, diverged: failed at once with the report (traceback included).
+
+The store keeps the bookkeeping part of the policy, where the attempt counter lives:
+``Store.fail_attempt`` (``trainconsole.engine.store.store``) charges an attempt or not by class
+(permanent classes fail at once, disk-full and interrupted are not charged), computes the back-off
+(``queue.backoff_s``) and moves an exhausted job to failed/ with its report; ``Store.requeue``
+does the same for an OOM rung. This module decides which of them applies and what else follows.
 """
 
 from __future__ import annotations
 
-import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
+from trainconsole.engine.config.schema import TrainingConfig
+from trainconsole.engine.daemon.notify import Notifier
+from trainconsole.engine.daemon.outcome import Outcome
+from trainconsole.engine.daemon.resources import ResourceGuard, checkpoint_mb
+from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.events import EventLog
+from trainconsole.engine.store import Job, Store
 
-from trainconsole.engine.errors import CLASS_BY_EXIT, ErrorClass
+DEVICE_FAULT_WINDOW_S = 3600.0
+DEVICE_FAULTS_TO_PAUSE = 3
 
-OOM_COUNTER_FILES = (Path("/proc/vmstat"), Path("/sys/fs/cgroup/memory.events"))
+
+@dataclass
+class Holds:
+    """What the policy remembers between jobs: whether a full disk paused the queue (the engine
+    resumes it on its own once there is room), and the recent device faults."""
+
+    disk_paused: bool = False
+    device_faults: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """How one worker run ended."""
+class Ended:
+    """The run whose outcome is applied."""
 
-    error_class: ErrorClass | None  # None: done
-    message: str
-    case: int | None = None
-    traceback: str | None = None
-    report: dict[str, Any] | None = None
-    returncode: int | None = None
-    global_step: int | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.error_class is None
-
-
-def read_report(path: Path) -> dict[str, Any] | None:
-    """The worker's report, or None when it is missing, torn or not an object."""
-    try:
-        raw = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return raw if isinstance(raw, dict) and "status" in raw else None
-
-
-def oom_kill_count(files: tuple[Path, ...] = OOM_COUNTER_FILES) -> int:
-    """The kernel's count of OOM kills (system-wide plus this cgroup); 0 where unreadable."""
-    total = 0
-    for path in files:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
-                total += int(value)
-    return total
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
-def classify(
-    report: dict[str, Any] | None,
-    returncode: int,
-    *,
-    oom_kills_during_run: int = 0,
-    hung_for_s: float | None = None,
-    stopped_by_us: bool = False,
-    log_tail: str = "",
-) -> Outcome:
-    if hung_for_s is not None:
-        return Outcome(ErrorClass.TRANSIENT, f"no training progress for {hung_for_s:.0f}s: the watchdog "
-                       "ended the worker; the job resumes from its last checkpoint", case=70,
-                       returncode=returncode)
-    if report is not None:
-        status = report.get("status")
-        step = report.get("global_step")
-        step_i = step if isinstance(step, int) else None
-        case = report.get("case") if isinstance(report.get("case"), int) else None
-        message = str(report.get("message") or "")
-        tb = report.get("traceback") if isinstance(report.get("traceback"), str) else None
-        if status == "done":
-            return Outcome(None, message or "done", report=report, returncode=returncode,
-                           global_step=step_i)
-        if status == "interrupted":
-            return Outcome(ErrorClass.INTERRUPTED, message or "stopped after a checkpoint", case=case,
-                           report=report, returncode=returncode, global_step=step_i)
-        try:
-            cls = ErrorClass(str(report.get("error_class")))
-        except ValueError:
-            cls = ErrorClass.BUG
-        return Outcome(cls, message or f"worker failed ({cls.value})", case=case, traceback=tb,
-                       report=report, returncode=returncode, global_step=step_i)
-    if returncode >= 0:
-        cls_or_none = CLASS_BY_EXIT.get(returncode)
-        if returncode == 0 or cls_or_none is None:
-            # An exit the worker's own top-level handler did not produce: an exception before it
-            # was installed, or an interpreter failure. Ours to fix, never retried as transient.
-            return Outcome(ErrorClass.BUG, f"worker exited with code {returncode} without a report",
-                           traceback=log_tail or None, returncode=returncode)
-        return Outcome(cls_or_none, f"worker exited with code {returncode} ({cls_or_none.value}) "
-                       "without a report", traceback=log_tail or None, returncode=returncode)
-    sig = -returncode
-    if stopped_by_us:
-        return Outcome(ErrorClass.INTERRUPTED, f"stopped by the engine ({_signal_name(sig)})",
-                       returncode=returncode)
-    if sig == signal.SIGKILL and oom_kills_during_run > 0:
-        return Outcome(ErrorClass.OOM, "killed by the kernel's out-of-memory killer (host RAM)",
-                       case=24, returncode=returncode)
-    if sig == signal.SIGKILL:
-        return Outcome(ErrorClass.TRANSIENT, "the worker was killed (SIGKILL) without a report; "
-                       "the job resumes from its last checkpoint", case=24, returncode=returncode)
-    return Outcome(ErrorClass.TRANSIENT, f"the worker died of {_signal_name(sig)}",
-                   traceback=log_tail or None, returncode=returncode)
+    job: Job
+    run_dir: Path
+    job_log: Path
+    cancelled: bool = False  # an operator's cancel stopped it
 
 
 @dataclass(frozen=True)
@@ -156,3 +86,92 @@ def next_oom_rung(overrides: dict[str, Any], batch_size: int, accumulation: int,
 def effective_batch(overrides: dict[str, Any], batch_size: int, accumulation: int) -> int:
     return int(overrides.get("batch_size", batch_size)) * int(
         overrides.get("gradient_accumulation", accumulation))
+
+
+def _report_text(outcome: Outcome) -> str | None:
+    if not outcome.traceback:
+        return None
+    return f"{outcome.message}\n\n{outcome.traceback}"
+
+
+def _job_log(ended: Ended, level: str, message: str) -> None:
+    with EventLog(ended.job_log) as log:
+        log.emit("log", level=level, job_id=ended.job.id, message=message)
+
+
+def apply_outcome(outcome: Outcome, ended: Ended, *, store: Store, notifier: Notifier,
+                  guard: ResourceGuard, holds: Holds, training: TrainingConfig) -> None:
+    """Move the job on as the policy says, in the store, the resource guard and ``holds``."""
+    jid = ended.job.id
+    cls = outcome.error_class
+    if outcome.done:
+        store.succeed(jid, adapter=outcome.report.adapter if outcome.report is not None else None)
+        return
+    if ended.cancelled:
+        store.cancel(jid, worker_stopped=True)
+        return
+    if cls is ErrorClass.INTERRUPTED:
+        store.requeue(jid, charge_attempt=False, reason=outcome.message)
+        return
+    if cls is ErrorClass.OOM:
+        _oom(outcome, ended, store, notifier, training)
+        return
+    if cls is ErrorClass.DISK_FULL:
+        store.fail_attempt(jid, cls, outcome.message)  # not charged; the store pauses the queue
+        holds.disk_paused = True
+        guard.hold_for_disk(ended.run_dir, checkpoint_mb(ended.run_dir))
+        notifier.alert(25, f"{jid}: the disk filled up ({outcome.message}); the previous "
+                           "checkpoint is intact, no attempt was charged, and the queue is paused "
+                           "until space is freed", severity="critical", job_id=jid, key="disk-full")
+        return
+    if cls is ErrorClass.DEVICE:
+        now = time.monotonic()
+        holds.device_faults = [t for t in holds.device_faults if now - t < DEVICE_FAULT_WINDOW_S] + [now]
+        after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome))
+        notifier.alert(28, f"{jid}: device fault ({outcome.message}); "
+                           + ("retrying after a delay" if after.status == "queued" else "no attempts left"),
+                       severity="warning", job_id=jid)
+        if len(holds.device_faults) >= DEVICE_FAULTS_TO_PAUSE:
+            store.set_paused(True)
+            holds.device_faults.clear()
+            notifier.alert(28, f"{DEVICE_FAULTS_TO_PAUSE} device faults within an hour: the queue "
+                               "is paused; check the GPU (nvidia-smi, dmesg) and `trainconsole resume`",
+                           severity="critical", key="device-faults")
+        return
+    assert cls is not None
+    after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome))
+    if cls is ErrorClass.BUG:
+        notifier.alert(outcome.case, f"{jid}: a bug stopped the worker: {outcome.message}; not "
+                                     "retried, the traceback is in the job's report in failed/",
+                       severity="critical", job_id=jid)
+    elif outcome.case is not None:
+        tail = "retrying with back-off" if after.status == "queued" else f"job {after.status}"
+        notifier.alert(outcome.case, f"{jid}: {outcome.message}; {tail}", job_id=jid,
+                       severity="warning" if after.status == "queued" else "critical")
+
+
+def _oom(outcome: Outcome, ended: Ended, store: Store, notifier: Notifier, t: TrainingConfig) -> None:
+    job = ended.job
+    jid = job.id
+    case = outcome.case or 23
+    charge = case == 24  # the kernel's OOM killer: counted as an attempt
+    rung = next_oom_rung(job.overrides, t.batch_size, t.gradient_accumulation, t.gradient_checkpointing)
+    if rung is None:
+        message = (f"out of memory (case {case}) even with micro-batch 1 and gradient checkpointing; "
+                   "lower training.max_length or lora.r, or use a device with more memory")
+        store.fail_attempt(jid, ErrorClass.CONFIG, message, _report_text(outcome))
+        _job_log(ended, "error", message)
+        notifier.alert(case, f"{jid}: {message}", severity="critical", job_id=jid)
+        return
+    eff = effective_batch(rung.overrides, t.batch_size, t.gradient_accumulation)
+    after = store.requeue(jid, overrides=rung.overrides, charge_attempt=charge,
+                          reason=f"out of memory: rung {rung.overrides.get('oom_rung')}: {rung.description}")
+    text = (f"out of memory ({outcome.message}); OOM ladder rung {rung.overrides.get('oom_rung')}: "
+            f"{rung.description}; effective batch {eff}")
+    _job_log(ended, "warning", text)
+    if after.status == "failed":
+        notifier.alert(case, f"{jid}: {text}; but no attempts are left: failed", severity="critical",
+                       job_id=jid)
+    else:
+        notifier.alert(case, f"{jid}: {text}; resuming from the last checkpoint", severity="warning",
+                       job_id=jid)

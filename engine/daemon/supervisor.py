@@ -21,9 +21,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
 from trainconsole.engine.config.jobsettings import with_settings
 from trainconsole.engine.daemon import inbox as ingest
@@ -31,28 +28,26 @@ from trainconsole.engine.daemon.launcher import (
     DevicePlan,
     Launcher,
     WorkerProcess,
+    device_plan,
     launcher_for,
-    plan_devices,
-    worker_env,
+    start_worker,
 )
 from trainconsole.engine.daemon.notify import Notifier
-from trainconsole.engine.daemon.outcome import apply_outcome
+from trainconsole.engine.daemon.outcome import classify, log_tail, oom_kill_count
 from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
-from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb
-from trainconsole.engine.daemon.retry_policy import classify, oom_kill_count, read_report
-from trainconsole.engine.daemon.watchdog import Watchdog
+from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb, io_problem
+from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
+from trainconsole.engine.daemon.watchdog import Watchdog, collect_stacks
 from trainconsole.engine.errors import ErrorClass
 from trainconsole.engine.events import EventLog, EventTail
 from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
-from trainconsole.engine.signals import STACKS_SIGNAL, signal_name
+from trainconsole.engine.runfiles import JobSpec, RunFolder, read_report
 from trainconsole.engine.store import Job, QueueError, Store
 from trainconsole.engine.store import files as store_files
 
 STACK_WAIT_S = 3.0
 IO_BACKOFF_MAX_S = 60.0
 RESOURCE_EVENT_S = 30.0
-_VANISHED = {errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.ENODEV, errno.EHOSTDOWN}
-_LOCKED = {errno.EPERM, errno.EACCES, errno.EBUSY, errno.ETXTBSY}
 
 
 @dataclass
@@ -60,7 +55,7 @@ class Running:
     job: Job
     worker: WorkerProcess
     watchdog: Watchdog
-    run_dir: Path
+    folder: RunFolder
     oom_before: int
     tail: EventTail
     last_step: int | None = None
@@ -71,10 +66,6 @@ class Running:
     hung_for_s: float | None = None
     stopping: bool = False  # stopped by us (stop, cancel): an interruption, not a failure
     cancel: bool = False
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fsio.write_bytes(path, orjson.dumps(obj, option=orjson.OPT_INDENT_2))
 
 
 class Supervisor:
@@ -96,8 +87,7 @@ class Supervisor:
         self.current: Running | None = None
         self.stop_requested = False
         self.signalled: str | None = None  # set from a signal handler, acted on in the loop
-        self.disk_paused = False
-        self.device_faults: list[float] = []
+        self.holds = Holds()  # a full disk's pause and recent device faults (retry_policy)
         self.io_failures = 0
         self.io_retry_at = 0.0
         self.busy_retry_at = 0.0  # a job's run folder was held by another worker: look again then
@@ -178,15 +168,7 @@ class Supervisor:
             self.needs_repair = True
             delay = min(IO_BACKOFF_MAX_S, self.poll_s * 2 ** min(self.io_failures, 10))
             self.io_retry_at = time.monotonic() + delay
-            code = exc.errno if isinstance(exc, OSError) else None
-            if code in _VANISHED:
-                case, what = 45, "a folder or file the engine needs is gone"
-            elif code in (errno.ENOSPC, errno.EDQUOT):
-                case, what = 25, "the disk is full"
-            elif code in _LOCKED:
-                case, what = 50, "a file could not be moved or removed (locked, busy or immutable)"
-            else:
-                case, what = 44, "an I/O error"
+            case, what = io_problem(exc)
             self.notifier.alert(case, f"{what} while {phase}: {exc}; retrying in {delay:.0f}s "
                                       f"(check that {self.layout.queue} is mounted and healthy)",
                                 severity="critical", key="io")
@@ -225,27 +207,22 @@ class Supervisor:
 
     # -- starting ---------------------------------------------------------------------------------
 
-    def _device_plan(self) -> DevicePlan:
-        sample = self.guard.last_sample
-        state = getattr(sample, "gpu_state", "no_nvml")
-        indices = [g.index for g in getattr(sample, "gpus", [])] if state == "ok" else []
-        return plan_devices(self.cfg.hardware.device, self.cfg.hardware.gpus, state, indices)
-
     def _check_resources(self) -> None:
         """Sampled every few seconds, a job running or not: the alert should come before the
         kernel's OOM killer or a full disk does."""
         self.guard.check()
-        if self.disk_paused and self.guard.disk_hold is None:
-            self.disk_paused = False
+        if self.holds.disk_paused and self.guard.disk_hold is None:
+            self.holds.disk_paused = False
             self.store.set_paused(False)
         self._emit_resources()
 
     def _maybe_start(self) -> None:
         if not self.guard.state.ok or self.store.paused() or time.monotonic() < self.busy_retry_at:
             return
-        plan = self._device_plan()
+        plan = device_plan(self.cfg.hardware, self.guard.last_sample)
         if plan.hold:
-            self.notifier.alert(plan.case, plan.hold, severity="critical", key="device-hold")
+            self.notifier.alert(plan.case, f"the queue is held: {plan.hold}", severity="critical",
+                                key="device-hold")
             return
         self.notifier.forget("device-hold")
         if plan.warning and not self._cpu_warned:
@@ -284,8 +261,9 @@ class Supervisor:
         self.notifier.forget(f"run-busy:{job.id}")
 
     def _launch_locked(self, job: Job, plan: DevicePlan, run_dir: Path, lock_fd: int) -> None:
-        for name in ("report.json", "heartbeat.json", "stacks.txt"):
-            (run_dir / name).unlink(missing_ok=True)  # this attempt's files only
+        folder = RunFolder(run_dir)
+        for path in folder.attempt_files():
+            path.unlink(missing_ok=True)  # this attempt's files only
         if not self._data_copy_present(job):
             message = (f"the engine's copy of the data, {job.path}, was removed by hand (the queue "
                        "folder itself is fine), so the job cannot run; add the file again with "
@@ -293,29 +271,26 @@ class Supervisor:
             self.store.fail_attempt(job.id, ErrorClass.DATA, message)
             self.notifier.alert(51, f"{job.id}: {message}", job_id=job.id, severity="warning")
             return
-        spec_path = run_dir / "spec.json"
         exp = job.experiment
-        _write_json(spec_path, {
-            "schema": 1, "job_id": job.id, "data_file": str(job.path), "config": str(self.cfg.source),
-            "run_dir": str(run_dir), "overrides": job.overrides, "adapters_dir": str(self.layout.adapters),
-            # The job's own settings (fixed when queued) and where its adapter continues from.
-            "settings": exp.settings, "lineage": exp.lineage, "start_from": exp.start_from,
-        })
-        launcher = self.launcher_factory(plan)
-        env = worker_env(plan, job.name)
+        # The job's own settings (fixed when queued) and where its adapter continues from.
+        spec = JobSpec(job_id=job.id, data_file=job.path, config=self.cfg.source, run_dir=run_dir,
+                       overrides=job.overrides, adapters_dir=self.layout.adapters, settings=exp.settings,
+                       lineage=exp.lineage, start_from=exp.start_from)
+        spec.write()
         job = self.store.start(job.id)  # durable before the spawn: a kill now still used an attempt
         oom_before = oom_kill_count()
         try:
-            worker = launcher.launch(spec_path, env, run_dir / "worker.log", keep_fds=(lock_fd,))
+            launcher, worker = start_worker(spec, plan, job_name=job.name, keep_fds=(lock_fd,),
+                                            factory=self.launcher_factory)
         except OSError as exc:
             self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"could not start the worker: {exc}")
             raise
         g = self.job_config(job).guards
         self.current = Running(
-            job, worker, Watchdog(run_dir / "heartbeat.json", floor_s=g.hang_floor_s, multiple=g.hang_multiple,
+            job, worker, Watchdog(folder.heartbeat, floor_s=g.hang_floor_s, multiple=g.hang_multiple,
                                   first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono,
                                   boundary=self._boundary(job)),
-            run_dir, oom_before, EventTail(self.layout.job_events(job.id), self._log_size(job.id)))
+            folder, oom_before, EventTail(self.layout.job_events(job.id), self._log_size(job.id)))
         self.store.set_worker(job.id, worker.pid, worker.pid_start)
         self.events.emit("log", level="info", job_id=job.id, message=(
             f"{job.id} attempt {job.attempts} started: {launcher.name} pid {worker.pid}, "
@@ -407,22 +382,7 @@ class Supervisor:
 
     def _dump_stacks(self, run: Running, silent_s: float, limit_s: float) -> None:
         """Stacks first, then the kill: a hang is only fixable if we know where it sat (case 70)."""
-        stacks_file = run.run_dir / "stacks.txt"
-        asked = run.worker.request_stacks()
-        text = ""
-        deadline = time.monotonic() + STACK_WAIT_S
-        while asked and time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                text = stacks_file.read_text(errors="replace")
-            except OSError:
-                text = ""
-            if text.count("File ") and time.monotonic() > deadline - STACK_WAIT_S + 0.5:
-                break
-        if not text:
-            text = (f"(no stacks: the worker does not register faulthandler on {signal_name(STACKS_SIGNAL)})"
-                    if not asked
-                    else "(the worker did not write its stacks in time)")
+        text = collect_stacks(run.worker.request_stacks, run.folder.stacks(), STACK_WAIT_S)
         message = (f"{run.job.id}: no training progress for {silent_s:.0f}s (limit {limit_s:.0f}s); "
                    f"ending the worker. Python stacks:\n{text[-20000:]}")
         with EventLog(self.layout.job_events(run.job.id)) as job_log:
@@ -434,30 +394,26 @@ class Supervisor:
 
     # -- finishing --------------------------------------------------------------------------------
 
-    def _log_tail(self, run: Running) -> str:
-        try:
-            with open(run.worker.log_path, "rb") as fh:
-                fh.seek(max(0, os.fstat(fh.fileno()).st_size - 6000))
-                return fh.read().decode(errors="replace")
-        except OSError:
-            return ""
-
     def _finish(self, run: Running, code: int) -> None:
-        swept = sweep_run(run.run_dir) + sweep_adapters(self.layout.adapters)
+        swept = sweep_run(run.folder.path) + sweep_adapters(self.layout.adapters)
         if swept:
             self.events.emit("log", level="info", job_id=run.job.id,
                              message=f"removed {len(swept)} unfinished save(s) of the ended worker")
-        report = read_report(run.run_dir / "report.json")
+        report = read_report(run.folder.report)
         outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
                            hung_for_s=run.hung_for_s, stopped_by_us=run.stopping,
-                           log_tail=self._log_tail(run) if report is None else "")
+                           log_tail=log_tail(run.worker.log_path) if report is None else "")
         if outcome.error_class in (ErrorClass.BUG, ErrorClass.TRANSIENT):
             # A full disk surfaces in many disguises (torch.save's "unexpected pos", a torn write):
             # the filesystem, not the message, says whether the attempt was the disk's fault (25).
-            free = self.guard.sysmon.sample([run.run_dir]).disk_free_mb.get(str(run.run_dir))
-            if free is not None and free < checkpoint_mb(run.run_dir):
+            run_dir = run.folder.path
+            free = self.guard.sysmon.sample([run_dir]).disk_free_mb.get(str(run_dir))
+            if free is not None and free < checkpoint_mb(run_dir):
                 outcome = replace(outcome, error_class=ErrorClass.DISK_FULL, case=25, message=(
-                    f"{outcome.message} (only {free:.2f} MB free on {run.run_dir}: treated as a full disk)"))
-        apply_outcome(self, run, outcome)
+                    f"{outcome.message} (only {free:.2f} MB free on {run_dir}: treated as a full disk)"))
+        ended = Ended(run.job, run_dir=run.folder.path, job_log=self.layout.job_events(run.job.id),
+                      cancelled=run.cancel)
+        apply_outcome(outcome, ended, store=self.store, notifier=self.notifier, guard=self.guard,
+                      holds=self.holds, training=self.job_config(run.job).training)
         self.current = None
 

@@ -1,7 +1,8 @@
 """Judges a hang (case 70) from the worker's heartbeat, on the monotonic clock only (case 47).
 
-The worker rewrites ``heartbeat.json`` each step with ``mono`` (its time.monotonic(), which is
-CLOCK_MONOTONIC and shared by every process on one boot) and ``step_time_s``. The limit adapts:
+The worker rewrites its heartbeat (``trainconsole.engine.runfiles.Heartbeat``) each step with
+``mono`` (its time.monotonic(), which is CLOCK_MONOTONIC and shared by every process on one boot)
+and ``step_time_s``. The limit adapts:
 ``max(hang_floor_s, hang_multiple * recent step time)``, so a model whose steps take minutes is
 not killed by a floor tuned for seconds. Until the first step the worker gets
 ``first_step_grace_s`` from launch (loading a model and building a token cache take a while).
@@ -24,31 +25,30 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    pid: int | None
-    step: int
-    mono: float
-    step_time_s: float | None
+from trainconsole.engine.runfiles import Heartbeat, read_heartbeat
+from trainconsole.engine.signals import STACKS_SIGNAL, signal_name
 
 
-def read_heartbeat(path: Path) -> Heartbeat | None:
-    try:
-        raw: Any = orjson.loads(path.read_bytes())
-        step_time = raw.get("step_time_s")
-        return Heartbeat(
-            pid=int(raw["pid"]) if raw.get("pid") is not None else None,
-            step=int(raw.get("step", 0)),
-            mono=float(raw["mono"]),
-            step_time_s=float(step_time) if isinstance(step_time, int | float) else None,
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, orjson.JSONDecodeError):
-        return None
+def collect_stacks(request: Callable[[], int], stacks_file: Path, wait_s: float) -> str:
+    """Stacks first, then the kill: ``request`` asks the workers to dump their Python stacks
+    (returning how many were asked); wait up to ``wait_s`` for them in ``stacks_file``. The text,
+    or a line saying why there is none."""
+    asked = request()
+    text = ""
+    deadline = time.monotonic() + wait_s
+    while asked and time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            text = stacks_file.read_text(errors="replace")
+        except OSError:
+            text = ""
+        if text.count("File ") and time.monotonic() > deadline - wait_s + 0.5:
+            break
+    if not text:
+        text = (f"(no stacks: the worker does not register faulthandler on {signal_name(STACKS_SIGNAL)})"
+                if not asked else "(the worker did not write its stacks in time)")
+    return text
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ and the gradient norm together, a flushed JSON line and an atomic (not fsynced) 
 
 - NaN or inf in the loss or the gradient norm (64, 65) raises ``NonFinite`` before anything is
   saved; the worker rolls back to the last good checkpoint with a lower learning rate.
-- Plateau (66): the mean loss of the last ``plateau_window`` steps against the window before it.
+- Plateau (66): window means of ``plateau_window`` steps against the best so far, with hysteresis:
+  one standing alert while the plateau lasts, settled by a "resolved" one (``Plateau``).
 - Rising validation loss (67): early stop after ``early_stop_patience`` evaluations without a
   new best; the worker publishes the best checkpoint, not the last.
 - Think-tag share and accuracy (68, 69): greedy generations on held-out prompts, compared with
@@ -17,13 +18,12 @@ import math
 import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainconsole.engine import fsio
 from trainconsole.engine.events import EventLog
+from trainconsole.engine.runfiles import Heartbeat
 
 
 class NonFinite(Exception):
@@ -56,8 +56,9 @@ def trainable_finite(model: Any) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
-class Heartbeat:
-    """``heartbeat.json`` as the contract says: pid, step, monotonic time, last step time.
+class HeartbeatWriter:
+    """Writes ``heartbeat.json`` (``trainconsole.engine.runfiles.Heartbeat``: pid, step, monotonic
+    time, last step time) for the daemon's watchdog.
 
     The step thread only records the values (with the monotonic time of the step itself); a
     writer thread replaces the file within ``interval`` seconds. A rename over an existing file
@@ -78,17 +79,15 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def _body(self, step: int, mono: float, step_time_s: float | None) -> bytes:
-        shown = "null" if step_time_s is None else f"{step_time_s:.4f}"
-        return (f'{{"pid": {self.pid}, "step": {step}, "mono": {mono:.3f}, '
-                f'"step_time_s": {shown}}}\n').encode()
+    def _write(self, path: Path, value: tuple[int, float, float | None]) -> None:
+        Heartbeat(self.pid, *value).write(path)
 
     def beat(self, step: int, step_time_s: float | None = None) -> None:
         value = (step, time.monotonic(), step_time_s)
         if self.path is None:
             return
         if self._thread is None:  # the first beat is written at once, so the file exists
-            fsio.write_bytes(self.path, self._body(*value), durable=False)
+            self._write(self.path, value)
             self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
             self._thread.start()
             return
@@ -99,7 +98,7 @@ class Heartbeat:
         if self.path is not None and value is not None and value is not self._written:
             self._written = value
             try:
-                fsio.write_bytes(self.path, self._body(*value), durable=False)
+                self._write(self.path, value)
             except OSError:
                 pass  # a full disk: the watchdog will judge from the stale file, as it should
 
@@ -117,26 +116,112 @@ class Heartbeat:
         self._flush()
 
 
+@dataclass(frozen=True)
+class PlateauChange:
+    """A plateau began (``started``) or ended. Means are of whole windows, steps inclusive."""
+
+    started: bool
+    mean: float  # the window that decided it
+    first_step: int
+    last_step: int
+    best: float  # the best window mean before the plateau
+    best_last_step: int
+    windows: int  # windows without progress when it began
+
+    @property
+    def change(self) -> float:
+        """Relative change of ``mean`` against ``best``: negative is better (lower loss)."""
+        return (self.mean - self.best) / max(abs(self.best), 1e-12)
+
+
 @dataclass
 class Plateau:
-    """Alerts once per window when the loss has stopped improving (case 66)."""
+    """Case 66 with hysteresis: one standing alert per plateau, not one per window.
+
+    The loss is averaged over back-to-back windows of ``window`` steps. A window whose mean beats
+    the best mean so far by ``min_delta`` (relative) and by twice its own standard error (the
+    noise of a mean of that many steps) is progress and becomes the best. ``patience``
+    windows in a row without progress begin a plateau (one alert). It ends only when ``patience``
+    windows in a row each beat that best by ``2 * min_delta``: a wider band than the one that
+    began it (and past the noise), held for as long, so a noisy loss whose lucky windows dip under
+    the threshold does not flap in and out. The best is held while the plateau lasts, so a slow descent accumulates
+    until it counts.
+
+    Measured on a noisy loss (the old rule compared each window with the one before and alerted
+    whenever that failed): 577 alerts by step 58k, about one every 2-3 s. Here such a loss gives
+    one alert per plateau, and a new one only after a real drop and ``patience`` flat windows."""
 
     window: int
     min_delta: float
-    losses: deque[float] = field(default_factory=deque)
+    patience: int = 3
+    best: float = math.inf
+    best_last_step: int = 0
+    stale: int = 0
+    active: bool = False
+    better: int = 0  # windows in a row past the band, while a plateau lasts
+    _sum: float = 0.0
+    _sumsq: float = 0.0
+    _count: int = 0
+    _first_step: int = 0
 
-    def add(self, loss: float) -> float | None:
-        """The relative improvement when a plateau is detected, else None."""
-        self.losses.append(loss)
-        if len(self.losses) < 2 * self.window:
+    def add(self, step: int, loss: float) -> PlateauChange | None:
+        if not math.isfinite(loss):
+            return None  # a NaN is case 64's, handled before this; it must not poison the mean
+        if self._count == 0:
+            self._first_step = step
+        self._sum += loss
+        self._sumsq += loss * loss
+        self._count += 1
+        if self._count < self.window:
             return None
-        items = list(self.losses)
-        before = sum(items[: self.window]) / self.window
-        recent = sum(items[self.window:]) / self.window
-        self.losses.clear()  # judge the next two windows afresh: one alert per window at most
-        self.losses.extend(items[self.window:])
-        improvement = (before - recent) / max(abs(before), 1e-12)
-        return improvement if improvement < self.min_delta else None
+        n, mean, first = self._count, self._sum / self._count, self._first_step
+        # The noise of a window's mean (its standard error): an improvement must clear it twice
+        # over as well as min_delta, or a noisy loss's lucky windows pass for progress.
+        var = max(0.0, (self._sumsq - self._sum * self._sum / n) / (n - 1)) if n > 1 else 0.0
+        noise = 2.0 * math.sqrt(var / n)
+        self._sum, self._sumsq, self._count = 0.0, 0.0, 0
+        if not math.isfinite(self.best):
+            self.best, self.best_last_step = mean, step
+            return None
+        drop = self.best - mean
+        scale = max(abs(self.best), 1e-12)
+        if self.active:
+            past_band = drop > 0 and drop >= max(2 * self.min_delta * scale, noise)
+            self.better = self.better + 1 if past_band else 0
+            if self.better < self.patience:
+                self.stale += 1
+                return None
+            change = PlateauChange(False, mean, first, step, self.best, self.best_last_step, self.stale)
+            self.active, self.stale, self.better = False, 0, 0
+            self.best, self.best_last_step = mean, step
+            return change
+        if drop > 0 and drop >= self.min_delta * scale:
+            self.best, self.best_last_step, self.stale = mean, step, 0
+            return None
+        self.stale += 1
+        if self.stale < self.patience:
+            return None
+        self.active = True
+        return PlateauChange(True, mean, first, step, self.best, self.best_last_step, self.stale)
+
+    def state(self) -> dict[str, Any]:
+        return {"best": None if math.isinf(self.best) else self.best, "best_last_step": self.best_last_step,
+                "stale": self.stale, "active": self.active}
+
+
+def plateau_message(change: PlateauChange, window: int, min_delta: float) -> str:
+    """Worded by the sign of the change: a loss that got worse "rose", never "improved -2.66%"."""
+    pct = abs(change.change)
+    if change.started:
+        moved = ("rose " if change.change > 0 else "fell only ") + f"{pct:.2%}"
+        if change.change == 0:
+            moved = "did not move"
+        return (f"loss plateau: the mean loss of steps {change.first_step}-{change.last_step} "
+                f"({change.mean:.4g}) {moved} against the best {window}-step mean "
+                f"({change.best:.4g}, to step {change.best_last_step}); {change.windows} windows "
+                f"without a {min_delta:.2%} improvement. Check the learning rate and the data")
+    return (f"loss improving again: the mean loss of steps {change.first_step}-{change.last_step} "
+            f"({change.mean:.4g}) fell {pct:.2%} below the plateau's best ({change.best:.4g})")
 
 
 @dataclass
@@ -229,7 +314,8 @@ class StepEvents:
                  logging_steps: int) -> None:
         self.events, self.job_id, self.max_steps = events, job_id, max_steps
         self.logging_steps = logging_steps
-        self.plateau = Plateau(guards_cfg.plateau_window, guards_cfg.plateau_min_delta)
+        self.plateau = Plateau(guards_cfg.plateau_window, guards_cfg.plateau_min_delta,
+                               guards_cfg.plateau_patience)
         self.masked_alerted = 0
 
     def step(self, step: int, loss: float, grad_norm: float | None, lr: float, tokens_per_s: float,
@@ -240,13 +326,13 @@ class StepEvents:
                              else round(grad_norm, 6), tokens_per_s=round(tokens_per_s, 1),
                              epoch=None if epoch is None else round(epoch, 4), memory_mb=memory_mb,
                              step_time_s=None if step_time_s is None else round(step_time_s, 5))
-        improvement = self.plateau.add(loss)
-        if improvement is not None:
-            w = self.plateau.window
-            self.events.alert(66, f"loss plateau: the mean loss of steps {step - w + 1}-{step} improved "
-                                  f"{improvement:.2%} on the {w} steps before (less than "
-                                  f"{self.plateau.min_delta:.2%}); check the learning rate and the data",
-                              severity="warning", job_id=self.job_id, key=f"plateau-{step}")
+        change = self.plateau.add(step, loss)
+        if change is not None:
+            # One key per job: the console keeps one row for the condition, which a resolution
+            # settles and a new plateau makes news again.
+            self.events.alert(66, plateau_message(change, self.plateau.window, self.plateau.min_delta),
+                              severity="warning" if change.started else "info", job_id=self.job_id,
+                              key=f"plateau-{self.job_id}", resolved=not change.started)
 
     def masked(self, count: int) -> None:
         """Batches whose labels were all masked (they would log loss 0 and teach nothing)."""

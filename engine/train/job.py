@@ -19,10 +19,11 @@ from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ConfigError, DeviceError, DivergedError
 from trainconsole.engine.events import EventLog
+from trainconsole.engine.runfiles import JobSpec
 from trainconsole.engine.train import basecheck, lineage
 from trainconsole.engine.train.dataset import Collator, TokenDataset, eval_samples, load_cache, split_indices
 from trainconsole.engine.train.faults import Injector
-from trainconsole.engine.train.guards import Heartbeat, NonFinite
+from trainconsole.engine.train.guards import HeartbeatWriter, NonFinite
 from trainconsole.engine.train.reporting import Reporting
 from trainconsole.engine.train.reporting import setup as reporting_setup
 from trainconsole.engine.train.trainer_setup import (
@@ -36,7 +37,9 @@ from trainconsole.engine.train.trainer_setup import (
 
 
 @dataclass
-class Outcome:
+class JobResult:
+    """How ``TrainJob.run`` ended without an exception (a failure raises)."""
+
     status: str  # done | interrupted
     global_step: int
     max_steps: int
@@ -76,13 +79,13 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class TrainJob:
-    def __init__(self, spec: dict[str, Any], events: EventLog, heartbeat: Heartbeat,
+    def __init__(self, spec: JobSpec, events: EventLog, heartbeat: HeartbeatWriter,
                  stop_flag: list[bool], faults: Injector | None = None) -> None:
         self.spec, self.events, self.heartbeat, self.stop_flag = spec, events, heartbeat, stop_flag
-        self.job_id = str(spec["job_id"])
-        self.lineage = str(spec.get("lineage") or "main")
-        self.run_dir = Path(spec["run_dir"])
-        self.ckpt_root = self.run_dir / "checkpoints"
+        self.job_id = spec.job_id
+        self.lineage = spec.lineage
+        self.run_dir = spec.run_dir
+        self.ckpt_root = spec.folder.checkpoints
         self.faults = faults if faults is not None else Injector()
         self.plan: StepPlan | None = None
         self.step = 0
@@ -104,7 +107,7 @@ class TrainJob:
     def log(self, message: str) -> None:
         self.events.emit("log", level="info", message=message, job_id=self.job_id)
 
-    def run(self) -> Outcome:
+    def run(self) -> JobResult:
         import warnings
 
         from transformers.utils import logging as hf_logging_module
@@ -119,15 +122,15 @@ class TrainJob:
         warnings.filterwarnings("ignore", category=FutureWarning)
         # The engine's config.toml for the engine-wide sections; the job's own settings, fixed when
         # it was queued, for everything per-job (a later edit of config.toml changes no queued job).
-        cfg = with_settings(load_config(Path(self.spec["config"])), self.spec.get("settings") or None)
-        ov = self.spec.get("overrides") or {}
+        cfg = with_settings(load_config(self.spec.config), self.spec.settings or None)
+        ov = self.spec.overrides
         batch = int(ov.get("batch_size") or cfg.training.batch_size)
         accum = int(ov.get("gradient_accumulation") or cfg.training.gradient_accumulation)
         grad_ckpt = bool(ov["gradient_checkpointing"] if "gradient_checkpointing" in ov
                          else cfg.training.gradient_checkpointing)
         lr = float(cfg.training.learning_rate) * float(ov.get("lr_factor") or 1.0)
-        adapters = Path(self.spec.get("adapters_dir") or cfg.layout().adapters)
-        data_file = Path(self.spec["data_file"])
+        adapters = self.spec.adapters_dir or cfg.layout().adapters
+        data_file = self.spec.data_file
 
         base = basecheck.check_files(cfg, cfg.training.max_length)
         use_cpu, precision = _device(cfg)
@@ -135,9 +138,9 @@ class TrainJob:
         already = lineage.published_for(adapters, self.job_id)
         if already is not None:
             self.log(f"adapter {already.name} was already published by this job; nothing to do")
-            return Outcome("done", 0, 0, str(already), "already published")
+            return JobResult("done", 0, 0, str(already), "already published")
         parent = lineage.check_parent(adapters, fp, self.events, self.job_id, lineage=self.lineage,
-                                      start_from=self.spec.get("start_from") or None)
+                                      start_from=self.spec.start_from)
         # A checkpoint must also match the adapter's shape: one saved before lora.r was changed
         # would pass the base check and then fail inside the Trainer's resume.
         ck_fp = {**fp, "lora": lineage.lora_shape(cfg, parent)}
@@ -187,7 +190,7 @@ class TrainJob:
             self.step = resume.step
 
         if self.stop_flag[0]:  # asked to stop while loading: nothing new to save
-            return Outcome("interrupted", self.step, plan.max_steps, None, "stopped on request before training")
+            return JobResult("interrupted", self.step, plan.max_steps, None, "stopped on request before training")
         rollbacks = int(resume.extra.get("rollbacks", 0)) if resume else 0
         lr_now = self._resume_lr(resume, lr)
         samples = eval_samples(eval_cache, eval_idx, tokenizer, cfg.guards.eval_samples)
@@ -228,9 +231,9 @@ class TrainJob:
                 lr_now = base_lr * cfg.guards.nan_lr_factor ** (rollbacks - done)
         step = self.step = max(self.step, hooks.ended)
         if hooks.interrupted:
-            return Outcome("interrupted", step, plan.max_steps, None, f"stopped on request at step {step}")
+            return JobResult("interrupted", step, plan.max_steps, None, f"stopped on request at step {step}")
         if not self.lead:
-            return Outcome("done", step, plan.max_steps, None, "done (rank 0 publishes)")
+            return JobResult("done", step, plan.max_steps, None, "done (rank 0 publishes)")
         final = ckpt.verify(self.ckpt_root / f"{ckpt.PREFIX}{step}", fingerprint=ck_fp)
         source = final
         best = hooks.early.best_step
@@ -272,7 +275,7 @@ class TrainJob:
             # mask transformers derives from a packed row's position ids.
             model.config.use_cache = False
         ckpt_lr = float(resume.extra.get("lr", hooks.lr)) if resume else hooks.lr
-        args = training_arguments(cfg, plan, out_dir=self.run_dir / "trainer", lr=hooks.lr, use_cpu=use_cpu,
+        args = training_arguments(cfg, plan, out_dir=self.spec.folder.trainer, lr=hooks.lr, use_cpu=use_cpu,
                                   bf16=precision == "bf16", fp16=precision == "fp16", has_eval=bool(eval_idx),
                                   gradient_checkpointing=grad_ckpt, reporting=reporting)
         trainer_cls = guarded_trainer_class()
@@ -322,9 +325,9 @@ class TrainJob:
                 severity="warning", job_id=self.job_id, key="lora-shape")
 
     def _publish(self, source: ckpt.Checkpoint, adapters: Path, fp: dict[str, Any], parent: Path | None,
-                 plan: StepPlan, note: str) -> Outcome:
+                 plan: StepPlan, note: str) -> JobResult:
         if not self.lead:
-            return Outcome("done", source.step, plan.max_steps, None, "done (rank 0 publishes)")
+            return JobResult("done", source.step, plan.max_steps, None, "done (rank 0 publishes)")
         # The parent the checkpoint was trained from: another job may have moved latest since.
         parent_name = source.extra.get("parent", parent.name if parent else None)
         path = lineage.publish_adapter(source.path, adapters, job_id=self.job_id, fingerprint=fp,
@@ -333,4 +336,4 @@ class TrainJob:
                                        lineage=self.lineage)
         self.log(f"published adapter {path.name} from {source.path.name}" + (f" ({note})" if note else ""))
         self.step = max(self.step, source.step)
-        return Outcome("done", self.step, plan.max_steps, str(path), note or "done")
+        return JobResult("done", self.step, plan.max_steps, str(path), note or "done")

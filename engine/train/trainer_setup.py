@@ -26,7 +26,7 @@ from trainconsole.engine.train.dataset import Collator
 from trainconsole.engine.train.faults import Injector
 from trainconsole.engine.train.guards import (
     EarlyStop,
-    Heartbeat,
+    HeartbeatWriter,
     NonFinite,
     Sample,
     StepEvents,
@@ -126,7 +126,7 @@ class Hooks:
     heartbeat, our checkpoints, evaluation guards and the stop request."""
 
     def __init__(self, *, events: EventLog, job_id: str, cfg: Config, plan: StepPlan, ckpt_root: Path,
-                 fingerprint: dict[str, Any], heartbeat: Heartbeat, faults: Injector, collator: Collator,
+                 fingerprint: dict[str, Any], heartbeat: HeartbeatWriter, faults: Injector, collator: Collator,
                  tokenizer: Any, samples: list[Sample], lr: float, configured_lr: float, rollbacks: int,
                  early: dict[str, Any] | None, stop_flag: list[bool], parent: str | None = None,
                  reporting: bool = False) -> None:

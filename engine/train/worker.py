@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import errno
 import faulthandler
-import json
 import os
 import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from trainconsole.engine import fsio
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
+from trainconsole.engine.runfiles import REPORT_RESERVE_BYTES, JobSpec, Report, RunFolder
 from trainconsole.engine.signals import STACKS_SIGNAL, STOP_SIGNALS, signal_name
-from trainconsole.engine.train.guards import Heartbeat
+from trainconsole.engine.train.guards import HeartbeatWriter
 
-SPEC_SCHEMA = 1
 BUG_CASES: dict[type[BaseException], int] = {
     UnboundLocalError: 71, NameError: 72, AttributeError: 73, KeyError: 74, IndexError: 75,
     TypeError: 76, ValueError: 77, ZeroDivisionError: 78, RecursionError: 79,
@@ -58,7 +58,7 @@ def oom_case(phase: str, *, host: bool = False) -> int:
     return 21 if phase == "loading" else 23
 
 
-def classify(exc: BaseException, *, loading: bool, phase: str | None = None) -> tuple[ErrorClass, int | None]:
+def classify_exception(exc: BaseException, *, loading: bool, phase: str | None = None) -> tuple[ErrorClass, int | None]:
     """``phase`` refines ``loading`` where the job knows it (``TrainJob.phase``)."""
     if isinstance(exc, TrainconsoleError):
         return exc.error_class, exc.case
@@ -82,34 +82,15 @@ def classify(exc: BaseException, *, loading: bool, phase: str | None = None) -> 
     return ErrorClass.BUG, None
 
 
-def read_spec(path: Path) -> dict[str, Any]:
-    from trainconsole.engine.errors import ConfigError
-
-    try:
-        spec = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable job spec ({exc})") from None
-    if not isinstance(spec, dict) or spec.get("schema") != SPEC_SCHEMA:
-        raise ConfigError(f"{path}: not a schema-{SPEC_SCHEMA} job spec")
-    missing = [k for k in ("job_id", "data_file", "config", "run_dir") if not spec.get(k)]
-    if missing:
-        raise ConfigError(f"{path}: job spec lacks {', '.join(missing)}")
-    return spec
-
-
-def write_spec(run_dir: Path, *, job_id: str, data_file: Path, config: Path, adapters_dir: Path,
-               overrides: dict[str, Any] | None = None) -> Path:
-    """The spec file a worker is launched with (used by the daemon and ``trainconsole train``)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    spec = {"schema": SPEC_SCHEMA, "job_id": job_id, "data_file": str(data_file), "config": str(config),
-            "run_dir": str(run_dir), "overrides": overrides or {}, "adapters_dir": str(adapters_dir)}
-    path = run_dir / "spec.json"
-    fsio.write_json(path, spec)
-    return path
-
-
 def rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
+
+
+def _hold_reserve(path: Path) -> None:
+    """Claim the report's room on the run folder's disk now (written, so the blocks are really
+    allocated, not a sparse hole). A disk already too full for it is the job's disk-full failure."""
+    with open(path, "wb") as f:
+        f.write(b"\0" * REPORT_RESERVE_BYTES)
 
 
 def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: list[int] | None = None) -> int:
@@ -119,44 +100,47 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
     lead = rank() == 0
     spec_path = Path(spec_path)
     run_dir = spec_path.parent
-    report: dict[str, Any] = {"schema": 1, "status": "failed", "error_class": None, "case": None,
-                              "message": "", "traceback": None, "global_step": 0, "max_steps": 0,
-                              "adapter": None}
+    report = Report(status="failed")
     events: EventLog | None = None
-    heartbeat: Heartbeat | None = None
+    heartbeat: HeartbeatWriter | None = None
     job: Any = None
     started = time.monotonic()
     try:
-        spec = read_spec(spec_path)
-        run_dir = Path(spec["run_dir"])
+        spec = JobSpec.read(spec_path)
+        run_dir = spec.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        events = EventLog(run_dir / "events.jsonl") if lead else NullEventLog()
-        heartbeat = Heartbeat(run_dir / "heartbeat.json" if lead else None)
+        if lead:
+            fsio.sweep(run_dir)  # what a worker killed mid-write left: the folder is ours now
+            _hold_reserve(spec.folder.report_reserve)
+        events = EventLog(spec.folder.events) if lead else NullEventLog()
+        heartbeat = HeartbeatWriter(spec.folder.heartbeat if lead else None)
         heartbeat.beat(0)
-        events.emit("log", level="info", message=f"worker {os.getpid()} started", job_id=spec["job_id"])
+        events.emit("log", level="info", message=f"worker {os.getpid()} started", job_id=spec.job_id)
         from trainconsole.engine.train.job import TrainJob  # torch and friends load from here on
 
         job = TrainJob(spec, events, heartbeat, stop)
-        outcome = job.run()
-        report.update(status=outcome.status, message=outcome.message, global_step=outcome.global_step,
-                      max_steps=outcome.max_steps, adapter=outcome.adapter)
-        if outcome.status == "interrupted":
-            report["error_class"] = ErrorClass.INTERRUPTED.value
-        code = EXIT_CODES[ErrorClass.INTERRUPTED] if outcome.status == "interrupted" else 0
+        result = job.run()
+        interrupted = result.status == "interrupted"
+        report = Report(status=result.status, message=result.message, global_step=result.global_step,
+                        max_steps=result.max_steps, adapter=result.adapter,
+                        error_class=ErrorClass.INTERRUPTED.value if interrupted else None)
+        code = EXIT_CODES[ErrorClass.INTERRUPTED] if interrupted else 0
     except BaseException as exc:  # the top: everything is classified and reported
         if isinstance(exc, SystemExit):
             raise
         loading = job is None or not job.training_started
-        cls, case = classify(exc, loading=loading,
-                             phase=job.phase if job is not None and loading else None)
+        cls, case = classify_exception(exc, loading=loading,
+                                       phase=job.phase if job is not None and loading else None)
         if isinstance(exc, KeyboardInterrupt):
             cls, case = ErrorClass.INTERRUPTED, None
         message = exc.message if isinstance(exc, TrainconsoleError) else f"{type(exc).__name__}: {exc}"
-        report.update(error_class=cls.value, case=case, message=message)
+        tb = None
         if not isinstance(exc, TrainconsoleError) or cls == ErrorClass.BUG:
-            report["traceback"] = "".join(traceback.format_exception(exc))
+            tb = "".join(traceback.format_exception(exc))
+        report = Report(status="failed", error_class=cls.value, case=case, message=message, traceback=tb)
         if job is not None:
-            report.update(global_step=job.current_step, max_steps=job.plan.max_steps if job.plan else 0)
+            report = replace(report, global_step=job.current_step,
+                             max_steps=job.plan.max_steps if job.plan else 0)
         code = EXIT_CODES[cls]
         if events is not None and not getattr(exc, "alerted", False):
             try:
@@ -164,18 +148,19 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
                              job_id=job.job_id if job is not None else None, key="job-failed")
             except Exception:  # the report below is what matters
                 pass
-    report["stop_signal"] = signal_name(stop_signals[0]) if stop_signals else None
-    report["elapsed_s"] = round(time.monotonic() - started, 3)
+    report = replace(report, stop_signal=signal_name(stop_signals[0]) if stop_signals else None,
+                     elapsed_s=round(time.monotonic() - started, 3))
     if heartbeat is not None:
         heartbeat.close()
     try:
         if lead:
-            fsio.write_json(run_dir / "report.json", report)
+            RunFolder(run_dir).report_reserve.unlink(missing_ok=True)
+            report.write(run_dir)
     except OSError:  # a full disk may refuse even the report; the exit code still tells the class
         pass
     if events is not None:
-        events.emit("log", level="info", message=f"worker finished: {report['status']}"
-                    + (f" ({report['error_class']})" if report["status"] == "failed" else ""))
+        events.emit("log", level="info", message=f"worker finished: {report.status}"
+                    + (f" ({report.error_class})" if report.status == "failed" else ""))
         events.close()
     return code
 
@@ -194,13 +179,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # Before anything slow: a hung worker's stacks are what its operator needs to see.
     try:
-        run_dir = Path(read_spec(Path(args[0]))["run_dir"])
+        folder = JobSpec.read(Path(args[0])).folder
     except Exception:
-        run_dir = Path(args[0]).parent
-    stacks_name = "stacks.txt" if rank() == 0 else f"stacks-rank{rank()}.txt"
+        folder = RunFolder(Path(args[0]).parent)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        stacks = open(run_dir / stacks_name, "w")  # noqa: SIM115 - held for the process's life
+        folder.path.mkdir(parents=True, exist_ok=True)
+        stacks = open(folder.stacks(rank()), "w")  # noqa: SIM115 - held for the process's life
         faulthandler.register(STACKS_SIGNAL, file=stacks, all_threads=True)
     except OSError:
         pass

@@ -73,6 +73,7 @@ class ScriptedClient:
         self.gpus = gpus
         self.calls: list[tuple[Any, ...]] = []
         self.stop_posted = False
+        self.log_lines = [f"12:00:0{i} step {i}/400 loss 2.{9 - i}" for i in range(5)]
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot:
         with self.lock:
@@ -88,6 +89,13 @@ class ScriptedClient:
 
     def job_log(self, job_id: str) -> list[str]:
         return [f"12:00:0{i} step {i}/400 loss 2.{9 - i}" for i in range(5)]
+
+    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]:
+        """The scripted log, as it grows: ``log_lines`` from the offset on."""
+        with self.lock:
+            start = 0 if offset is None else offset
+            self.calls.append(("follow_log", job_id, offset))
+            return list(self.log_lines[start:]), len(self.log_lines)
 
     def _set(self, job_id: str, **changes: Any) -> None:
         with self.lock:
@@ -131,6 +139,10 @@ class ScriptedClient:
     def acknowledge(self, keys: list[str]) -> None:
         self.calls.append(("acknowledge", tuple(keys)))
         self.acked.update(keys)
+
+    def acknowledge_all(self) -> None:
+        self.calls.append(("acknowledge_all",))
+        self.acked.update(a.key for a in self.alerts)
 
     def close(self) -> None:
         pass

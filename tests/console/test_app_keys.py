@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from textual.pilot import Pilot
+from textual.widgets import Log
 
 from tests.console.fakes import ScriptedClient
 from trainconsole.console.app import TrainConsole
@@ -227,9 +228,30 @@ async def test_vim_keys_move_the_cursor_and_stop_following() -> None:
         assert table.selected_id == "j0004"
         await pilot.press("k")
         assert table.selected_id == "j0003"
-        await pilot.press("f")
+        await pilot.press("F")
         await pilot.pause()
         assert table.selected_id == "j0002" and app.follow
+
+
+async def test_f_follows_the_selected_jobs_log_reading_only_what_is_new() -> None:
+    async with console() as (app, pilot, client):
+        await select(app, pilot, "j0003")
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, JobDetailScreen))
+        screen = app.screen
+        assert isinstance(screen, JobDetailScreen)
+        log = screen.query_one(Log)
+        await until(pilot, lambda: log.line_count >= 5)
+        with client.lock:
+            client.log_lines.append("12:00:09 step 9/400 loss 1.9")
+        await until(pilot, lambda: log.line_count >= 6)
+        assert log.lines[-1] == "12:00:09 step 9/400 loss 1.9" and log.line_count == 6
+        reads = [c for c in client.calls if c[0] == "follow_log"]
+        assert reads[0] == ("follow_log", "j0003", None) and all(c[2] in (5, 6) for c in reads[1:])
+        assert log.scroll_offset.y == log.max_scroll_y  # pinned to the end
+        await pilot.press("escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, JobDetailScreen)
 
 
 async def test_readonly_hides_and_refuses_every_mutating_key() -> None:
@@ -320,3 +342,10 @@ async def test_a_new_critical_alert_pops_up_once_and_old_ones_do_not() -> None:
         await pilot.pause()
         shown = [n.message for n in app._notifications]
         assert len(shown) == 1 and "case 28" in shown[0] and "GPU fell off the bus" in shown[0]
+
+
+def test_keys_kept_free_for_lineages_and_export_are_free() -> None:
+    from trainconsole.console.keymap import KEYMAP, RESERVED
+
+    bound = {name for key in KEYMAP for name in key.keys.split(",")}
+    assert not bound & set(RESERVED)

@@ -221,3 +221,19 @@ def test_a_rebuilt_database_is_followed(ws: tuple[WorkspaceClient, Layout]) -> N
     snap = client.snapshot(None, 40)
     assert snap.jobs == () and snap.paused
     client.close()
+
+
+def test_following_a_log_reads_its_end_then_only_what_is_new(ws: tuple[WorkspaceClient, Layout]) -> None:
+    client, layout = ws
+    a = add(layout, "a.jsonl")
+    log = EventLog(layout.job_events(a))
+    for step in range(1, 3001):
+        log.emit("step", job_id=a, step=step, max_steps=4000, loss=1.0, lr=1e-4, grad_norm=1.0,
+                 tokens_per_s=1.0)
+    lines, offset = client.follow_log(a, None)
+    assert len(lines) == 2000 and "step 3000/4000" in lines[-1] and "step 1001/4000" in lines[0]
+    assert offset == layout.job_events(a).stat().st_size
+    assert client.follow_log(a, offset) == ([], offset)
+    log.alert(66, "loss plateau", severity="warning", job_id=a, key=f"plateau-{a}")  # a retry appends
+    lines, later = client.follow_log(a, offset)
+    assert len(lines) == 1 and "ALERT warning case 66: loss plateau" in lines[0] and later > offset

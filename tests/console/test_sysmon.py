@@ -7,6 +7,10 @@ the library raises. RAM limits come from a fake cgroup folder tree (the real one
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,17 +34,20 @@ def fresh_nvml() -> Iterator[None]:
 
 
 class FakeNvml:
-    """Two devices; device 1 has no temperature sensor; power fails transiently on device 0."""
+    """Two devices; device 1 has no temperature sensor and cannot list its processes; power fails
+    transiently on device 0, whose process list is ``procs`` (pid -> bytes, None: not known)."""
 
     def __init__(self, count: int = 2) -> None:
         self.count = count
         self.calls: dict[str, int] = {}
         self.power_fails = True
+        self.procs: dict[int, int | None] = {}
 
     def install(self, mp: pytest.MonkeyPatch) -> None:
         for name in ("nvmlInit", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName",
                      "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetMemoryInfo",
-                     "nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage"):
+                     "nvmlDeviceGetTemperature", "nvmlDeviceGetPowerUsage",
+                     "nvmlDeviceGetComputeRunningProcesses"):
             mp.setattr(pynvml, name, getattr(self, name))
 
     def _count(self, name: str) -> None:
@@ -59,7 +66,16 @@ class FakeNvml:
         return f"Fake GPU {h[1]}"
 
     def nvmlDeviceGetUtilizationRates(self, h: Any) -> Any:
+        self._count("util")
         return SimpleNamespace(gpu=40 + h[1], memory=10)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: Any) -> list[Any]:
+        self._count(f"procs{h[1]}")
+        if h[1] == 1:
+            raise pynvml.NVMLError_NotSupported()
+        # As pynvml builds them: usedGpuMemory None when NVML_VALUE_NOT_AVAILABLE.
+        return [SimpleNamespace(pid=pid, usedGpuMemory=used, gpuInstanceId=0xFFFFFFFF,
+                                computeInstanceId=0xFFFFFFFF) for pid, used in self.procs.items()]
 
     def nvmlDeviceGetMemoryInfo(self, h: Any) -> Any:
         return SimpleNamespace(used=1024 * MB, total=16384 * MB, free=15360 * MB)
@@ -118,7 +134,7 @@ def test_each_failing_query_costs_one_field_and_unsupported_is_probed_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeNvml()
     fake.install(monkeypatch)
-    mon = Sysmon()
+    mon = Sysmon(clock=Ticks(1.0))  # a second between samples: each one reads the devices
     first = mon.sample()
     assert first.gpu_state == "ok"
     g0, g1 = first.gpus
@@ -135,6 +151,87 @@ def test_each_failing_query_costs_one_field_and_unsupported_is_probed_once(
     # NVML is initialised once per process, however many samplers exist.
     Sysmon().sample()
     assert fake.calls["init"] == 1
+
+
+class Ticks:
+    """A monotonic clock that moves ``step`` seconds at each reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 1000.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.edge(27)
+def test_devices_are_read_once_a_second_and_processes_every_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvml()
+    fake.install(monkeypatch)
+    clock = Ticks(0.0)
+    mon = Sysmon(clock=clock)
+    me = os.getpid()
+    for _ in range(5):  # a console polling fast after a few keys
+        mon.sample(pids=[me])
+    assert fake.calls["util"] == 2 and fake.calls["procs0"] == 1  # one reading of each device
+    clock.now += 1.0
+    mon.sample(pids=[me])
+    assert fake.calls["util"] == 4 and fake.calls["procs0"] == 1
+    clock.now += 1.0
+    mon.sample(pids=[me])
+    assert fake.calls["util"] == 6 and fake.calls["procs0"] == 2
+    assert fake.calls["procs1"] == 1  # NotSupported: remembered, never asked again
+
+
+@pytest.fixture
+def worker_tree() -> Iterator[tuple[int, int]]:
+    """A real worker-like process tree: a parent (as torchrun) and one child (a rank)."""
+    code = ("import subprocess, sys, time\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    yield parent.pid, child
+    subprocess.run(["kill", str(child)], check=False)
+    parent.kill()
+    parent.wait()
+
+
+@pytest.mark.edge(27)
+def test_the_jobs_own_gpu_memory_is_summed_over_its_process_tree(
+        monkeypatch: pytest.MonkeyPatch, worker_tree: tuple[int, int]) -> None:
+    parent, child = worker_tree
+    fake = FakeNvml()
+    fake.procs = {child: 2048 * MB, parent: 512 * MB, 999_999: 9000 * MB}  # the last: someone else
+    fake.install(monkeypatch)
+    sample = Sysmon(clock=Ticks(2.0)).sample(pids=[parent])
+    g0, g1 = sample.gpus
+    assert g0.job_mem_mb == 2560.0  # the rank and its launcher, not the other user
+    assert g0.mem_used_mb == 1024.0  # the device's own reading is unchanged
+    assert g1.job_mem_mb is None  # this device cannot list processes: unknown, not zero
+    assert sample.worker is not None and set(sample.worker.pids) == {parent, child}
+    fake.procs[child] = None  # NVML cannot tell this process's memory (some containers)
+    assert Sysmon(clock=Ticks(2.0)).sample(pids=[parent]).gpus[0].job_mem_mb is None
+    assert Sysmon(clock=Ticks(2.0)).sample().worker is None  # no job running: nothing to watch
+
+
+def test_a_cpu_job_has_its_cpu_and_memory_measured(tmp_path: Path) -> None:
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        mon = Sysmon()
+        first = mon.sample(pids=[busy.pid]).worker
+        assert first is not None and first.cpu_pct is None  # psutil measures between two looks
+        time.sleep(0.5)
+        later = mon.sample(pids=[busy.pid]).worker
+        assert later is not None and later.pids == (busy.pid,)
+        assert later.cpu_pct is not None and later.cpu_pct > 0 and (later.rss_mb or 0) > 1
+        assert later.cpu_fraction is not None and 0 < later.cpu_fraction <= 1.0
+    finally:
+        busy.kill()
+        busy.wait()
+    assert mon.sample(pids=[busy.pid]).worker is not None  # a job that just ended costs no error
 
 
 @pytest.mark.edge(27)

@@ -22,7 +22,7 @@ import time
 import traceback
 from pathlib import Path
 
-from trainconsole.engine.train.worker import classify, oom_case  # torch-free at import
+from trainconsole.engine.train.worker import classify_exception, oom_case  # torch-free at import
 
 EXIT = {"data": 10, "config": 11, "oom": 12, "device": 13, "transient": 14, "disk_full": 15,
         "diverged": 16, "bug": 17, "interrupted": 18}
@@ -110,7 +110,7 @@ def main() -> int:
                 report("interrupted", "interrupted", "stopped after a checkpoint", step)
                 return EXIT["interrupted"]
     except Exception as exc:  # classified by the real worker's rules, so a wrong number shows
-        cls, case = classify(exc, loading=False)
+        cls, case = classify_exception(exc, loading=False)
         report("failed", cls.value, f"{type(exc).__name__}: {exc}", step, traceback.format_exc(), case=case)
         return EXIT[cls.value]
     report("done", None, "done", step)

@@ -17,7 +17,8 @@ import pytest
 from tests.daemon.harness import FAST, ROOT, configure, daemon_env, wait_for
 from tests.helpers import run_cli
 from trainconsole.engine.config import load_config
-from trainconsole.engine.lock import EngineLock, engine_running, read_pidfile, start_detached
+from trainconsole.engine.daemon.start import start_detached
+from trainconsole.engine.lock import EngineLock, engine_running, read_pidfile
 
 
 @pytest.mark.edge(48)

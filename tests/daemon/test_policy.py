@@ -7,17 +7,19 @@ import signal
 import time
 from pathlib import Path
 
-from trainconsole.engine.daemon.retry_policy import classify, effective_batch, next_oom_rung, oom_kill_count
+from trainconsole.engine.daemon.outcome import classify, oom_kill_count
+from trainconsole.engine.daemon.retry_policy import effective_batch, next_oom_rung
 from trainconsole.engine.daemon.watchdog import Watchdog
 from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.runfiles import Report
 
 
 def test_report_wins_over_exit_code_and_signal() -> None:
-    report = {"status": "failed", "error_class": "data", "message": "bad file", "case": 4}
+    report = Report.from_json({"status": "failed", "error_class": "data", "message": "bad file", "case": 4})
     out = classify(report, -signal.SIGKILL)
     assert out.error_class is ErrorClass.DATA and out.case == 4
-    assert classify({"status": "done"}, 0).done
-    assert classify({"status": "interrupted"}, 18).error_class is ErrorClass.INTERRUPTED
+    assert classify(Report.from_json({"status": "done"}), 0).done
+    assert classify(Report.from_json({"status": "interrupted"}), 18).error_class is ErrorClass.INTERRUPTED
 
 
 def test_exit_codes_and_signals_without_a_report() -> None:

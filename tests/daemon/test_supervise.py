@@ -100,7 +100,7 @@ def test_disk_full_is_not_charged_and_pauses(harness: Harness, monkeypatch: pyte
     drop(harness.ws, "a.jsonl")
     harness.run_until(lambda: harness.store.paused())
     job = harness.jobs()[0]
-    assert job.status == "queued" and job.attempts == 0 and harness.sup.disk_paused
+    assert job.status == "queued" and job.attempts == 0 and harness.sup.holds.disk_paused
     assert harness.sup.guard.disk_hold is not None
 
 

@@ -1,6 +1,7 @@
 """Large files stream in bounded memory: several hundred MB of records, a line longer than the cap,
-a file past a gigabyte. Peak RSS is measured in a child process (its own and its workers', from
-getrusage), so nothing else this test session did is counted. A memory bound, not a time bound."""
+a file past a gigabyte. Peak RSS is measured in a child process: its own from VmHWM, its workers'
+from getrusage. Not its own getrusage: Linux carries ru_maxrss across exec, so a child forked from a
+pytest grown to 400 MB would report the parent's size. A memory bound, not a time bound."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ MEASURE = """
 import json, resource, sys
 from trainconsole.engine.data.gate import validate_file
 r = validate_file(sys.argv[1], workers=int(sys.argv[2]) or None)
-peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+own_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+peak_kb = max(own_kb, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"peak_mb": peak_kb / 1024, "valid": r.valid, "invalid": r.invalid, "verdict": r.verdict,
                   "problems": [[p.line, p.reason] for p in r.problems], "lines": r.lines}))
 """

@@ -43,15 +43,17 @@ SITES = [
         EngineLock(layout).acquire()
     """, "daemon"),
     Site("job spec (engine)", "spec.json", """
-        from trainconsole.engine.daemon.supervisor import _write_json
-        _write_json(run / "spec.json", {"schema": 1})
+        from trainconsole.engine.runfiles import write_spec
+        write_spec(run, job_id="j0001", data_file=ws / "a.jsonl", config=config,
+                   adapters_dir=layout.adapters)
     """, "daemon"),
     Site("worker heartbeat", "heartbeat.json", """
-        from trainconsole.engine.train.guards import Heartbeat
-        Heartbeat(run / "heartbeat.json").beat(3, 0.1)
+        from trainconsole.engine.train.guards import HeartbeatWriter
+        HeartbeatWriter(run / "heartbeat.json").beat(3, 0.1)
     """, "daemon"),
     Site("worker report", "report.json", """
-        from trainconsole.engine.train.worker import run as run_worker, write_spec
+        from trainconsole.engine.runfiles import write_spec
+        from trainconsole.engine.train.worker import run as run_worker
         spec = write_spec(run, job_id="j0001", data_file=ws / "nowhere.jsonl",
                           config=ws / "missing.toml", adapters_dir=layout.adapters)
         run_worker(spec)

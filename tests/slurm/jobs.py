@@ -12,11 +12,11 @@ from typing import Any
 
 from trainconsole.engine.config.schema import LauncherConfig
 from trainconsole.engine.daemon.launcher import DevicePlan, worker_env
-from trainconsole.engine.daemon.retry_policy import read_report
 from trainconsole.engine.daemon.slurm.commands import SlurmCommands
 from trainconsole.engine.daemon.slurm.launcher import SlurmLauncher, SlurmWorker
 from trainconsole.engine.daemon.slurm.submit import queue_tag
 from trainconsole.engine.daemon.slurm.tracker import SlurmTracker
+from trainconsole.engine.runfiles import Report, read_report
 
 FAKE_WORKER = Path(__file__).resolve().parents[1] / "daemon" / "fake_worker.py"
 CPU = DevicePlan("cpu", 1, "")
@@ -101,7 +101,7 @@ def step_of(run_dir: Path) -> int:
         return -1
 
 
-def report_of(run_dir: Path) -> dict[str, Any] | None:
+def report_of(run_dir: Path) -> Report | None:
     return read_report(run_dir / "report.json")
 
 

@@ -108,7 +108,7 @@ def test_scancel_by_hand_holds_the_job_with_that_reason(slurm: Cluster, tmp_path
     wait_ended(worker)
     assert worker.job is not None and worker.job.state == "CANCELLED"
     report = report_of(run)
-    assert report is not None and report["status"] == "interrupted" and report["stop_signal"] == "SIGTERM"
+    assert report is not None and report.status == "interrupted" and report.stop_signal == "SIGTERM"
     ending = slurm_ending(worker.job, report)
     assert ending.hold_reason is not None and "someone else" in ending.hold_reason
     assert str(worker.slurm_id) in ending.hold_reason
@@ -144,10 +144,10 @@ def test_the_time_limit_warning_checkpoints_and_a_resubmission_resumes(slurm: Cl
     worker = submit(launcher, run, "j0001", LONG)
     wait_ended(worker, timeout=150)
     report = report_of(run)
-    assert report is not None and report["status"] == "interrupted" and report["stop_signal"] == "SIGUSR1"
+    assert report is not None and report.status == "interrupted" and report.stop_signal == "SIGUSR1"
     ending = slurm_ending(worker.job, report)
     assert ending.outcome.error_class is ErrorClass.INTERRUPTED and "time limit" in ending.outcome.message
-    saved = report["global_step"]
+    saved = report.global_step
     assert saved > 0
     (run / "report.json").unlink()
     again = submit(fake_launcher(slurm_config(), tmp_path / "queue"), run, "j0001", LONG)
@@ -208,6 +208,6 @@ def test_under_torchrun_the_time_limit_warning_reaches_every_rank(slurm: Cluster
     assert slurm.run("scancel", "--signal=USR1", "--batch", str(worker.slurm_id)).returncode == 0
     wait_ended(worker)
     report = report_of(run)
-    assert report is not None and report["status"] == "interrupted" and report["stop_signal"] == "SIGTERM"
+    assert report is not None and report.status == "interrupted" and report.stop_signal == "SIGTERM"
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
     assert "child=$!" in (run / "slurm-job.sh").read_text()

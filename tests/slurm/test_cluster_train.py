@@ -29,8 +29,8 @@ def test_a_job_trains_on_the_node_and_publishes_its_adapter(slurm: Cluster, tmp_
     assert worker.node == slurm.node
     report = report_of(spec.parent)
     ending = slurm_ending(worker.job, report)
-    assert ending.outcome.done and report is not None and report["global_step"] == 4
-    adapter = Path(report["adapter"])
+    assert ending.outcome.done and report is not None and report.global_step == 4
+    adapter = Path(str(report.adapter))
     assert adapter.is_dir() and (adapter / "adapter_model.safetensors").is_file()
     assert (ws / "adapters" / "latest").exists()
     assert (spec.parent / "worker.log").is_file()  # Slurm's --output: the run folder, as locally

@@ -3,13 +3,12 @@ endings are in test_cluster_jobs.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from trainconsole.engine.daemon.slurm.endings import slurm_ending
 from trainconsole.engine.daemon.slurm.state import SlurmJob
 from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.runfiles import Report
 
 
 def _job(state: str, *, code: int | None = 0, sig: int | None = None, reason: str = "None") -> SlurmJob:
@@ -18,9 +17,10 @@ def _job(state: str, *, code: int | None = 0, sig: int | None = None, reason: st
 
 
 def _report(status: str, cls: str | None = None, *, case: int | None = None, stop: str | None = None,
-            step: int = 12) -> dict[str, Any]:
-    return {"schema": 1, "status": status, "error_class": cls, "case": case, "message": f"{status} here",
-            "traceback": None, "global_step": step, "max_steps": 100, "adapter": None, "stop_signal": stop}
+            step: int = 12) -> Report:
+    return Report.from_json({"schema": 1, "status": status, "error_class": cls, "case": case,
+                             "message": f"{status} here", "traceback": None, "global_step": step,
+                             "max_steps": 100, "adapter": None, "stop_signal": stop})
 
 
 def test_completed_with_a_report_is_the_reports_outcome() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.worker.wutil import alerts, arithmetic, make_spec, new_workspace, run_inprocess, spawn, write_jsonl
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass
-from trainconsole.engine.train.worker import classify
+from trainconsole.engine.train.worker import classify_exception
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def test_injected_hang_stops_the_heartbeat(short_job: Path) -> None:
         time.sleep(2.0)
         assert json.loads(beat.read_text()) == first and proc.poll() is None
         # What the daemon does before ending a hung worker: ask for its stacks.
-        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGUSR2)
         stacks = short_job.parent / "stacks.txt"
         while time.monotonic() < deadline and "faults.py" not in stacks.read_text():
             time.sleep(0.1)
@@ -136,16 +136,16 @@ def test_classification_table() -> None:
 
     import torch
 
-    assert classify(torch.OutOfMemoryError("x"), loading=True) == (ErrorClass.OOM, 21)
-    assert classify(torch.OutOfMemoryError("x"), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
-    assert classify(MemoryError(), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
-    assert classify(torch.OutOfMemoryError("x"), loading=False) == (ErrorClass.OOM, 23)
-    assert classify(MemoryError(), loading=False) == (ErrorClass.OOM, 80)
-    assert classify(RuntimeError("CUDA error: unspecified launch failure"), loading=False) == (
+    assert classify_exception(torch.OutOfMemoryError("x"), loading=True) == (ErrorClass.OOM, 21)
+    assert classify_exception(torch.OutOfMemoryError("x"), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
+    assert classify_exception(MemoryError(), loading=True, phase="tokenizing") == (ErrorClass.OOM, 22)
+    assert classify_exception(torch.OutOfMemoryError("x"), loading=False) == (ErrorClass.OOM, 23)
+    assert classify_exception(MemoryError(), loading=False) == (ErrorClass.OOM, 80)
+    assert classify_exception(RuntimeError("CUDA error: unspecified launch failure"), loading=False) == (
         ErrorClass.DEVICE, 28)
-    assert classify(OSError(errno.EIO, "I/O error"), loading=False) == (ErrorClass.TRANSIENT, 44)
-    assert classify(PermissionError(errno.EACCES, "denied"), loading=False) == (ErrorClass.TRANSIENT, 46)
-    assert classify(RuntimeError("something else"), loading=False) == (ErrorClass.BUG, None)
+    assert classify_exception(OSError(errno.EIO, "I/O error"), loading=False) == (ErrorClass.TRANSIENT, 44)
+    assert classify_exception(PermissionError(errno.EACCES, "denied"), loading=False) == (ErrorClass.TRANSIENT, 46)
+    assert classify_exception(RuntimeError("something else"), loading=False) == (ErrorClass.BUG, None)
 
 
 def test_worker_process_exit_code_and_report_for_a_bad_spec(tmp_path: Path) -> None:

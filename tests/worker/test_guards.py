@@ -82,7 +82,7 @@ def test_persistent_inf_ends_as_diverged_after_bounded_rollbacks(tmp_path: Path,
 @pytest.mark.edge(66)
 def test_flat_loss_raises_a_plateau_alert(tmp_path: Path, shared_cache: Path) -> None:
     ws = new_workspace(tmp_path / "ws", shared_cache, training__learning_rate=1e-6, training__eval_fraction=0.0,
-                       guards__plateau_window=3, guards__plateau_min_delta=0.01)
+                       guards__plateau_window=3, guards__plateau_min_delta=0.01, guards__plateau_patience=1)
     rows = [{"messages": [{"role": "user", "content": "Say yes."}, {"role": "assistant", "content": "yes"}]}] * 40
     spec = make_spec(ws, "j0001", write_jsonl(ws / "data.jsonl", rows))
     code, report = run_inprocess(spec)

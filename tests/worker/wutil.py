@@ -49,7 +49,7 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | None = None) -> Path:
-    from trainconsole.engine.train.worker import write_spec
+    from trainconsole.engine.runfiles import write_spec
 
     return write_spec(ws / "runs" / job_id, job_id=job_id, data_file=data, config=ws / "config.toml",
                       adapters_dir=ws / "adapters", overrides=overrides)

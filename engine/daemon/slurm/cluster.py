@@ -108,7 +108,7 @@ class SlurmCluster:
                 pass  # gone meanwhile; the next restart looks again
         for job_id, slurm_id in plan.attach.items():
             job = by_id[job_id]
-            worker = self.launcher.attach(slurm_id, job_id, store.layout.run_dir(job_id) / "worker.log")
+            worker = self.launcher.attach(slurm_id, job_id, store.layout.run_folder(job_id).worker_log)
             out.attach.append((job, worker))
         out.judge = [(by_id[job_id], seen) for job_id, seen in plan.judge.items()]
         out.requeue = [by_id[job_id] for job_id in plan.requeue]

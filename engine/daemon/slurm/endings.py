@@ -19,7 +19,7 @@ PREEMPTED, no report          interrupted: requeued, not charged
 OUT_OF_MEMORY                 the job's cgroup ran out of host memory: the OOM ladder (case 24)
 CANCELLED, not by us          held with that reason: someone chose to stop it, so it is not retried
                               blindly; ``trainconsole release`` runs it again
-FAILED / COMPLETED, no report the local rules (``retry_policy.classify``) on the exit status
+FAILED / COMPLETED, no report the local rules (``outcome.classify``) on the exit status
 ============================  =====================================================================
 """
 
@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, replace
-from typing import Any
 
-from trainconsole.engine.daemon.retry_policy import Outcome, classify
+from trainconsole.engine.daemon.outcome import Outcome, classify
 from trainconsole.engine.daemon.slurm.state import SlurmJob
 from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.runfiles import Report
 from trainconsole.engine.signals import TIME_LIMIT_SIGNAL
 
 NODE_LOST = ("NODE_FAIL", "BOOT_FAIL")
@@ -59,7 +59,7 @@ def _where(job: SlurmJob | None) -> str:
     return f"Slurm job {job.slurm_id}" + (f" on {job.node}" if job.node else "")
 
 
-def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped_by_us: bool = False,
+def slurm_ending(job: SlurmJob | None, report: Report | None, *, stopped_by_us: bool = False,
                  hung_for_s: float | None = None, log_tail: str = "", progressed: bool = True) -> Ending:
     """``job``: Slurm's last word on it (None: the controller no longer knows the job, or never
     did); ``report``: the worker's report, None when it wrote none; ``progressed``: the attempt
@@ -69,7 +69,7 @@ def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped
     if hung_for_s is not None or stopped_by_us:
         return Ending(classify(report, _returncode(job), hung_for_s=hung_for_s, stopped_by_us=stopped_by_us,
                                log_tail=log_tail))
-    status = report.get("status") if report is not None else None
+    status = report.status if report is not None else None
     if state == "CANCELLED" and status != "done":
         why = f"cancelled in Slurm by someone else ({where}, reason {job.reason if job else 'unknown'})"
         return Ending(Outcome(ErrorClass.INTERRUPTED, why, report=report, returncode=_returncode(job)),
@@ -77,7 +77,7 @@ def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped
     if report is not None:
         outcome = classify(report, _returncode(job))
         if status == "interrupted":
-            signame = str(report.get("stop_signal") or "")
+            signame = report.stop_signal or ""
             if (signame == f"SIG{TIME_LIMIT_SIGNAL}" or state == "TIMEOUT") and not progressed:
                 return Ending(Outcome(
                     ErrorClass.TRANSIENT, f"{where} reached its Slurm time limit before its first new "
@@ -91,7 +91,7 @@ def slurm_ending(job: SlurmJob | None, report: dict[str, Any] | None, *, stopped
             else:
                 why = f"stopped by {signame or 'a signal'} from outside ({where})"
             outcome = replace(outcome, message=f"{why}: resubmitted to resume from step "
-                                               f"{report.get('global_step', 0)}")
+                                               f"{report.global_step or 0}")
         return Ending(outcome)
     code = _returncode(job)
     if state == "OUT_OF_MEMORY":

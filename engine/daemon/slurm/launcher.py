@@ -20,13 +20,13 @@ from trainconsole.engine.daemon.launcher import DevicePlan
 from trainconsole.engine.daemon.slurm.commands import SlurmCommands
 from trainconsole.engine.daemon.slurm.state import SlurmError, SlurmJob
 from trainconsole.engine.daemon.slurm.submit import (
-    SCRIPT_NAME,
     batch_script,
     job_name,
     sbatch_argv,
     worker_command,
 )
 from trainconsole.engine.daemon.slurm.tracker import SlurmTracker
+from trainconsole.engine.runfiles import RunFolder
 from trainconsole.engine.signals import STACKS_SIGNAL, signal_name
 
 # What a job's status reads as before Slurm gives one (vanished, or ended by a signal we cannot see).
@@ -139,7 +139,7 @@ class SlurmLauncher:
 
     def submit(self, job_id: str, spec: Path, env: Mapping[str, str], log_path: Path) -> SlurmWorker:
         run_dir = spec.parent
-        script = run_dir / SCRIPT_NAME
+        script = RunFolder(run_dir).slurm_script
         fsio.write_bytes(script, batch_script(self.command(spec), run_dir, forward=self.plan.nproc > 1).encode())
         name = job_name(self.tag, job_id)
         argv = sbatch_argv(self.lc, self.plan, name=name, script=script, run_dir=run_dir, log_path=log_path)

@@ -31,7 +31,6 @@ from trainconsole.engine.config.schema import LauncherConfig
 from trainconsole.engine.daemon.launcher import NPROC_ENV, DevicePlan, LocalLauncher, TorchrunLauncher
 from trainconsole.engine.signals import TIME_LIMIT_SIGNAL
 
-SCRIPT_NAME = "slurm-job.sh"
 NAME_PREFIX = "trainconsole"
 
 
