@@ -31,23 +31,6 @@ FAST = {
 }
 
 
-def arithmetic(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                                  {"role": "assistant", "content": f"{a} + {b} = {a + b}"}]})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | None = None) -> Path:
     from trainconsole.engine.runfiles import write_spec
 
