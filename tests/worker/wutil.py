@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.chatdata import arithmetic, write_jsonl  # noqa: F401 - older imports of them from here
 from trainconsole.engine.config import set_value
 from trainconsole.engine.events import read_all
 
