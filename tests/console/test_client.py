@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.chatdata import line
 from trainconsole.console.app import TrainConsole
 from trainconsole.console.client import WorkspaceClient
 from trainconsole.console.widgets.confirm import ConfirmDialog
@@ -20,7 +21,7 @@ from trainconsole.engine.events import EventLog
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.store import Store
 
-LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+LINE = line("hi", "yo").encode()
 
 
 def add(layout: Layout, name: str, body: bytes = LINE, priority: str = "normal") -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chatdata import line
 from tests.helpers import run_cli
 
 BIN = Path(sys.executable).parent
@@ -19,8 +20,7 @@ BIN = Path(sys.executable).parent
 def _queue(workspace: Path) -> Path:
     config = workspace / "config.toml"
     for i in (1, 2, 3):
-        (workspace / f"f{i}.jsonl").write_text(
-            f'{{"messages": [{{"role": "user", "content": "q{i}"}}, {{"role": "assistant", "content": "a"}}]}}\n')
+        (workspace / f"f{i}.jsonl").write_text(line(f"q{i}", "a"))
     assert run_cli("--config", str(config), "add", *(str(workspace / f"f{i}.jsonl") for i in (1, 2, 3))).returncode == 0
     assert run_cli("--config", str(config), "cancel", "j0002").returncode == 0
     assert run_cli("--config", str(config), "hold", "j0003").returncode == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 
+from tests.chatdata import line
 from tests.helpers import run_cli
 from trainconsole.engine.events import make_event
 from trainconsole.engine.joblog import follow, format_event, read_last
@@ -90,8 +91,7 @@ def test_logs_and_show_of_a_job_that_does_not_exist_say_so(workspace: Path) -> N
     for command in (["logs", "j0042"], ["logs", "j0042", "-f"], ["show", "j0042"]):
         proc = run_cli("--config", config, *command)
         assert proc.returncode == 1 and "no job 'j0042'" in proc.stderr and "Traceback" not in proc.stderr
-    (workspace / "a.jsonl").write_text(json.dumps({"messages": [
-        {"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    (workspace / "a.jsonl").write_text(line("q", "a"))
     assert run_cli("--config", config, "add", str(workspace / "a.jsonl")).returncode == 0
     proc = run_cli("--config", config, "logs", "j0001")  # queued, never started: an empty log
     assert proc.returncode == 0 and proc.stdout == ""

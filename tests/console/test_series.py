@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from trainconsole.console.series import Decimated, LossSeries, StepRate, downsample, ema_debiased
+from trainconsole.console.decimate import Decimated
+from trainconsole.console.series import LossSeries, StepRate, downsample, ema_debiased
 
 
 def test_ema_is_debiased_from_the_first_point() -> None:

@@ -3,7 +3,6 @@ in-process supervisor driven tick by tick, and a real daemon process."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tests.chatdata import chat_lines
 from trainconsole.engine.config import load_config, set_value
 from trainconsole.engine.daemon.launcher import DevicePlan, Launcher, LocalLauncher
 from trainconsole.engine.daemon.notify import Notifier
@@ -51,15 +51,6 @@ def configure(ws: Path, values: Mapping[str, Any]) -> Path:
     for key, value in values.items():
         set_value(path, key, value)
     return path
-
-
-def chat_lines(n: int, tag: str = "") -> str:
-    rows = []
-    for i in range(n):
-        rows.append(json.dumps({"messages": [
-            {"role": "user", "content": f"What is {i} plus {i}? {tag}"},
-            {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}]}))
-    return "\n".join(rows) + "\n"
 
 
 def drop(ws: Path, name: str, n: int = 16, tag: str = "") -> Path:

@@ -157,3 +157,22 @@ def test_fsync_dir_raises_but_not_for_a_folder_that_is_gone(tmp_path: Path) -> N
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError):
         fsio.fsync_dir(tmp_path / "file")
+
+
+def test_no_durable_write_outside_fsio() -> None:
+    """One implementation: a rename, an fsync or a temp-then-replace anywhere else in the product
+    would be a second scheme the sweep does not know. (SQLite does its own, inside the library.)"""
+    import re
+
+    from tests.helpers import ROOT
+
+    pattern = re.compile(r"\bos\.(replace|rename|renames|fsync|fdatasync)\(|\.rename\(")
+    found = []
+    for tree in ("engine", "console"):
+        for path in sorted((ROOT / tree).rglob("*.py")):
+            if path == ROOT / "engine" / "fsio.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if pattern.search(line) and not line.lstrip().startswith("#"):
+                    found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "durable writes outside engine/fsio.py:\n" + "\n".join(found)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.chatdata import line
 from trainconsole.engine.events import EventLog, read_all
 from trainconsole.engine.layout import Layout
 from trainconsole.engine.store import Store
@@ -48,11 +49,7 @@ def alerts(layout: Layout) -> list[dict[str, object]]:
 def write_job_file(path: Path, text: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if text is None:
-        import json
-
-        tag = path.name.encode("utf-8", "backslashreplace").decode()
-        text = json.dumps({"messages": [{"role": "user", "content": tag},
-                                        {"role": "assistant", "content": "ok"}]}) + "\n"
+        text = line(path.name.encode("utf-8", "backslashreplace").decode(), "ok")
     body = text
     path.write_text(body, errors="surrogateescape")
     return path

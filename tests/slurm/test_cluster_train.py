@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.chatdata import arithmetic, write_jsonl
 from tests.slurm.cluster import Cluster
 from tests.slurm.jobs import CPU, report_of, slurm_config, wait_ended
-from tests.worker.wutil import arithmetic, events_of, make_spec, new_workspace, write_jsonl
+from tests.worker.wutil import events_of, make_spec, new_workspace
 from trainconsole.engine.daemon.launcher import LocalLauncher, worker_env
 from trainconsole.engine.daemon.slurm.endings import slurm_ending
 from trainconsole.engine.daemon.slurm.launcher import SlurmLauncher

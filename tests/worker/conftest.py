@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import arithmetic, make_spec, new_workspace, run_inprocess, write_jsonl
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import make_spec, new_workspace, run_inprocess
 
 
 @pytest.fixture(scope="session")

@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import (
-    alerts,
-    arithmetic,
-    events_of,
-    make_spec,
-    new_workspace,
-    run_inprocess,
-    write_jsonl,
-)
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import alerts, events_of, make_spec, new_workspace, run_inprocess
 from trainconsole.engine.config import load_config, set_value
 from trainconsole.engine.errors import EXIT_CODES, ConfigError, ErrorClass
 from trainconsole.engine.train import basecheck

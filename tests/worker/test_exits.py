@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import alerts, arithmetic, make_spec, new_workspace, run_inprocess, spawn, write_jsonl
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import alerts, make_spec, new_workspace, run_inprocess, spawn
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass
 from trainconsole.engine.train.worker import classify_exception
 

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import (
-    alerts,
-    arithmetic,
-    events_of,
-    make_spec,
-    new_workspace,
-    run_inprocess,
-    write_jsonl,
-)
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import alerts, events_of, make_spec, new_workspace, run_inprocess
 from trainconsole.engine.errors import EXIT_CODES, DataError, ErrorClass
 from trainconsole.engine.train.dataset import Collator, split_indices
 from trainconsole.engine.train.trainer_setup import plan_steps, training_arguments

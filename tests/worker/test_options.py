@@ -12,16 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import (
-    ROOT,
-    alerts,
-    arithmetic,
-    events_of,
-    make_spec,
-    new_workspace,
-    run_inprocess,
-    write_jsonl,
-)
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import ROOT, alerts, events_of, make_spec, new_workspace, run_inprocess
 from trainconsole.engine.config import ConfigProblems, parse_config_text, set_value
 
 

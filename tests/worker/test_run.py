@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import (
-    alerts,
-    arithmetic,
-    events_of,
-    losses,
-    make_spec,
-    new_workspace,
-    run_inprocess,
-    spawn,
-    write_jsonl,
-)
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import alerts, events_of, losses, make_spec, new_workspace, run_inprocess, spawn
 from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine import fsio
 from trainconsole.engine.errors import EXIT_CODES, ErrorClass

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.wutil import alerts, arithmetic, make_spec, new_workspace, run_inprocess, write_jsonl
+from tests.chatdata import arithmetic, write_jsonl
+from tests.worker.wutil import alerts, make_spec, new_workspace, run_inprocess
 
 
 @pytest.mark.edge(2)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.chatdata import arithmetic, write_jsonl
 from tests.helpers import ROOT, run_cli
-from tests.worker.wutil import arithmetic, new_workspace, write_jsonl
+from tests.worker.wutil import new_workspace
 
 
 def test_train_runs_a_job_and_publishes_an_adapter(tmp_path: Path, shared_cache: Path) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.chatdata import arithmetic, write_jsonl
 from tests.daemon.harness import wait_for
 from tests.helpers import run_cli
-from tests.worker.wutil import arithmetic, new_workspace, write_jsonl
+from tests.worker.wutil import new_workspace
 from trainconsole.engine.daemon.launcher import ALLOC_CONF, WORKER_MODULE
 from trainconsole.engine.runfiles import JobSpec
 from trainconsole.engine.sysmon import Sysmon

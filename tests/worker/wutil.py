@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.chatdata import arithmetic, write_jsonl  # noqa: F401 - older imports of them from here
 from trainconsole.engine.config import set_value
 from trainconsole.engine.events import read_all
 
@@ -29,23 +30,6 @@ FAST = {
     "guards.eval_samples": 4,
     "guards.min_accuracy": 0.0,
 }
-
-
-def arithmetic(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    import random
-
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
-        rows.append({"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                                  {"role": "assistant", "content": f"{a} + {b} = {a + b}"}]})
-    return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def make_spec(ws: Path, job_id: str, data: Path, overrides: dict[str, Any] | None = None) -> Path:
