@@ -3,6 +3,9 @@ file becomes a ``Problem`` with a line and column, never an exception from the p
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -175,3 +178,39 @@ def line_of(lines: list[str], section: str, key: str | None = None) -> int | Non
 def _dotted(raw: str) -> str:
     return re.sub(r"\s*\.\s*", ".", raw.strip()).replace('"', "").replace("'", "")
 
+
+def show(value: Any) -> str:
+    """A value as it would be written in TOML, shortened for a message."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value) if value.bit_length() < 200 else "(a very large integer)"
+    if isinstance(value, float):
+        return {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan" if value != value else repr(value))
+    if isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, dict):
+        return "(a table)"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(show(v) for v in value[:8]) + (", ..." if len(value) > 8 else "") + "]"
+    else:
+        text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal number" if math.isfinite(value) else "an infinite or NaN number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, _dt.date | _dt.time):
+        return "a date/time"
+    return type(value).__name__
