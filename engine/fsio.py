@@ -327,6 +327,16 @@ def publish_dir(staging: Path, final: Path, *, durable: bool = True) -> None:
         _remove(aside)
 
 
+def publish_new_dir(staging: Path, final: Path) -> None:
+    """Rename a finished, synced staging folder to ``final``, which must not exist yet: an export
+    never replaces what stands there (FileExistsError; a non-empty folder that appears in between
+    makes the rename itself fail). Then the parent is synced."""
+    if final.exists() or final.is_symlink():
+        raise FileExistsError(errno.EEXIST, "already exists", str(final))
+    os.rename(staging, final)
+    fsync_dir(final.parent)
+
+
 @contextlib.contextmanager
 def staged(parent: Path, name: str) -> Iterator[Path]:
     """A staging folder that is removed if the block fails (a kill is left to ``sweep``)."""

@@ -106,7 +106,6 @@ def _export(args: argparse.Namespace) -> int:
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
         fsio.sync_tree(staging)
-        os.rename(staging, out)  # never over a folder that appeared meanwhile (it is not empty)
-        fsio.fsync_dir(out.parent)
+        fsio.publish_new_dir(staging, out)
     print(f"{out}  (adapter {source.name})")
     return 0

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine import fsio
 from trainconsole.engine.config import Config
 from trainconsole.engine.errors import ErrorClass, TrainconsoleError
 from trainconsole.engine.events import EventLog, NullEventLog
@@ -171,7 +172,7 @@ class Inbox:
                 report_copy = self.layout.failed / f"{job.path.name}.settings.toml"
                 self.layout.failed.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):
-                    os.replace(sidecar, report_copy)
+                    fsio.move(Path(sidecar), report_copy)
                 job = store.fail_attempt(job.id, ErrorClass.CONFIG, f"{display(str(sidecar))}: {bad[path]} "
                                          f"(kept as {report_copy}; fix it and add the file again)")
             else:

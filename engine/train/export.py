@@ -9,7 +9,6 @@ done, 1 with one line on stderr naming what is wrong."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
@@ -44,8 +43,7 @@ def merge(adapter: Path, out: Path, config: Path) -> Path:
         merged.save_pretrained(str(staging), safe_serialization=True)
         tokenizer.save_pretrained(str(staging))
         fsio.sync_tree(staging)
-        os.rename(staging, out)  # never over a folder that appeared meanwhile (it is not empty)
-        fsio.fsync_dir(out.parent)
+        fsio.publish_new_dir(staging, out)
     return out
 
 
