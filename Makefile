@@ -46,7 +46,7 @@ gpu-check: $(STAMP) realmodel
 	$(BIN)/python bench/gpu.py
 
 chaos: $(STAMP)
-	TRAINCONSOLE_CHAOS_KILLS=200 $(BIN)/pytest -q -m slow tests -k chaos
+	TRAINCONSOLE_CHAOS_KILLS=200 TRAINCONSOLE_CHAOS_RESULTS=bench/results/chaos.json $(BIN)/pytest -q -s -m slow tests -k chaos_kill
 
 edge-report: $(STAMP)
 	$(BIN)/python -m trainconsole.engine.edge_coverage --report

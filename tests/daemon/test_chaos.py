@@ -5,11 +5,13 @@ Both are slow by nature (each kill costs a worker restart: importing torch and l
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -22,6 +24,7 @@ from tests.daemon.realrun import (
     step_trail,
     worst_step_loss,
 )
+from trainconsole.engine import checkpoints as ckpt
 from trainconsole.engine.config import load_config
 from trainconsole.engine.daemon.launcher import WORKER_MODULE
 from trainconsole.engine.procid import identity
@@ -101,15 +104,48 @@ def test_chaos_kill_9_of_worker_and_daemon_at_random_points(workspace: Path, tin
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(120)
     jobs = store_jobs(config)
+    worst = {job.id: worst_step_loss(step_trail(layout, job.id)) for job in jobs}
+    _record(seed, log, dropped, jobs, worst, layout)
     assert len(jobs) == len(dropped) and len({j.sha256 for j in jobs}) == len(dropped)
     assert all(j.status == "done" for j in jobs)
     for job in jobs:
         assert (layout.done / job.path.name).exists()
-        loss = worst_step_loss(step_trail(layout, job.id))
-        assert loss <= save_steps, f"{job.id} went back {loss} steps (seed {seed}, {log})"
+        assert worst[job.id] <= save_steps, f"{job.id} went back {worst[job.id]} steps (seed {seed}, {log})"
     assert_checkpoints_sound(layout)
     assert not leftover_temp_files(layout), f"seed {seed}"
     assert not _workers_under(layout.runs)
+
+
+def _record(seed: int, log: list[str], dropped: list[str], jobs: list[Any], worst: dict[str, int],
+            layout: Any) -> None:
+    """`make chaos` keeps its figures (TRAINCONSOLE_CHAOS_RESULTS names the file), written before the
+    assertions so a failing run still says what it saw."""
+    where = os.environ.get("TRAINCONSOLE_CHAOS_RESULTS")
+    if not where:
+        return
+    names = [j.name for j in jobs]
+    corrupt = 0
+    for run_dir in layout.runs.iterdir():
+        found = ckpt.list_checkpoints(run_dir / "checkpoints")
+        if found and not isinstance(ckpt.verify(found[0][1], fingerprint=None), ckpt.Checkpoint):
+            corrupt += 1
+    targets = [entry.split(":", 1)[1].split("@", 1)[0] for entry in log]
+    metrics = {
+        "kills": len(log),
+        "worker_kills": sum(t in ("worker", "both") for t in targets),
+        "daemon_kills": sum(t in ("daemon", "both") for t in targets),
+        "jobs": len(dropped),
+        "jobs_done": sum(j.status == "done" for j in jobs),
+        "lost_jobs": len(set(dropped) - set(names)),
+        "duplicated_jobs": len(names) - len(set(names)) + len(jobs) - len({j.sha256 for j in jobs}),
+        "corrupt_newest_checkpoints": corrupt,
+        "leftover_temp_files": len(leftover_temp_files(layout)),
+        "worst_steps_lost": max(worst.values(), default=0),
+        "seed": seed,
+    }
+    Path(where).parent.mkdir(parents=True, exist_ok=True)
+    Path(where).write_text(json.dumps({"benchmark": "chaos", "quick": False, "metrics": metrics}, indent=2) + "\n")
+    print("\n".join(f"{k:28} {v}" for k, v in metrics.items()))
 
 
 @pytest.mark.slow
