@@ -100,7 +100,8 @@ def _serve(cfg: Config, layout: Layout, events: EventLog, notifier: Notifier, pi
 
         for line in missing_reporters(cfg.report.to):  # said once here, not once per job
             notifier.alert(None, line, severity="warning", key="reporter-missing")
-        recover(store, layout, notifier, events, grace_s=sup.hang_grace_s, config=cfg.source)
+        owned = sup.reattach()  # Slurm attempts an earlier engine left: followed, never resubmitted
+        recover(store, layout, notifier, events, grace_s=sup.hang_grace_s, config=cfg.source, owned=owned)
         if store.paused() and any(j.error_class == "disk_full" for j in store.jobs(["queued"])):
             # Paused by a full disk before a restart: resume on our own once there is room again.
             sup.holds.disk_paused = True

@@ -118,11 +118,12 @@ def end_orphans(orphans: list[Orphan], grace_s: float) -> None:
 
 
 def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, *, grace_s: float,
-            config: Path | None = None) -> None:
+            config: Path | None = None, owned: frozenset[str] = frozenset()) -> None:
     """Before anything trains: end orphans, requeue jobs left running (or record one an orphan
-    finished meanwhile as done), sweep leftovers."""
-    running = store.jobs(["running"])
-    orphans = find_orphans(running, layout)
+    finished meanwhile as done), sweep leftovers. ``owned``: jobs whose Slurm attempt the engine
+    follows again (``Supervisor.reattach``); their workers and run folders are left alone."""
+    running = [j for j in store.jobs(["running"]) if j.id not in owned]
+    orphans = [o for o in find_orphans(running, layout) if o.job_id not in owned]
     if orphans:
         notifier.alert(41, f"ending {len(orphans)} worker(s) left by an engine that did not stop cleanly: "
                            + ", ".join(f"pid {o.pid} ({o.job_id or '?'}, {o.how})" for o in orphans),
@@ -141,24 +142,27 @@ def recover(store: Store, layout: Layout, notifier: Notifier, events: EventLog, 
         notifier.alert(41, f"{job.id} was running when the engine stopped (killed, power loss or "
                            "reboot); requeued, it resumes from its newest good checkpoint",
                        severity="warning", job_id=job.id)
-    removed = sweep(layout, config=config)
+    removed = sweep(layout, config=config, skip=owned)
     if removed:
         events.emit("log", level="info", message=f"swept {len(removed)} leftover temporary file(s): "
                     + ", ".join(p.name for p in removed[:10]))
 
 
-def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_TMP_S) -> list[Path]:
+def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_TMP_S,
+          skip: frozenset[str] = frozenset()) -> list[Path]:
     """What dead writers left, found by the pid in their names (``trainconsole.engine.fsio``):
     everything in ``queue/.tmp`` whose writer is dead (or older than an hour: that folder holds
     nothing else), the PID file's and the config's temporaries, each run folder's (see
     ``sweep_run``, plus the heartbeat and stacks of workers that are gone), and the adapters'
-    staging folders and pointer temporaries. Returns what was removed."""
+    staging folders and pointer temporaries. Returns what was removed. ``skip``: jobs whose worker
+    may still run on another machine (a Slurm node), whose pids say nothing here: their run
+    folders are left alone, and so is the shared adapters folder."""
     removed = fsio.sweep(layout.tmp, every_name=True, stale_s=stale_s)
     removed += fsio.sweep(layout.queue)
     for path in {config, config.resolve()} if config is not None else ():
         removed += fsio.sweep(path.parent, only=f".{path.name}.")  # edits killed midway
     try:
-        run_dirs = [d for d in layout.runs.iterdir() if d.is_dir()]
+        run_dirs = [d for d in layout.runs.iterdir() if d.is_dir() and d.name not in skip]
     except OSError:
         run_dirs = []
     for run_dir in run_dirs:
@@ -166,7 +170,8 @@ def sweep(layout: Layout, *, config: Path | None = None, stale_s: float = STALE_
         for leftover in (RunFolder(run_dir).heartbeat, RunFolder(run_dir).stacks()):
             if leftover.exists() and _remove(leftover):
                 removed.append(leftover)
-    removed += sweep_adapters(layout.adapters)
+    if not skip:
+        removed += sweep_adapters(layout.adapters)
     return removed
 
 

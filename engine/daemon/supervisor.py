@@ -1,23 +1,27 @@
-"""The supervision loop: one worker at a time, watched, reaped, classified, and its job moved on.
+"""The supervision loop: workers started, watched, reaped, classified, and their jobs moved on.
 
-Each ``tick`` applies operator commands, watches the running worker (heartbeat, exit), and when
-none runs: takes new files from the inbox, checks the resource guards and devices, and starts the
-next runnable job. Every phase is guarded: an I/O error or a vanished folder (cases 44, 45) is an
-alert and a back-off, never a crash or a hang; an unexpected exception in our own code is logged
-with its traceback and the loop goes on. Durations are monotonic (case 47).
+Each ``tick`` applies operator commands, watches the running workers (heartbeat, exit), takes new
+files from the inbox, checks the resource guards and devices, and while a slot is free starts the
+next runnable jobs: one at a time on this machine; with ``launcher.kind = "slurm"`` up to
+``launcher.max_parallel``, never two of one lineage (``trainconsole.engine.daemon.slots``), each
+worker a Slurm job (``trainconsole.engine.daemon.slurm.supervise``). Every phase is guarded: an
+I/O error or a vanished folder (cases 44, 45) is an alert and a back-off, never a crash or a hang;
+an unexpected exception in our own code is logged with its traceback and the loop goes on.
+Durations are monotonic (case 47).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
 import sqlite3
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,50 +31,36 @@ from trainconsole.engine.daemon import inbox as ingest
 from trainconsole.engine.daemon.launcher import (
     DevicePlan,
     Launcher,
-    WorkerProcess,
     device_plan,
     launcher_for,
     start_worker,
+    worker_env,
 )
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.outcome import classify, log_tail, oom_kill_count
 from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
 from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb, io_problem
 from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
-from trainconsole.engine.daemon.watchdog import Watchdog, collect_stacks
+from trainconsole.engine.daemon.running import Running, dump_stacks, event_tail, read_progress
+from trainconsole.engine.daemon.slots import Slots
+from trainconsole.engine.daemon.slurm.cluster import SlurmCluster
+from trainconsole.engine.daemon.slurm.supervise import SlurmRuns
+from trainconsole.engine.daemon.watchdog import Watchdog
 from trainconsole.engine.errors import ErrorClass
-from trainconsole.engine.events import EventLog, EventTail
+from trainconsole.engine.events import EventLog
 from trainconsole.engine.lock import RunFolderBusy, lock_run_folder
 from trainconsole.engine.runfiles import JobSpec, RunFolder, read_report
 from trainconsole.engine.store import Job, QueueError, Store
 from trainconsole.engine.store import files as store_files
 
-STACK_WAIT_S = 3.0
 IO_BACKOFF_MAX_S = 60.0
 RESOURCE_EVENT_S = 30.0
 
 
-@dataclass
-class Running:
-    job: Job
-    worker: WorkerProcess
-    watchdog: Watchdog
-    folder: RunFolder
-    oom_before: int
-    tail: EventTail
-    last_step: int | None = None
-    last_max_steps: int | None = None
-    term_at: float | None = None  # monotonic time SIGTERM went to the group
-    term_grace_s: float = 0.0
-    killed: bool = False
-    hung_for_s: float | None = None
-    stopping: bool = False  # stopped by us (stop, cancel): an interruption, not a failure
-    cancel: bool = False
-
-
 class Supervisor:
     def __init__(self, cfg: Config, store: Store, events: EventLog, notifier: Notifier, sysmon: Sampler, *,
-                 launcher_factory: Callable[[DevicePlan], Launcher] = launcher_for) -> None:
+                 launcher_factory: Callable[[DevicePlan], Launcher] = launcher_for,
+                 cluster: SlurmCluster | None = None) -> None:
         self.cfg = cfg
         self.launcher_factory = launcher_factory
         self.layout = cfg.layout()
@@ -84,7 +74,10 @@ class Supervisor:
                                    every_s=max(0.5, min(5.0, self.poll_s * 5)))
         self.hang_grace_s = max(3.0, min(30.0, float(guards.hang_floor_s)))
         self.stop_grace_s = max(60.0, 2 * float(guards.hang_floor_s))
-        self.current: Running | None = None
+        self.running: dict[str, Running] = {}  # by job id
+        slurm = cfg.launcher.kind == "slurm"
+        self.slurm = SlurmRuns(cluster or SlurmCluster(cfg), store, notifier, events) if slurm else None
+        self.slots = Slots(cfg.launcher.max_parallel if slurm else 1)
         self.stop_requested = False
         self.signalled: str | None = None  # set from a signal handler, acted on in the loop
         self.holds = Holds()  # a full disk's pause and recent device faults (retry_policy)
@@ -98,6 +91,11 @@ class Supervisor:
         self.needs_repair = False
         self._cpu_warned = False
         self._resource_emit_at = 0.0
+
+    @property
+    def current(self) -> Running | None:
+        """The running attempt (the first of them when several slots are busy)."""
+        return next(iter(self.running.values()), None)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -113,7 +111,7 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     self.notifier.alert(None, "engine error in its loop", severity="critical",
                                         key="engine-loop", traceback=traceback.format_exc())
-            if self.stop_requested and self.current is None:
+            if self.stop_requested and not self.running:
                 return 0
             self._sleep(self.poll_s)
 
@@ -126,8 +124,8 @@ class Supervisor:
         failed_before = self.io_failures
         due = time.monotonic() >= self.io_retry_at  # phases that failed wait out their back-off
         ok = self._guarded("commands", self._apply_commands)
-        if self.current is not None:
-            ok = self._guarded("worker", self._watch) and ok
+        for run in list(self.running.values()):
+            ok = self._guarded("worker", functools.partial(self._watch, run)) and ok
         if self.needs_repair and due:
             # A move the store committed but could not make (EBUSY, EPERM, an immutable file: case
             # 50) is finished by the store's own repair, retried until it succeeds.
@@ -141,7 +139,7 @@ class Supervisor:
             # The inbox is read while a job trains too, so a file dropped meanwhile is queued (and
             # can be held or reprioritised) at once rather than when the job ends.
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
-        if self.current is None and not self.stop_requested and due:
+        if len(self.running) < self.slots.max_parallel and not self.stop_requested and due:
             ok = self._guarded("schedule", self._maybe_start) and ok
         if ok and due and failed_before and self.io_failures == failed_before:
             self.io_failures = 0
@@ -186,8 +184,8 @@ class Supervisor:
         if not self.stop_requested:
             self.events.emit("log", level="info", message=f"engine stopping ({why})")
         self.stop_requested = True
-        if self.current is not None:
-            self._terminate(self.current, self.stop_grace_s, stopping=True)
+        for run in self.running.values():
+            self._terminate(run, self.stop_grace_s, stopping=True)
 
     def _apply_commands(self) -> None:
         for cmd in self.store.take_commands():
@@ -198,8 +196,8 @@ class Supervisor:
             elif cmd.kind == "resume":
                 self.store.set_paused(False)
             elif cmd.kind == "cancel":
-                run = self.current
-                if run is not None and run.job.id == cmd.job_id:
+                run = self.running.get(cmd.job_id or "")
+                if run is not None:
                     run.cancel = True
                     self._terminate(run, self.stop_grace_s, stopping=True)
             else:
@@ -219,7 +217,7 @@ class Supervisor:
     def _maybe_start(self) -> None:
         if not self.guard.state.ok or self.store.paused() or time.monotonic() < self.busy_retry_at:
             return
-        plan = device_plan(self.cfg.hardware, self.guard.last_sample)
+        plan = self.slurm.plan if self.slurm else device_plan(self.cfg.hardware, self.guard.last_sample)
         if plan.hold:
             self.notifier.alert(plan.case, f"the queue is held: {plan.hold}", severity="critical",
                                 key="device-hold")
@@ -228,8 +226,7 @@ class Supervisor:
         if plan.warning and not self._cpu_warned:
             self._cpu_warned = True
             self.notifier.alert(plan.case, plan.warning, severity="warning", key="device-cpu")
-        job = self.store.next_runnable()
-        if job is not None:
+        for job in self.slots.pick(self.store.runnable(), [r.job for r in self.running.values()]):
             try:
                 self._launch(job, plan)
             except QueueError as exc:  # held or cancelled by an operator a moment ago: not an error
@@ -240,7 +237,11 @@ class Supervisor:
         now = time.monotonic()
         if sample is not None and now >= self._resource_emit_at:
             self._resource_emit_at = now + RESOURCE_EVENT_S
-            self.events.emit("resource", **sample.event_fields())
+            fields = sample.event_fields()
+            summary = self.slurm.cluster.summary() if self.slurm else None
+            if summary is not None:
+                fields["cluster"] = summary.line()  # the console's "cluster" line
+            self.events.emit("resource", **fields)
 
     def _launch(self, job: Job, plan: DevicePlan) -> None:
         run_dir = self.layout.run_dir(job.id)
@@ -254,13 +255,16 @@ class Supervisor:
                                       "ends (or cancel it, or stop the other worker)",
                                 job_id=job.id, severity="warning", key=f"run-busy:{job.id}")
             return
+        kept = False
         try:
-            self._launch_locked(job, plan, run_dir, lock_fd)
+            kept = self._launch_locked(job, plan, run_dir, lock_fd)
         finally:
-            os.close(lock_fd)  # the worker holds its own copy for as long as it lives
+            if not kept:
+                os.close(lock_fd)  # the worker holds its own copy for as long as it lives
         self.notifier.forget(f"run-busy:{job.id}")
 
-    def _launch_locked(self, job: Job, plan: DevicePlan, run_dir: Path, lock_fd: int) -> None:
+    def _launch_locked(self, job: Job, plan: DevicePlan, run_dir: Path, lock_fd: int) -> bool:
+        """Start the attempt; True when its Running keeps ``lock_fd`` (a Slurm job's)."""
         folder = RunFolder(run_dir)
         for path in folder.attempt_files():
             path.unlink(missing_ok=True)  # this attempt's files only
@@ -270,7 +274,7 @@ class Supervisor:
                        f"`trainconsole add FILE` or drop it into {self.layout.incoming}")
             self.store.fail_attempt(job.id, ErrorClass.DATA, message)
             self.notifier.alert(51, f"{job.id}: {message}", job_id=job.id, severity="warning")
-            return
+            return False
         exp = job.experiment
         # The job's own settings (fixed when queued) and where its adapter continues from.
         spec = JobSpec(job_id=job.id, data_file=job.path, config=self.cfg.source, run_dir=run_dir,
@@ -278,6 +282,12 @@ class Supervisor:
                        lineage=exp.lineage, start_from=exp.start_from)
         spec.write()
         job = self.store.start(job.id)  # durable before the spawn: a kill now still used an attempt
+        if self.slurm is not None:
+            run = self.slurm.submit(job, spec, worker_env(plan, job.name), self._watchdog(job, None, observed=True),
+                                    event_tail(self.layout.job_events(job.id)), lock_fd)
+            if run is not None:
+                self.running[job.id] = run
+            return run is not None
         oom_before = oom_kill_count()
         try:
             launcher, worker = start_worker(spec, plan, job_name=job.name, keep_fds=(lock_fd,),
@@ -285,16 +295,28 @@ class Supervisor:
         except OSError as exc:
             self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"could not start the worker: {exc}")
             raise
-        g = self.job_config(job).guards
-        self.current = Running(
-            job, worker, Watchdog(folder.heartbeat, floor_s=g.hang_floor_s, multiple=g.hang_multiple,
-                                  first_step_grace_s=g.first_step_grace_s, launched_mono=worker.launched_mono,
-                                  boundary=self._boundary(job)),
-            folder, oom_before, EventTail(self.layout.job_events(job.id), self._log_size(job.id)))
+        self.running[job.id] = Running(job, worker, self._watchdog(job, worker.launched_mono), folder, oom_before,
+                                       event_tail(self.layout.job_events(job.id)))
         self.store.set_worker(job.id, worker.pid, worker.pid_start)
         self.events.emit("log", level="info", job_id=job.id, message=(
             f"{job.id} attempt {job.attempts} started: {launcher.name} pid {worker.pid}, "
             f"{plan.device} x{plan.nproc}" + (f", overrides {job.overrides}" if job.overrides else "")))
+        return False
+
+    def _watchdog(self, job: Job, launched_mono: float | None, *, observed: bool = False) -> Watchdog:
+        g = self.job_config(job).guards
+        return Watchdog(self.layout.run_folder(job.id).heartbeat, floor_s=g.hang_floor_s, multiple=g.hang_multiple,
+                        first_step_grace_s=g.first_step_grace_s, launched_mono=launched_mono,
+                        boundary=self._boundary(job), observed=observed)
+
+    def reattach(self) -> frozenset[str]:
+        """At start-up with Slurm: follow the attempts an earlier engine left. Returns their jobs,
+        which the local recovery must leave alone (``recovery.recover``'s ``owned``)."""
+        if self.slurm is None:
+            return frozenset()
+        for run in self.slurm.reattach(lambda job: self._watchdog(job, None, observed=True)):
+            self.running[run.job.id] = run
+        return frozenset(self.running)
 
     def _data_copy_present(self, job: Job) -> bool:
         """False only when the job's own copy under jobs/ was deleted (51). A queue folder that is
@@ -321,34 +343,30 @@ class Supervisor:
         t = self.job_config(job).training
 
         def slow_after(step: int) -> bool:
-            last = self.current.last_max_steps if self.current is not None else None
+            run = self.running.get(job.id)
+            last = run.last_max_steps if run is not None else None
             last = last or job.max_steps
             return (step % max(1, t.save_steps) == 0 or step % max(1, t.eval_steps) == 0
                     or (last is not None and step >= last))
         return slow_after
 
-    def _log_size(self, job_id: str) -> int:
-        try:
-            return int(self.layout.job_events(job_id).stat().st_size)
-        except OSError:
-            return 0
-
     # -- watching ---------------------------------------------------------------------------------
 
-    def _watch(self) -> None:
-        run = self.current
-        assert run is not None
+    def _watch(self, run: Running) -> None:
         code = run.worker.poll()
         if code is not None:
             self._finish(run, code)
             return
+        if self.slurm is not None and not self.slurm.observe(run):
+            return  # waiting in Slurm's queue: nothing to watch yet
         now = time.monotonic()
-        self._progress(run)
+        read_progress(run, self.store)
         if run.term_at is None:
             verdict = run.watchdog.check(now)
             if verdict.hung:
                 run.hung_for_s = verdict.silent_for_s
-                self._dump_stacks(run, verdict.silent_for_s, verdict.limit_s)
+                dump_stacks(run, verdict.silent_for_s, verdict.limit_s, self.layout.job_events(run.job.id),
+                            self.notifier)
                 self._terminate(run, self.hang_grace_s)
         elif not run.killed and now - run.term_at > run.term_grace_s:
             run.killed = True
@@ -363,46 +381,27 @@ class Supervisor:
             run.term_grace_s = grace_s
             run.worker.signal_group(signal.SIGTERM)
 
-    def _progress(self, run: Running) -> None:
-        last = None
-        eval_loss: float | None = None
-        for event in run.tail.read_new():
-            if event.get("type") == "step" and isinstance(event.get("step"), int):
-                last = event
-            elif event.get("type") == "eval" and isinstance(event.get("eval_loss"), int | float):
-                eval_loss = float(event["eval_loss"])
-        if (last is not None and last["step"] != run.last_step) or eval_loss is not None:
-            if last is not None:
-                run.last_step = last["step"]
-                max_steps = last.get("max_steps")
-                run.last_max_steps = max_steps if isinstance(max_steps, int) else run.last_max_steps
-            loss = last.get("loss") if last is not None else None
-            self.store.progress(run.job.id, run.last_step or 0, run.last_max_steps,
-                                loss=float(loss) if isinstance(loss, int | float) else None, eval_loss=eval_loss)
-
-    def _dump_stacks(self, run: Running, silent_s: float, limit_s: float) -> None:
-        """Stacks first, then the kill: a hang is only fixable if we know where it sat (case 70)."""
-        text = collect_stacks(run.worker.request_stacks, run.folder.stacks(), STACK_WAIT_S)
-        message = (f"{run.job.id}: no training progress for {silent_s:.0f}s (limit {limit_s:.0f}s); "
-                   f"ending the worker. Python stacks:\n{text[-20000:]}")
-        with EventLog(self.layout.job_events(run.job.id)) as job_log:
-            job_log.emit("log", level="error", job_id=run.job.id, message=message)
-        self.notifier.alert(70, f"{run.job.id}: no training progress for {silent_s:.0f}s (limit "
-                                f"{limit_s:.0f}s); the worker is ended and the job resumes from its last "
-                                f"checkpoint; stacks in {self.layout.job_events(run.job.id)}",
-                            job_id=run.job.id, severity="critical")
-
     # -- finishing --------------------------------------------------------------------------------
 
     def _finish(self, run: Running, code: int) -> None:
-        swept = sweep_run(run.folder.path) + sweep_adapters(self.layout.adapters)
+        # Temporaries carry their writer's pid, which says nothing of a worker on another node:
+        # the shared adapters folder is swept only while no other worker may be publishing there.
+        others = any(r is not run for r in self.running.values())
+        swept = sweep_run(run.folder.path) + ([] if others else sweep_adapters(self.layout.adapters))
         if swept:
             self.events.emit("log", level="info", job_id=run.job.id,
                              message=f"removed {len(swept)} unfinished save(s) of the ended worker")
         report = read_report(run.folder.report)
-        outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
-                           hung_for_s=run.hung_for_s, stopped_by_us=run.stopping,
-                           log_tail=log_tail(run.worker.log_path) if report is None else "")
+        tail = log_tail(run.worker.log_path) if report is None else ""
+        if self.slurm is not None:
+            judged = self.slurm.judge(run, report, tail)
+            if judged is None:  # held: someone else cancelled its Slurm job
+                self._release(run)
+                return
+            outcome = judged
+        else:
+            outcome = classify(report, code, oom_kills_during_run=oom_kill_count() - run.oom_before,
+                               hung_for_s=run.hung_for_s, stopped_by_us=run.stopping, log_tail=tail)
         if outcome.error_class in (ErrorClass.BUG, ErrorClass.TRANSIENT):
             # A full disk surfaces in many disguises (torch.save's "unexpected pos", a torn write):
             # the filesystem, not the message, says whether the attempt was the disk's fault (25).
@@ -415,5 +414,11 @@ class Supervisor:
                       cancelled=run.cancel)
         apply_outcome(outcome, ended, store=self.store, notifier=self.notifier, guard=self.guard,
                       holds=self.holds, training=self.job_config(run.job).training)
-        self.current = None
+        self._release(run)
+
+    def _release(self, run: Running) -> None:
+        """Only once its outcome is applied: a tick that failed before is retried on the same run."""
+        if self.slurm is not None:
+            self.slurm.release(run)
+        self.running.pop(run.job.id, None)
 
