@@ -1,0 +1,167 @@
+"""The engine with launcher.kind = "slurm" on the real test cluster, the supervisor driven in this
+process with the fake worker: parallel slots across lineages, cancel and stop reaching Slurm,
+someone else's scancel, and kill -9 of the worker on the node. The real worker under a real
+daemon process is in test_daemon_slurm_real.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.daemon.harness import Harness, chat_lines
+from tests.slurm.cluster import Cluster
+from tests.slurm.daemon import slurm_harness, slurm_runs, slurm_worker
+from trainconsole.engine.daemon.slurm.submit import job_id_from_name
+from trainconsole.engine.events import read_all
+from trainconsole.engine.store import Experiment
+from trainconsole.engine.store.add import NewFile
+from trainconsole.engine.store.files import hash_file
+
+
+def _steps(monkeypatch: pytest.MonkeyPatch, steps: int, step_s: float = 0.1) -> None:
+    monkeypatch.setenv("FAKE_STEPS", str(steps))
+    monkeypatch.setenv("FAKE_STEP_S", str(step_s))
+
+
+def _add(h: Harness, name: str, lineage: str = "main") -> str:
+    src = h.ws / "src" / name
+    src.parent.mkdir(exist_ok=True)
+    src.write_text(chat_lines(8, name))
+    sha, size = hash_file(src)
+    (added,) = h.store.add_files([NewFile(name, src, sha, size, experiment=Experiment(lineage=lineage))])
+    assert added.job is not None, added.error
+    return added.job.id
+
+
+def _submissions(slurm: Cluster, tag: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for j in slurm.jobs():
+        owner = job_id_from_name(str(j["name"]), tag)
+        if owner:
+            counts[owner] = counts.get(owner, 0) + 1
+    return counts
+
+
+def _resource_events(h: Harness) -> list[dict[str, object]]:
+    return [e for e in read_all(h.layout.engine_events) if e["type"] == "resource"]
+
+
+def test_three_lineages_run_at_once_in_three_slots(slurm: Cluster, workspace: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _steps(monkeypatch, 30)
+    h = slurm_harness(workspace, {"launcher.max_parallel": 3})
+    try:
+        a1, b1, c1, a2 = (_add(h, f"{n}.jsonl", n[0]) for n in ("a1", "b1", "c1", "a2"))
+        seen: list[set[str]] = []
+
+        def three_at_once() -> bool:
+            running = {jid for jid in h.sup.running
+                       if (w := slurm_worker(h, jid)) is not None and w.state == "RUNNING"}
+            seen.append(running)
+            return len(running) == 3
+        h.run_until(three_at_once, timeout=90)
+        assert seen[-1] == {a1, b1, c1}  # a2 waits for its lineage, a slot or not
+        assert slurm_runs(h).cluster.tracker.calls <= len(seen) + 2  # one squeue per look, for all jobs
+        h.run_until(lambda: h.settled() and len(h.jobs()) == 4, timeout=180)
+        assert all(not {a1, a2} <= s for s in seen)
+        jobs = h.jobs()
+        assert [j.status for j in jobs] == ["done"] * 4
+        assert len({j.slurm_id for j in jobs}) == 4 and all(j.node == slurm.node for j in jobs)
+        assert _submissions(slurm, slurm_runs(h).cluster.tag) == {j.id: 1 for j in jobs}
+        assert any("node" in str(e.get("cluster", "")) for e in _resource_events(h))
+    finally:
+        h.close()
+
+
+def test_one_lineage_runs_one_job_at_a_time_whatever_max_parallel(slurm: Cluster, workspace: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _steps(monkeypatch, 4)
+    h = slurm_harness(workspace, {"launcher.max_parallel": 3})
+    try:
+        _add(h, "x.jsonl")
+        _add(h, "y.jsonl")
+        most = 0
+
+        def done() -> bool:
+            nonlocal most
+            most = max(most, len(h.sup.running))
+            return h.settled() and len(h.jobs()) == 2
+        h.run_until(done, timeout=120)
+        assert most == 1 and [j.status for j in h.jobs()] == ["done", "done"]
+    finally:
+        h.close()
+
+
+def _worker_pid(run_dir: Path) -> int | None:
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if str(run_dir / "spec.json") in (proc.info["cmdline"] or []):
+            return int(proc.info["pid"])
+    return None
+
+
+@pytest.mark.edge(42)
+def test_kill_9_on_the_node_is_resubmitted_and_resumes(slurm: Cluster, workspace: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _steps(monkeypatch, 40)
+    h = slurm_harness(workspace)
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.sup.current is not None and (h.sup.current.last_step or 0) >= 5, timeout=90)
+        first = h.store.require(job_id).slurm_id
+        pid = _worker_pid(h.layout.run_dir(job_id))
+        assert first is not None and pid is not None
+        os.kill(pid, signal.SIGKILL)
+        h.run_until(h.settled, timeout=120)
+        job = h.store.require(job_id)
+        assert job.status == "done" and job.attempts == 2 and job.slurm_id != first
+        steps = [e["step"] for e in read_all(h.layout.job_events(job_id)) if e["type"] == "step"]
+        # The fake worker saves every step: the second attempt goes on where the first was killed
+        # (the kill may fall between a step's save and its event: that one step is not logged).
+        assert max(steps) == 40 and len(set(range(1, 41)) - set(steps)) <= 1
+    finally:
+        h.close()
+
+
+def test_scancel_by_someone_else_holds_the_job_with_the_reason(slurm: Cluster, workspace: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    _steps(monkeypatch, 40)
+    h = slurm_harness(workspace)
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.sup.current is not None and (h.sup.current.last_step or 0) >= 2, timeout=90)
+        assert slurm.run("scancel", str(h.store.require(job_id).slurm_id)).returncode == 0
+        h.run_until(lambda: h.store.require(job_id).status == "held", timeout=60)
+        held = h.store.require(job_id)
+        assert held.attempts == 0 and "someone else" in (held.error or "")
+        assert any("someone else" in a["message"] for a in h.alerts())
+        h.store.release(job_id)
+        h.run_until(h.settled, timeout=120)
+        assert h.store.require(job_id).status == "done"
+    finally:
+        h.close()
+
+
+def test_cancel_and_stop_reach_slurm(slurm: Cluster, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _steps(monkeypatch, 400)
+    h = slurm_harness(workspace, {"launcher.max_parallel": 2})
+    try:
+        a = _add(h, "a.jsonl", "a")
+        b = _add(h, "b.jsonl", "b")
+        h.run_until(lambda: len(h.sup.running) == 2 and all((r.last_step or 0) >= 2 for r in h.sup.running.values()),
+                    timeout=90)
+        h.store.cancel(a)  # a command for the engine: scancel --signal=TERM, checkpoint first
+        h.run_until(lambda: h.store.require(a).status == "cancelled", timeout=60)
+        report = (h.layout.run_dir(a) / "report.json").read_text()
+        assert '"interrupted"' in report and "SIGTERM" in report
+        h.sup.request_stop("test")
+        h.run_until(lambda: not h.sup.running, timeout=60)
+        after = h.store.require(b)
+        assert after.status == "queued" and after.attempts == 0  # checkpointed, requeued, not charged
+        assert "SIGTERM" in (h.layout.run_dir(b) / "report.json").read_text()
+        assert not slurm.active_jobs()
+    finally:
+        h.close()
