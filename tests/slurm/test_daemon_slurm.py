@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.daemon.harness import Harness, chat_lines
+from tests.chatdata import chat_lines
+from tests.daemon.harness import Harness
 from tests.slurm.cluster import Cluster
 from tests.slurm.daemon import slurm_harness, slurm_runs, slurm_worker
 from trainconsole.engine.daemon.slurm.submit import job_id_from_name
