@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import deque
+from pathlib import Path
 from typing import Any, TypeVar
 
 from textual import on, work
@@ -18,14 +19,18 @@ from textual.widgets import Input
 
 from trainconsole.console import keymap
 from trainconsole.console.client import PRIORITIES, ConsoleClient
+from trainconsole.console.exporting import ExportResult
 from trainconsole.console.snapshot import JobRow, Snapshot
 from trainconsole.console.widgets.alerts import AlertList
 from trainconsole.console.widgets.confirm import ConfirmDialog
 from trainconsole.console.widgets.engine_state import EngineState
+from trainconsole.console.widgets.export_dialog import ExportDialog, ExportRequest
 from trainconsole.console.widgets.help_screen import HelpScreen
 from trainconsole.console.widgets.job_detail import JobDetailScreen
+from trainconsole.console.widgets.lineage_view import LineageScreen
 from trainconsole.console.widgets.loss_plot import LossPlot
 from trainconsole.console.widgets.queue_table import QueueTable
+from trainconsole.engine.adapters import Adapter
 
 W = TypeVar("W", bound=Widget)
 
@@ -35,6 +40,24 @@ class ActionDone(Message):
         super().__init__()
         self.text = text
         self.ok = ok
+
+
+class ExportAsked(Message):
+    """What the adapters folder says of the job `e` was pressed on: its adapter and a proposed
+    folder, or why there is nothing to export."""
+
+    def __init__(self, job: JobRow, adapter: Adapter | None, destination: Path | None, problem: str) -> None:
+        super().__init__()
+        self.job = job
+        self.adapter = adapter
+        self.destination = destination
+        self.problem = problem
+
+
+class ExportDone(Message):
+    def __init__(self, result: ExportResult) -> None:
+        super().__init__()
+        self.result = result
 
 
 class ConsoleActions(App[None]):
@@ -225,6 +248,53 @@ class ConsoleActions(App[None]):
         if job is not None:
             self.push_screen(JobDetailScreen(job, self.client.job_log, self.poll_interval,
                                              follow=self.client.follow_log))
+
+    def action_lineages(self) -> None:
+        self.push_screen(LineageScreen(self.client.lineages))
+
+    def action_export(self) -> None:
+        job = self._job_action("export")
+        if job is not None:
+            self._find_adapter(job)
+
+    @work(thread=True, exit_on_error=False, group="export")
+    def _find_adapter(self, job: JobRow) -> None:
+        try:
+            adapter = self.client.job_adapter(job.id)
+            destination = self.client.export_destination(adapter) if adapter is not None else None
+        except Exception as exc:  # noqa: BLE001 - an unreadable adapters folder is a line
+            self.post_message(ExportAsked(job, None, None, f"cannot read the adapters: {exc}"))
+            return
+        problem = "" if adapter is not None else (
+            f"{job.id} has no published adapter (a job publishes one when it finishes)")
+        self.post_message(ExportAsked(job, adapter, destination, problem))
+
+    def on_export_asked(self, message: ExportAsked) -> None:
+        adapter, destination = message.adapter, message.destination
+        if adapter is None or destination is None:
+            self.notify(message.problem, severity="warning", timeout=5)
+            return
+
+        def answered(request: ExportRequest | None) -> None:
+            if request is not None:
+                what = "merging" if request.merge else "exporting"
+                self.notify(f"{what} {adapter.name} to {request.out} …", timeout=3)
+                self._export(adapter.name, request)
+
+        self.push_screen(ExportDialog(message.job.id, adapter.name, adapter.lineage, destination), answered)
+
+    @work(thread=True, exit_on_error=False, group="export")
+    def _export(self, adapter: str, request: ExportRequest) -> None:
+        try:
+            result = self.client.export(adapter, request.out, request.merge)
+        except Exception as exc:  # noqa: BLE001 - shown as the notice; the console goes on
+            result = ExportResult(False, f"export of {adapter} failed: {exc}")
+        self.post_message(ExportDone(result))
+
+    def on_export_done(self, message: ExportDone) -> None:
+        result = message.result
+        self.notify(result.line, title="export" if result.ok else "export failed",
+                    severity="information" if result.ok else "error", timeout=10 if result.ok else 20)
 
     def action_filter(self) -> None:
         box = self._main(Input)

@@ -24,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from trainconsole.console import exporting
 from trainconsole.console.alert_book import SHOWN, AlertBook
+from trainconsole.console.exporting import ExportResult
 from trainconsole.console.logtail import TailFirst
 from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
+from trainconsole.engine.adapters import Adapter, Lineage, lineages
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.joblog import format_event, read_last
 from trainconsole.engine.runfiles import read_report
@@ -68,6 +71,10 @@ class ConsoleClient(Protocol):
     def stop_engine(self) -> None: ...
     def acknowledge(self, keys: list[str]) -> None: ...
     def acknowledge_all(self) -> None: ...
+    def lineages(self) -> list[Lineage]: ...
+    def job_adapter(self, job_id: str) -> Adapter | None: ...
+    def export_destination(self, adapter: Adapter) -> Path: ...
+    def export(self, adapter: str, out: Path, merge: bool) -> ExportResult: ...
     def close(self) -> None: ...
 
 
@@ -390,6 +397,24 @@ class WorkspaceClient:
             events = tail.read_new()
             offset = tail.offset
         return [self._short(format_event(event)) for event in events], offset
+
+    # --- adapters: read from the adapters folder, torch-free (engine/adapters.py) ----------
+
+    def lineages(self) -> list[Lineage]:
+        return lineages(self.layout.adapters)
+
+    def job_adapter(self, job_id: str) -> Adapter | None:
+        return exporting.job_adapter(self.layout.adapters, job_id)
+
+    def export_destination(self, adapter: Adapter) -> Path:
+        return exporting.default_destination(self.cfg.root, adapter)
+
+    def export(self, adapter: str, out: Path, merge: bool) -> ExportResult:
+        """``trainconsole export`` as its own process; blocks until it ends (call off the UI)."""
+        if self.readonly:
+            raise PermissionError("this console is read-only")
+        # A relative folder is the workspace's, as paths in the config file are.
+        return exporting.run_export(self.cfg.source, adapter, self.cfg.root / out.expanduser(), merge)
 
     # --- writing ---------------------------------------------------------------------------
 

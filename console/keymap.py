@@ -51,12 +51,13 @@ KEYMAP: tuple[Key, ...] = (
     Key("f", "follow_log", "follow log", show=False,
         long="follow the selected job's log as it is written (through retries, until it ends)"),
     Key("F", "follow", "follow running job", show=False, long="move the cursor to the running job and follow it"),
+    Key("L", "lineages", "lineages", show=False,
+        long="the lineages and their adapters (job, step, eval loss, parent), the newest marked"),
+    Key("e", "export", "export adapter", mutating=True, show=False,
+        long="export the selected job's adapter, or the base model with it merged, to a new folder"),
     Key("j", "cursor_down", "down", show=False, long="next job"),
     Key("k", "cursor_up", "up", show=False, long="previous job"),
 )
-
-# Kept free for views whose engine side is still to come: lineages and exported adapters.
-RESERVED: dict[str, str] = {"L": "the lineage view", "e": "export the selected job's adapter"}
 
 MUTATING_ACTIONS = frozenset(k.action for k in KEYMAP if k.mutating)
 # Actions that make sense only for a selected job in a given state.
@@ -69,6 +70,8 @@ JOB_STATES: dict[str, tuple[str, ...]] = {
     "cancel": ("queued", "held", "running"),
     "detail": ("queued", "held", "running", "done", "failed", "cancelled"),
     "follow_log": ("queued", "held", "running", "done", "failed", "cancelled"),
+    # Any state: a job requeued after it published still has its adapter; one without says so.
+    "export": ("queued", "held", "running", "done", "failed", "cancelled"),
 }
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from pathlib import Path
 from typing import Any
 
+from trainconsole.console.exporting import ExportResult
 from trainconsole.console.series import downsample, ema_debiased
 from trainconsole.console.snapshot import AlertRow, EngineView, JobRow, LossView, Snapshot
+from trainconsole.engine.adapters import Adapter, Lineage
 from trainconsole.engine.sysmon import GpuSample, Sample
 
 T0 = 1_780_000_000.0  # a fixed wall time: snapshots render the same on every run
@@ -58,6 +61,25 @@ def alerts() -> list[AlertRow]:
         AlertRow("a1", 4, "critical", "j0005", T0 - 1400,
                  "broken-file.jsonl line 1: not valid JSON (expecting value); file rejected"),
     ]
+
+
+ADAPTERS = Path("/ws/adapters")
+
+
+def adapter(number: int, job_id: str, lineage: str = "main", parent: str | None = None,
+            step: int | None = 200, eval_loss: float | None = None) -> Adapter:
+    name = f"{number:04d}-{job_id}"
+    return Adapter(name, ADAPTERS / name, number, job_id, lineage, parent, step, eval_loss,
+                   T0 - 1800 + number, "builtin:tiny-chat")
+
+
+def lineage_list() -> list[Lineage]:
+    """main continued twice (j0001, then a later job on it), and a sweep's lineage of one."""
+    first = adapter(1, "j0001", eval_loss=0.8123)
+    second = adapter(3, "j0006", parent=first.name, step=400, eval_loss=0.6541)
+    sweep = adapter(2, "j0007", lineage="lr-sweep.learning_rate=0.0002", step=120, eval_loss=None)
+    return [Lineage("main", second, (first, second), "builtin:tiny-chat"),
+            Lineage(sweep.lineage, sweep, (sweep,), "builtin:tiny-chat")]
 
 
 class ScriptedClient:
@@ -143,6 +165,20 @@ class ScriptedClient:
     def acknowledge_all(self) -> None:
         self.calls.append(("acknowledge_all",))
         self.acked.update(a.key for a in self.alerts)
+
+    def lineages(self) -> list[Lineage]:
+        self.calls.append(("lineages",))
+        return lineage_list()
+
+    def job_adapter(self, job_id: str) -> Adapter | None:
+        return next((a for g in lineage_list() for a in g.adapters if a.job_id == job_id), None)
+
+    def export_destination(self, adapter: Adapter) -> Path:
+        return Path("/ws/exports") / f"{adapter.lineage}-{adapter.job_id}"
+
+    def export(self, adapter: str, out: Path, merge: bool) -> ExportResult:
+        self.calls.append(("export", adapter, str(out), merge))
+        return ExportResult(True, f"exported {'merged model' if merge else 'adapter'} {adapter} to {out}")
 
     def close(self) -> None:
         pass

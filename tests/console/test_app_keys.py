@@ -343,9 +343,3 @@ async def test_a_new_critical_alert_pops_up_once_and_old_ones_do_not() -> None:
         shown = [n.message for n in app._notifications]
         assert len(shown) == 1 and "case 28" in shown[0] and "GPU fell off the bus" in shown[0]
 
-
-def test_keys_kept_free_for_lineages_and_export_are_free() -> None:
-    from trainconsole.console.keymap import KEYMAP, RESERVED
-
-    bound = {name for key in KEYMAP for name in key.keys.split(",")}
-    assert not bound & set(RESERVED)

@@ -58,3 +58,27 @@ def test_120x40_cancel_confirmation(snap_compare: Any) -> None:
         await pilot.pause()
 
     assert snap_compare(make(), terminal_size=(120, 40), run_before=ask)
+
+
+def test_80x24_lineage_view(snap_compare: Any) -> None:
+    async def lineages(pilot: Pilot[None]) -> None:
+        await first_frame(pilot)
+        await pilot.press("L")
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+    assert snap_compare(make(), terminal_size=(80, 24), run_before=lineages)
+
+
+def test_80x24_export_dialog(snap_compare: Any) -> None:
+    async def export(pilot: Pilot[None]) -> None:
+        await first_frame(pilot)
+        await pilot.press("k", "e")  # j0001, done, with an adapter
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+        from textual.widgets import Input
+
+        pilot.app.screen.query_one(Input).cursor_blink = False  # a blinking cursor is drawn at random
+        await pilot.pause()
+
+    assert snap_compare(make(), terminal_size=(80, 24), run_before=export)
