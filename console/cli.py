@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("queue_cmds", "cancel a job (a running one is stopped)"),
     "logs": ("job_cmds", "print a job's log; -f follows it until the job ends"),
     "show": ("job_cmds", "one job: settings, attempts, rungs, adapter, last losses and paths"),
+    "ack": ("alert_cmds", "acknowledge alerts in every console; without arguments, list the unread ones"),
     "adapters": ("adapter_cmds", "list the lineages and their adapters"),
     "export": ("adapter_cmds", "write an adapter, or the base model with it merged, to a new folder"),
     "pause": ("engine_cmds", "pause the queue: the running job finishes, no new one starts"),

@@ -35,6 +35,7 @@ from trainconsole.engine.events import EventTail
 from trainconsole.engine.joblog import format_event, read_last
 from trainconsole.engine.runfiles import read_report
 from trainconsole.engine.store import Job, Store
+from trainconsole.engine.store.acks import Acks
 from trainconsole.engine.sysmon import Sysmon
 
 if TYPE_CHECKING:
@@ -173,6 +174,14 @@ class WorkspaceClient:
             elif job.status in ("running", "done", "cancelled"):
                 reasons[job.id] = ""
         return jobs, paused, reasons, ""
+
+    def _read_acks(self) -> Acks | None:
+        """The store's acknowledged alerts; None while unreadable (an old engine's database
+        without the table, a rebuild): the console's own acknowledgements still count."""
+        try:
+            return self._reader().acks.read()
+        except Exception:  # noqa: BLE001 - acknowledgements are decoration, never worth the screen
+            return None
 
     def _short(self, text: str) -> str:
         return _JOB_COPY.sub("", text.replace(f"{self.layout.jobs}/", ""))
@@ -320,7 +329,10 @@ class WorkspaceClient:
         except Exception as exc:  # noqa: BLE001 - a store mid-migration must not end the console
             jobs, paused, reasons = [], False, {}
             problems.append(f"job store unreadable: {exc}")
+        acks = self._read_acks() if self._store is not None else None
         with self._lock:
+            if acks is not None:
+                self.alerts.apply(acks)
             new, older = self._engine_log.read()
             self._take_events(new, None)
             self._take_events(older, None)
@@ -452,15 +464,20 @@ class WorkspaceClient:
         self._write(lambda store: store.post_command("stop"))
 
     def acknowledge(self, keys: list[str]) -> None:
-        # Acknowledgement is this console's own: another operator's console still shows them.
-        # Called from the UI thread while a poll may be reading the same alerts: hence the lock.
+        # Kept in the store, so every console (and `trainconsole ack`) sees it and a restart keeps
+        # it; it counts here at once. Called from the UI thread while a poll may be reading the
+        # same alerts: hence the lock.
         with self._lock:
-            self.alerts.acknowledge(keys)
+            seen = self.alerts.acknowledge(keys)
+        if seen and not self.readonly:
+            self._write(lambda store: store.acks.acknowledge(seen))
 
     def acknowledge_all(self) -> None:
         """Every alert read, also those past the rows shown."""
         with self._lock:
-            self.alerts.acknowledge_all()
+            before = self.alerts.acknowledge_all()
+        if not self.readonly:
+            self._write(lambda store: store.acks.acknowledge_all(before))
 
     def close(self) -> None:
         self._drop_reader()

@@ -125,6 +125,23 @@ def default_severity(case: int | None) -> str:
     return entry.severity if entry is not None else "warning"
 
 
+def alert_key(event: dict[str, Any]) -> str:
+    """The condition an alert names: its ``key``, or for one written without a key, its own time,
+    case, job and words (so it is one row of its own)."""
+    key = event.get("key")
+    if key:
+        return str(key)
+    return f"{event.get('t')}|{event.get('case')}|{event.get('job_id')}|{event.get('message', '')}"
+
+
+def alert_id(key: str) -> str:
+    """The short name an operator types for an alert (``trainconsole ack a1b2c3d4``): stable for
+    its key, so every console and the command line agree on it."""
+    import hashlib
+
+    return "a" + hashlib.blake2s(key.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
 def rotated(path: Path) -> Path:
     """Where a rotation moves a log: ``events.jsonl`` becomes ``events.jsonl.1`` and writing goes
     on in a new ``events.jsonl``. ``EventTail`` follows exactly this rename."""

@@ -272,6 +272,7 @@ class Report:
     adapter: str | None = None
     stop_signal: str | None = None  # the signal that asked an interrupted worker to stop ("SIGTERM")
     elapsed_s: float | None = None
+    alerted: bool = False  # the worker alerted this failure itself as it found it: none more is due
 
     what: ClassVar[str] = "worker report"
 
@@ -312,7 +313,8 @@ class Report:
                    global_step=_int(raw.get("global_step")), max_steps=_int(raw.get("max_steps")),
                    adapter=adapter if isinstance(adapter, str) else None,
                    stop_signal=stop_signal if isinstance(stop_signal, str) else None,
-                   elapsed_s=float(elapsed) if isinstance(elapsed, int | float) else None)
+                   elapsed_s=float(elapsed) if isinstance(elapsed, int | float) else None,
+                   alerted=raw.get("alerted") is True)
 
     @classmethod
     def read(cls, path: Path) -> Report:

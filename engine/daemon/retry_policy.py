@@ -10,6 +10,11 @@ ended): the daemon's retry policy, in one place.
 - transient (44, 45, 70, outside kills): the store's back-off, bounded by ``max_attempts``.
 - bug (71-80), data, config, diverged: failed at once with the report (traceback included).
 
+One fault, one alert: the worker's own account goes to the job's log (an alert there only for a
+fault it alerted as it found it, ``Report.alerted``), the store's generic "failed" alert is turned
+off, and this module raises the single alert a person sees, naming the case, what happens next and,
+for a job that ended in failed/, where its report is.
+
 The store keeps the bookkeeping part of the policy, where the attempt counter lives:
 ``Store.fail_attempt`` (``trainconsole.engine.store.store``) charges an attempt or not by class
 (permanent classes fail at once, disk-full and interrupted are not charged), computes the back-off
@@ -28,9 +33,10 @@ from trainconsole.engine.config.schema import TrainingConfig
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.outcome import Outcome
 from trainconsole.engine.daemon.resources import ResourceGuard, checkpoint_mb
-from trainconsole.engine.errors import ErrorClass
+from trainconsole.engine.errors import PERMANENT, ErrorClass
 from trainconsole.engine.events import EventLog
 from trainconsole.engine.store import Job, Store
+from trainconsole.engine.store import files as sf
 
 DEVICE_FAULT_WINDOW_S = 3600.0
 DEVICE_FAULTS_TO_PAUSE = 3
@@ -94,6 +100,12 @@ def _report_text(outcome: Outcome) -> str | None:
     return f"{outcome.message}\n\n{outcome.traceback}"
 
 
+def _failed_tail(store: Store, job: Job, after: Job) -> str:
+    if after.status != "failed":
+        return ""
+    return f"; report in {store.layout.failed / sf.report_name(job.path.name)}"
+
+
 def _job_log(ended: Ended, level: str, message: str) -> None:
     with EventLog(ended.job_log) as log:
         log.emit("log", level=level, job_id=ended.job.id, message=message)
@@ -127,9 +139,10 @@ def apply_outcome(outcome: Outcome, ended: Ended, *, store: Store, notifier: Not
     if cls is ErrorClass.DEVICE:
         now = time.monotonic()
         holds.device_faults = [t for t in holds.device_faults if now - t < DEVICE_FAULT_WINDOW_S] + [now]
-        after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome))
+        after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome), alert=False)
         notifier.alert(28, f"{jid}: device fault ({outcome.message}); "
-                           + ("retrying after a delay" if after.status == "queued" else "no attempts left"),
+                           + ("retrying after a delay" if after.status == "queued" else "no attempts left")
+                           + _failed_tail(store, ended.job, after),
                        severity="warning", job_id=jid)
         if len(holds.device_faults) >= DEVICE_FAULTS_TO_PAUSE:
             store.set_paused(True)
@@ -139,14 +152,21 @@ def apply_outcome(outcome: Outcome, ended: Ended, *, store: Store, notifier: Not
                            severity="critical", key="device-faults")
         return
     assert cls is not None
-    after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome))
+    # A fault the worker alerted as it found it (a refused adapter) already has its alert.
+    alerted = outcome.report is not None and outcome.report.alerted
+    after = store.fail_attempt(jid, cls, outcome.message, _report_text(outcome), alert=False)
+    if alerted:
+        return
+    where = _failed_tail(store, ended.job, after)
     if cls is ErrorClass.BUG:
         notifier.alert(outcome.case, f"{jid}: a bug stopped the worker: {outcome.message}; not "
-                                     "retried, the traceback is in the job's report in failed/",
+                                     f"retried, the traceback is in the job's report{where}",
                        severity="critical", job_id=jid)
-    elif outcome.case is not None:
-        tail = "retrying with back-off" if after.status == "queued" else f"job {after.status}"
-        notifier.alert(outcome.case, f"{jid}: {outcome.message}; {tail}", job_id=jid,
+    elif outcome.case is not None or after.status != "queued":
+        tail = ("retrying with back-off" if after.status == "queued"
+                else f"job {after.status}" if cls in PERMANENT
+                else f"job failed: gave up after {after.attempts} attempts (case 60)")
+        notifier.alert(outcome.case, f"{jid}: {outcome.message}; {tail}{where}", job_id=jid,
                        severity="warning" if after.status == "queued" else "critical")
 
 
@@ -159,19 +179,20 @@ def _oom(outcome: Outcome, ended: Ended, store: Store, notifier: Notifier, t: Tr
     if rung is None:
         message = (f"out of memory (case {case}) even with micro-batch 1 and gradient checkpointing; "
                    "lower training.max_length or lora.r, or use a device with more memory")
-        store.fail_attempt(jid, ErrorClass.CONFIG, message, _report_text(outcome))
+        after = store.fail_attempt(jid, ErrorClass.CONFIG, message, _report_text(outcome), alert=False)
         _job_log(ended, "error", message)
-        notifier.alert(case, f"{jid}: {message}", severity="critical", job_id=jid)
+        notifier.alert(case, f"{jid}: {message}{_failed_tail(store, job, after)}", severity="critical",
+                       job_id=jid)
         return
     eff = effective_batch(rung.overrides, t.batch_size, t.gradient_accumulation)
-    after = store.requeue(jid, overrides=rung.overrides, charge_attempt=charge,
+    after = store.requeue(jid, overrides=rung.overrides, charge_attempt=charge, alert=False,
                           reason=f"out of memory: rung {rung.overrides.get('oom_rung')}: {rung.description}")
     text = (f"out of memory ({outcome.message}); OOM ladder rung {rung.overrides.get('oom_rung')}: "
             f"{rung.description}; effective batch {eff}")
     _job_log(ended, "warning", text)
     if after.status == "failed":
-        notifier.alert(case, f"{jid}: {text}; but no attempts are left: failed", severity="critical",
-                       job_id=jid)
+        notifier.alert(case, f"{jid}: {text}; but no attempts are left: failed{_failed_tail(store, job, after)}",
+                       severity="critical", job_id=jid)
     else:
         notifier.alert(case, f"{jid}: {text}; resuming from the last checkpoint", severity="warning",
                        job_id=jid)

@@ -83,7 +83,6 @@ class Supervisor:
         self.holds = Holds()  # a full disk's pause and recent device faults (retry_policy)
         self.io_failures = 0
         self.io_retry_at = 0.0
-        self.busy_retry_at = 0.0  # a job's run folder was held by another worker: look again then
         # Folders that are mount points now: one that stops being one has lost its mount (45).
         lay = self.layout
         self.mounted = [p for p in (lay.queue, lay.jobs, lay.done, lay.failed, lay.runs, lay.adapters)
@@ -215,7 +214,7 @@ class Supervisor:
         self._emit_resources()
 
     def _maybe_start(self) -> None:
-        if not self.guard.state.ok or self.store.paused() or time.monotonic() < self.busy_retry_at:
+        if not self.guard.state.ok or self.store.paused():
             return
         plan = self.slurm.plan if self.slurm else device_plan(self.cfg.hardware, self.guard.last_sample)
         if plan.hold:
@@ -226,6 +225,7 @@ class Supervisor:
         if plan.warning and not self._cpu_warned:
             self._cpu_warned = True
             self.notifier.alert(plan.case, plan.warning, severity="warning", key="device-cpu")
+        # A job whose run folder is busy waits (``_launch``): the next look passes it over.
         for job in self.slots.pick(self.store.runnable(), [r.job for r in self.running.values()]):
             try:
                 self._launch(job, plan)
@@ -244,16 +244,19 @@ class Supervisor:
             self.events.emit("resource", **fields)
 
     def _launch(self, job: Job, plan: DevicePlan) -> None:
+        """A job whose run folder is busy (a foreground ``train`` holds it) waits, uncharged, its
+        reason shown, and is tried again later, while the jobs behind it run."""
         run_dir = self.layout.run_dir(job.id)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             # Taken before anything in the folder is touched: its files may be another worker's.
             lock_fd = lock_run_folder(run_dir)
         except RunFolderBusy as exc:
-            self.busy_retry_at = time.monotonic() + max(1.0, min(IO_BACKOFF_MAX_S, self.poll_s * 20))
+            self.store.wait_busy(job.id, f"run folder busy: {exc.message}",
+                                 max(1.0, min(IO_BACKOFF_MAX_S, self.poll_s * 20)))
             self.notifier.alert(None, f"{job.id} waits: {exc.message}; it starts once that worker "
-                                      "ends (or cancel it, or stop the other worker)",
-                                job_id=job.id, severity="warning", key=f"run-busy:{job.id}")
+                                      "ends (or cancel it, or stop the other worker); the jobs behind it "
+                                      "run meanwhile", job_id=job.id, severity="warning", key=f"run-busy:{job.id}")
             return
         kept = False
         try:
@@ -272,7 +275,7 @@ class Supervisor:
             message = (f"the engine's copy of the data, {job.path}, was removed by hand (the queue "
                        "folder itself is fine), so the job cannot run; add the file again with "
                        f"`trainconsole add FILE` or drop it into {self.layout.incoming}")
-            self.store.fail_attempt(job.id, ErrorClass.DATA, message)
+            self.store.fail_attempt(job.id, ErrorClass.DATA, message, alert=False)  # the 51 below is its one
             self.notifier.alert(51, f"{job.id}: {message}", job_id=job.id, severity="warning")
             return False
         exp = job.experiment

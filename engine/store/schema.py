@@ -37,8 +37,9 @@ from trainconsole.engine.store import files as sf
 # (JSON: settings, lineage, start_from, after, sweep; trainconsole.engine.store.types.Experiment).
 # 5: how a job's training went, kept by the daemon as it runs: jobs.last_loss, jobs.eval_loss and
 # jobs.adapter (the folder it published), so status --json needs no log reading.
+# 6: acknowledged alerts (trainconsole.engine.store.acks), shared by every console: the acks
+# table, and meta.acked_before once `ack --all` is used.
 # Each upgrade is one step of MIGRATIONS, in order (see _create).
-_HEADER = b"SQLite format 3\x00"
 _RUN_ID = re.compile(r"^j(\d{4,})$")
 
 DDL = """
@@ -100,6 +101,12 @@ CREATE TABLE IF NOT EXISTS intents (
     owner_start TEXT,
     experiment TEXT NOT NULL DEFAULT '{}'
 );
+-- Acknowledged alerts: per key, the time of the newest occurrence acknowledged.
+CREATE TABLE IF NOT EXISTS acks (
+    key TEXT PRIMARY KEY,
+    t REAL NOT NULL,
+    acked_at REAL NOT NULL
+);
 """
 
 COLUMNS = ("seq", "id", "name", "filename", "sha256", "size", "priority", "status", "attempts",
@@ -137,13 +144,10 @@ def _corruption(path: Path) -> str | None:
         return "is not a regular file"
     if st.st_size == 0:
         return None
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise unavailable(path, exc) from exc
-    if head != _HEADER:
-        return "is not an SQLite database"
+    # The header is read through SQLite, never with open(): closing any descriptor of the file
+    # drops every POSIX lock this process holds on it, the shared lock of its open connections
+    # among them, so another process closing its connection would think itself the last one,
+    # checkpoint and reset the WAL under them, and they would read a stale database from then on.
     try:
         conn = connect(path)
         try:
@@ -154,6 +158,8 @@ def _corruption(path: Path) -> str | None:
     except sqlite3.DatabaseError as exc:
         if not is_corruption(exc):
             raise unavailable(path, exc) from exc
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_NOTADB":
+            return "is not an SQLite database"
         return f"is unreadable ({exc})"
     if rows != [("ok",)]:
         return "failed its integrity check (" + "; ".join(str(r[0]) for r in rows[:3]) + ")"
@@ -326,10 +332,16 @@ def _migrate_4_to_5(conn: sqlite3.Connection) -> None:
     _add_columns(conn, "jobs", (("last_loss", "REAL"), ("eval_loss", "REAL"), ("adapter", "TEXT")))
 
 
+def _migrate_5_to_6(conn: sqlite3.Connection) -> None:
+    """No alert was acknowledged in the store before: the table starts empty."""
+    conn.execute("CREATE TABLE IF NOT EXISTS acks (key TEXT PRIMARY KEY, t REAL NOT NULL, "
+                 "acked_at REAL NOT NULL)")
+
+
 # MIGRATIONS[i] upgrades a schema-(i + 1) file to schema i + 2, in place, inside _create's
 # transaction. A new schema is one more small step at the end, never an edit of an earlier one.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
-    _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5)
+    _migrate_1_to_2, _migrate_2_to_3, _migrate_3_to_4, _migrate_4_to_5, _migrate_5_to_6)
 SCHEMA_VERSION = len(MIGRATIONS) + 1
 
 

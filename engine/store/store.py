@@ -32,6 +32,7 @@ from trainconsole.engine.names import display
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store import view
+from trainconsole.engine.store.acks import AlertAcks
 from trainconsole.engine.store.add import Added, NewFile, add_files
 from trainconsole.engine.store.db import AfterCommit, Database, Row
 from trainconsole.engine.store.repair import repair as repair_folders
@@ -93,6 +94,11 @@ class Store:
         if repair:
             store.repair()
         return store
+
+    @property
+    def acks(self) -> AlertAcks:
+        """Acknowledged alerts (``trainconsole.engine.store.acks``)."""
+        return AlertAcks(self.db)
 
     def repair(self) -> None:
         """Finish what a kill interrupted (``trainconsole.engine.store.repair``); idempotent."""
@@ -203,6 +209,14 @@ class Store:
             return []
         return self._runnable_order(self.clock() if now is None else now)
 
+    def wait_busy(self, job_id: str, reason: str, delay_s: float) -> None:
+        """A queued job that cannot start yet for a reason outside it (its run folder held by a
+        foreground ``trainconsole train``): tried again after ``delay_s``, uncharged, with
+        ``reason`` as what the operator sees; the jobs behind it start meanwhile."""
+        with self.db.write():
+            self.db.conn.execute("UPDATE jobs SET next_attempt_at=?, error=?, error_class=NULL "
+                                 "WHERE id=? AND status='queued'", (self.clock() + delay_s, reason, job_id))
+
     def start(self, job_id: str, pid: int | None = None, pid_start: str | None = None) -> Job:
         """Mark running and count the attempt, durably, before the worker exists: a worker the
         kernel kills still used up an attempt (case 60)."""
@@ -210,10 +224,12 @@ class Store:
             row = self.db.row(job_id)
             if row["status"] != "queued":
                 raise QueueError(f"{job_id} is {row['status']}; only a queued job can be started")
+            # A wait_busy reason (an error without a class) is over once the job starts.
+            waited = {"error": None} if row["error"] and not row["error_class"] else {}
             return self.db.update(row, after, status="running", attempts=row["attempts"] + 1,
                                 started_at=self.clock(), finished_at=None, next_attempt_at=None,
                                 pid=pid, pid_start=pid_start, step=None, slurm_id=None, node=None,
-                                slurm_reason=None)
+                                slurm_reason=None, **waited)
 
     def set_worker(self, job_id: str, pid: int | None, pid_start: str | None) -> None:
         with self.db.write():
@@ -242,10 +258,11 @@ class Store:
                                 pid_start=None, error_class=None, error=None, **extra)
 
     def fail_attempt(self, job_id: str, error_class: str | ErrorClass, message: str,
-                     report: str | None = None) -> Job:
+                     report: str | None = None, *, alert: bool = True) -> Job:
         """The retry policy. Permanent classes go straight to failed/; disk-full and interrupted
         attempts are not charged (disk-full also pauses the queue); others wait a back-off, until
-        ``max_attempts`` is used up and the job moves to failed/ with a report (case 60)."""
+        ``max_attempts`` is used up and the job moves to failed/ with a report (case 60).
+        ``alert=False``: the caller raises the one alert this failure gets (one fault, one alert)."""
         try:
             cls: ErrorClass | None = ErrorClass(error_class)
         except ValueError:
@@ -268,30 +285,31 @@ class Store:
             if cls in PERMANENT or cls is None or row["attempts"] >= self.policy.max_attempts:
                 final = ("permanent error, not retried" if (cls in PERMANENT or cls is None)
                          else f"gave up after {row['attempts']} attempts")
-                return self._to_failed(row, after, final, report, common)
+                return self._to_failed(row, after, final, report, common, alert=alert)
             delay = sch.backoff_delay(row["attempts"], self.policy.backoff_s, self.policy.backoff_max_s,
                                       self.rng)
             return self.db.update(row, after, status="queued", next_attempt_at=now + delay, **common)
 
-    def _to_failed(self, row: Row, after: AfterCommit, final: str,
-                   traceback: str | None, common: dict[str, Any], status: str = "failed") -> Job:
+    def _to_failed(self, row: Row, after: AfterCommit, final: str, traceback: str | None,
+                   common: dict[str, Any], status: str = "failed", *, alert: bool = True) -> Job:
         history = common.get("history", orjson.loads(row["history"]))
         text = sf.report_text(row["id"], os.fsdecode(bytes(row["name"])), row["attempts"],
                               self.policy.max_attempts, list(history), final, traceback)
         target = self.layout.failed / sf.report_name(row["filename"])
         after.append(lambda: sf.write_file(target, text.encode("utf-8", "replace"), self.layout.tmp))
-        if status == "failed":
-            def alert() -> None:
+        if status == "failed" and alert:
+            def alert_failed() -> None:
                 self.events.alert(
                     60 if "gave up" in final else None,
                     f"{row['id']} ({display(os.fsdecode(bytes(row['name'])))}) failed: {final}; "
                     f"report in {target}", severity="warning", job_id=row["id"], key=f"failed-{row['id']}")
-            after.append(alert)
+            after.append(alert_failed)
         return self.db.update(row, after, status=status, finished_at=self.clock(), next_attempt_at=None,
                             **common)
 
     def requeue(self, job_id: str, *, overrides: dict[str, Any] | None = None,
-                charge_attempt: bool = False, reason: str = "", hold: bool = False) -> Job:
+                charge_attempt: bool = False, reason: str = "", hold: bool = False,
+                alert: bool = True) -> Job:
         """Back to the queue at once (OOM ladder, interruption, a job found running after a crash).
         Uncharged, the attempt counted by ``start`` is given back; charged, the policy's limit
         applies and an exhausted job goes to failed/. ``hold``: back as held, with ``reason`` as
@@ -309,7 +327,7 @@ class Store:
                 history = [*orjson.loads(row["history"]), {"attempt": attempts, "class": "requeue",
                                                            "message": reason, "t": self.clock()}]
                 return self._to_failed(row, after, f"gave up after {attempts} attempts", None,
-                                       {**common, "history": history, "error": reason or None})
+                                       {**common, "history": history, "error": reason or None}, alert=alert)
             status = "held" if hold or row["status"] == "held" else "queued"
             if hold:
                 common.update(error=reason or None, error_class=None)

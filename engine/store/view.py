@@ -47,6 +47,10 @@ def reason_text(status: str, *, step: int | None, max_steps: int | None, error_c
     if paused:
         return "paused"
     due = sch.due_at(next_attempt_at, now, policy.backoff_max_s)
+    if error and not error_class and next_attempt_at is not None:
+        # Not a failed attempt: something outside the job keeps it waiting (Store.wait_busy).
+        when = time.strftime("%H:%M:%S", time.localtime(due)) if due is not None and due > now else None
+        return f"waiting: {error}; " + (f"tried again at {when}" if when else "trying again")
     if due is not None and due > now:
         when = time.strftime("%H:%M:%S", time.localtime(due))
         return f"waiting for retry at {when} (attempt {attempts + 1}/{policy.max_attempts})"

@@ -142,10 +142,15 @@ def run(spec_path: Path, *, stop_flag: list[bool] | None = None, stop_signals: l
             report = replace(report, global_step=job.current_step,
                              max_steps=job.plan.max_steps if job.plan else 0)
         code = EXIT_CODES[cls]
-        if events is not None and not getattr(exc, "alerted", False):
+        alerted = bool(getattr(exc, "alerted", False))
+        report = replace(report, alerted=alerted)
+        if events is not None and not alerted:
+            # The job's log keeps the worker's account; the one alert is the daemon's, which knows
+            # whether the job is retried or failed (one fault, one alert).
             try:
-                events.alert(case, f"job failed ({cls.value}): {message}", severity="critical",
-                             job_id=job.job_id if job is not None else None, key="job-failed")
+                events.emit("log", level="error", job_id=job.job_id if job is not None else None,
+                            message=f"job failed ({cls.value}" + (f", case {case}" if case else "")
+                            + f"): {message}")
             except Exception:  # the report below is what matters
                 pass
     report = replace(report, stop_signal=signal_name(stop_signals[0]) if stop_signals else None,

@@ -62,7 +62,7 @@ def test_a_schema_1_database_is_migrated_and_its_running_worker_still_found(tmp_
         assert [(o.pid, o.job_id) for o in find_orphans([job], layout)] == [(worker.pid, job_id)]
         conn = sqlite3.connect(layout.state_db)
         try:
-            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
             columns = [r[1] for r in conn.execute("PRAGMA table_info(intents)")]
             assert columns[-2:] == ["owner_start", "experiment"]
             jobs = [r[1] for r in conn.execute("PRAGMA table_info(jobs)")]

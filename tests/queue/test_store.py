@@ -21,7 +21,7 @@ def test_open_sets_wal_full_sync_and_schema_version(store: Store, layout: Layout
     conn = sqlite3.connect(layout.state_db)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     finally:
         conn.close()
     assert store.db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
