@@ -166,3 +166,53 @@ def test_cancel_and_stop_reach_slurm(slurm: Cluster, workspace: Path, monkeypatc
         assert not slurm.active_jobs()
     finally:
         h.close()
+
+
+def test_a_job_slurm_keeps_pending_shows_slurms_reason_and_has_no_watchdog(
+        slurm: Cluster, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone else's job holds the node's memory: ours waits in Slurm's queue with Slurm's reason
+    in the store (the console's reason), far past the first-step grace, and is not judged hung."""
+    _steps(monkeypatch, 3)
+    memory = next(n["real_memory"] for n in slurm.sinfo()["nodes"] if n["name"] == slurm.node)
+    other = slurm.run("sbatch", "--parsable", f"--mem={memory}M", "--output=/dev/null", "--wrap=sleep 300")
+    assert other.returncode == 0, other.stderr
+    h = slurm_harness(workspace, {"guards.first_step_grace_s": 1.0, "guards.hang_floor_s": 1.0})
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.store.require(job_id).slurm_reason is not None, timeout=60)
+        job = h.store.require(job_id)
+        assert job.status == "running" and job.slurm_reason in ("Resources", "Priority") and job.node is None
+        assert h.store.reason(job) == f"pending in Slurm ({job.slurm_reason})"
+        waited = 0
+
+        def still_pending() -> bool:  # a few seconds, well past the grace of 1 s
+            nonlocal waited
+            waited += 1
+            return waited > 40
+        h.run_until(still_pending, timeout=60)
+        assert h.store.require(job_id).attempts == 1 and not any(a.get("case") == 70 for a in h.alerts())
+        slurm.run("scancel", other.stdout.strip().split(";")[0])
+        h.run_until(h.settled, timeout=120)
+        job = h.store.require(job_id)
+        assert job.status == "done" and job.attempts == 1 and job.node == slurm.node and job.slurm_reason is None
+    finally:
+        h.close()
+
+
+@pytest.mark.edge(70)
+def test_a_hang_on_the_node_is_caught_with_its_stacks(slurm: Cluster, workspace: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's heartbeat clock means nothing here: silence is timed on ours (observed mode), the
+    stacks come through scancel --signal=USR2, then the job is ended and resubmitted."""
+    _steps(monkeypatch, 12)
+    monkeypatch.setenv("TRAINCONSOLE_FAULT_JOBS", "a.jsonl=hang@6")
+    h = slurm_harness(workspace, {"guards.hang_floor_s": 3.0, "guards.hang_multiple": 5.0})
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.store.require(job_id).attempts >= 2, timeout=120)
+        logs = [e for e in read_all(h.layout.job_events(job_id)) if e["type"] == "log"]
+        assert any("Python stacks" in str(e.get("message")) and "fake_worker.py" in str(e.get("message"))
+                   for e in logs)
+        assert any(a.get("case") == 70 for a in h.alerts())
+    finally:
+        h.close()
