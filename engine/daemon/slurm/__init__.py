@@ -6,7 +6,9 @@
 - ``submit``: the ``sbatch`` options and the generated batch script;
 - ``tracker``: one ``squeue --json`` per interval for all our jobs;
 - ``endings``: every way a Slurm job ends, mapped to our outcomes (a pure function);
-- ``launcher``: the submitted job seen as a worker (poll, signal, stacks) and the launcher.
+- ``launcher``: the submitted job seen as a worker (poll, signal, stacks) and the launcher;
+- ``cluster``: the supervisor's handle (store records, the sinfo line, start-up recovery);
+- ``supervise``: what the supervisor does differently for a Slurm attempt.
 
 Torch-free like the rest of the daemon. A package rather than one module: each part is tested on
 its own (the endings and the parsers without any Slurm, the rest against a real one).
