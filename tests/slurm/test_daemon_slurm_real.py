@@ -36,7 +36,7 @@ def _stop(daemon: subprocess.Popen[bytes]) -> None:
 def test_a_job_trains_through_slurm_survives_an_engine_kill_and_publishes(
         slurm: Cluster, workspace: Path, tiny_model: Path) -> None:
     config = configure(workspace, {**FAST, **TINY, **REAL, **SLURM, "launcher.mem": "2G",
-                                   "training.max_steps": 12, "training.save_steps": 2})
+                                   "training.max_steps": 8, "training.save_steps": 2})
     layout = load_config(config).layout()
     drop(workspace, "a.jsonl")
     daemon = start_daemon(config)
@@ -53,7 +53,7 @@ def test_a_job_trains_through_slurm_survives_an_engine_kill_and_publishes(
         assert done.attempts == 1 and done.slurm_id == job.slurm_id  # followed again, never resubmitted
         assert _ours(slurm, layout.queue) == [(job.slurm_id, "COMPLETED")]
         assert (layout.adapters / "latest").exists()
-        assert max(step_trail(layout, job.id)) == 12
+        assert max(step_trail(layout, job.id)) == 8
         assert_checkpoints_sound(layout)
         alerts = [e for e in read_all(layout.engine_events) if e["type"] == "alert"]
         assert any("followed again, not submitted twice" in a["message"] for a in alerts)
