@@ -216,3 +216,18 @@ def test_a_hang_on_the_node_is_caught_with_its_stacks(slurm: Cluster, workspace:
         assert any(a.get("case") == 70 for a in h.alerts())
     finally:
         h.close()
+
+
+def test_an_sbatch_that_refuses_is_a_transient_failure_with_one_alert(slurm: Cluster, workspace: Path) -> None:
+    h = slurm_harness(workspace, {"launcher.partition": "nosuchpartition", "queue.max_attempts": 2})
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.store.require(job_id).status == "failed", timeout=60)
+        job = h.store.require(job_id)
+        assert job.attempts == 2 and job.error_class == "transient" and "sbatch failed" in (job.error or "")
+        refusals = [a for a in h.alerts() if "sbatch failed" in a["message"]]
+        assert [a["severity"] for a in refusals] == ["warning", "critical"]  # retried, then given up
+        assert "partition" in refusals[0]["message"] and "no attempts left" in refusals[1]["message"]
+        assert not h.sup.running and not slurm.active_jobs()
+    finally:
+        h.close()

@@ -63,10 +63,12 @@ class SlurmRuns:
         try:
             worker = self.cluster.launcher.submit(job.id, folder.spec, env, folder.worker_log)
         except SlurmError as exc:
-            after = self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"sbatch failed: {exc.message}")
+            after = self.store.fail_attempt(job.id, ErrorClass.TRANSIENT, f"sbatch failed: {exc.message}",
+                                            alert=False)  # the one alert is below
+            retried = after.status == "queued"
             self.notifier.alert(None, f"{job.id}: sbatch failed: {exc.message}; " + (
-                "retrying after a delay" if after.status == "queued" else "no attempts left"),
-                job_id=job.id, severity="warning", key=f"sbatch:{job.id}")
+                "retrying after a delay" if retried else f"no attempts left: job {after.status}"),
+                job_id=job.id, severity="warning" if retried else "critical", key=f"sbatch:{job.id}:{after.status}")
             return None
         self.cluster.record(self.store, job.id, worker)
         plan = self.plan
