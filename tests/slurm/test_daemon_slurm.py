@@ -172,11 +172,12 @@ def test_a_job_slurm_keeps_pending_shows_slurms_reason_and_has_no_watchdog(
         slurm: Cluster, workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Someone else's job holds the node's memory: ours waits in Slurm's queue with Slurm's reason
     in the store (the console's reason), far past the first-step grace, and is not judged hung."""
-    _steps(monkeypatch, 3)
+    _steps(monkeypatch, 1)  # with looks 2 s apart it runs and ends between two of them
     memory = next(n["real_memory"] for n in slurm.sinfo()["nodes"] if n["name"] == slurm.node)
     other = slurm.run("sbatch", "--parsable", f"--mem={memory}M", "--output=/dev/null", "--wrap=sleep 300")
     assert other.returncode == 0, other.stderr
-    h = slurm_harness(workspace, {"guards.first_step_grace_s": 1.0, "guards.hang_floor_s": 1.0})
+    h = slurm_harness(workspace, {"guards.first_step_grace_s": 1.0, "guards.hang_floor_s": 1.0,
+                                  "launcher.poll_s": 2.0})
     try:
         job_id = _add(h, "a.jsonl")
         h.run_until(lambda: h.store.require(job_id).slurm_reason is not None, timeout=60)

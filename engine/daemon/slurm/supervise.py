@@ -97,6 +97,8 @@ class SlurmRuns:
         """The attempt's outcome for the retry policy, or None when the job was held here instead
         (cancelled in Slurm by someone else)."""
         worker = _worker(run)
+        # Its last node and no pending reason, also when it ran and ended between two looks.
+        self.cluster.record(self.store, run.job.id, worker)
         ending = slurm_ending(None if worker.vanished else worker.job, report, stopped_by_us=run.stopping,
                               hung_for_s=run.hung_for_s, log_tail=log_tail,
                               progressed=newest_checkpoint_step(run.folder) > run.checkpoint_at_start)
