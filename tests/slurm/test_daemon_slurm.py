@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import psutil
@@ -16,6 +17,7 @@ from tests.chatdata import chat_lines
 from tests.daemon.harness import Harness
 from tests.slurm.cluster import Cluster
 from tests.slurm.daemon import slurm_harness, slurm_runs, slurm_worker
+from trainconsole.engine.daemon.recovery import recover
 from trainconsole.engine.daemon.slurm.submit import job_id_from_name
 from trainconsole.engine.events import read_all
 from trainconsole.engine.store import Experiment
@@ -230,5 +232,39 @@ def test_an_sbatch_that_refuses_is_a_transient_failure_with_one_alert(slurm: Clu
         assert [a["severity"] for a in refusals] == ["warning", "critical"]  # retried, then given up
         assert "partition" in refusals[0]["message"] and "no attempts left" in refusals[1]["message"]
         assert not h.sup.running and not slurm.active_jobs()
+    finally:
+        h.close()
+
+
+@pytest.mark.edge(41)
+def test_an_engine_gone_while_its_slurm_job_ended_judges_it_at_restart(slurm: Cluster, workspace: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine vanished (its loop simply stops) while the job trained; the job finishes with no
+    engine watching; the next engine follows it by its recorded id, judges it done from its report,
+    and submits nothing."""
+    _steps(monkeypatch, 15)
+    first = slurm_harness(workspace)
+    job_id = _add(first, "a.jsonl")
+    first.run_until(lambda: first.sup.current is not None and (first.sup.current.last_step or 0) >= 2, timeout=90)
+    slurm_id = first.store.require(job_id).slurm_id
+    lock_fd = first.sup.running[job_id].lock_fd
+    if lock_fd is not None:
+        os.close(lock_fd)  # what the first engine's death releases
+    first.store.close()
+    first.events.close()
+    deadline = time.monotonic() + 90
+    while slurm.active_jobs() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not slurm.active_jobs()
+    h = slurm_harness(workspace)  # the next engine, on the same queue
+    try:
+        owned = h.sup.reattach()
+        assert owned == {job_id}
+        recover(h.store, h.layout, h.notifier, h.events, grace_s=1.0, owned=owned)
+        assert h.store.require(job_id).status == "running"  # left to the Slurm judgement, not requeued
+        h.run_until(h.settled, timeout=60)
+        job = h.store.require(job_id)
+        assert job.status == "done" and job.attempts == 1 and job.slurm_id == slurm_id
+        assert _submissions(slurm, slurm_runs(h).cluster.tag) == {job_id: 1}
     finally:
         h.close()
