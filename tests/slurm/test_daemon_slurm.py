@@ -268,3 +268,21 @@ def test_an_engine_gone_while_its_slurm_job_ended_judges_it_at_restart(slurm: Cl
         assert _submissions(slurm, slurm_runs(h).cluster.tag) == {job_id: 1}
     finally:
         h.close()
+
+
+def test_a_stop_while_slurm_keeps_the_job_pending_cancels_it_uncharged(slurm: Cluster, workspace: Path) -> None:
+    memory = next(n["real_memory"] for n in slurm.sinfo()["nodes"] if n["name"] == slurm.node)
+    other = slurm.run("sbatch", "--parsable", f"--mem={memory}M", "--output=/dev/null", "--wrap=sleep 300")
+    assert other.returncode == 0, other.stderr
+    other_id = int(other.stdout.strip().split(";")[0])
+    h = slurm_harness(workspace)
+    try:
+        job_id = _add(h, "a.jsonl")
+        h.run_until(lambda: h.store.require(job_id).slurm_reason is not None, timeout=60)
+        h.sup.request_stop("test")
+        h.run_until(lambda: not h.sup.running, timeout=60)
+        job = h.store.require(job_id)
+        assert job.status == "queued" and job.attempts == 0, (job.error_class, job.error)  # nothing ran: nothing charged
+        assert [int(j["job_id"]) for j in slurm.active_jobs()] == [other_id]  # ours is gone, theirs untouched
+    finally:
+        h.close()

@@ -97,6 +97,9 @@ def test_cancelled_by_someone_else_is_held_with_that_reason() -> None:
 def test_cancelled_by_us_is_our_stop() -> None:
     ending = slurm_ending(_job("CANCELLED", code=None, sig=15), None, stopped_by_us=True)
     assert ending.hold_reason is None and ending.outcome.error_class is ErrorClass.INTERRUPTED
+    # Cancelled while still pending: Slurm says exit 0 with no signal, and no report was written.
+    pending = slurm_ending(_job("CANCELLED", code=0), None, stopped_by_us=True)
+    assert pending.hold_reason is None and pending.outcome.error_class is ErrorClass.INTERRUPTED
 
 
 @pytest.mark.edge(70)

@@ -19,6 +19,8 @@ PREEMPTED, no report          interrupted: requeued, not charged
 OUT_OF_MEMORY                 the job's cgroup ran out of host memory: the OOM ladder (case 24)
 CANCELLED, not by us          held with that reason: someone chose to stop it, so it is not retried
                               blindly; ``trainconsole release`` runs it again
+CANCELLED by us, no report    our stop or cancel (of a job still pending, or past the stop's
+                              grace): interrupted, not charged
 FAILED / COMPLETED, no report the local rules (``outcome.classify``) on the exit status
 ============================  =====================================================================
 """
@@ -66,6 +68,11 @@ def slurm_ending(job: SlurmJob | None, report: Report | None, *, stopped_by_us: 
     left a checkpoint newer than the one it started from."""
     where = _where(job)
     state = job.state if job is not None else "VANISHED"
+    if stopped_by_us and hung_for_s is None and report is None and state == "CANCELLED":
+        # Our own scancel: of a job still pending (exit status 0:0, nothing ran) or past the stop's
+        # grace. An interruption like any stop, never the "exit 0 without a report" bug.
+        return Ending(Outcome(ErrorClass.INTERRUPTED, f"{where} cancelled by the engine (stop or cancel)",
+                              returncode=_returncode(job)))
     if hung_for_s is not None or stopped_by_us:
         return Ending(classify(report, _returncode(job), hung_for_s=hung_for_s, stopped_by_us=stopped_by_us,
                                log_tail=log_tail))
