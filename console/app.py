@@ -23,6 +23,7 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.message import Message
 from textual.screen import Screen
@@ -207,7 +208,11 @@ class TrainConsole(ConsoleActions):
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         self._polling = False
-        if not self.screen_stack or not self._dashboard.query(QueueTable):
+        if not self.screen_stack:
+            return
+        try:
+            self._main(QueueTable)
+        except NoMatches:
             return  # a poll that finished while the console was closing (its widgets gone)
         if message.snapshot is not None:
             self.apply_snapshot(message.snapshot)

@@ -121,6 +121,9 @@ class WorkspaceClient:
         self._polling = threading.Lock()  # one poll at a time: the store's connection is shared
         self._store: Store | None = None
         self._store_identity: tuple[int, int] | None = None
+        self._jobs_read: tuple[int, list[Job], bool] | None = None  # (data_version, jobs, paused)
+        self._shortened: dict[str, str] = {}
+        self._rows: dict[str, tuple[Job, str, JobRow]] = {}  # each job's last row, and what made it
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@ class WorkspaceClient:
         return self._store
 
     def _drop_reader(self) -> None:
+        self._jobs_read = None  # data_version counts per connection
         if self._store is not None:
             try:
                 self._store.close()
@@ -159,8 +163,16 @@ class WorkspaceClient:
             raise
 
     def _query_jobs(self, store: Store) -> tuple[list[Job], bool, dict[str, str], str]:
-        jobs = store.jobs()
-        paused = store.paused()
+        # SQLite's data_version moves when another connection commits (the engine, a command,
+        # this console's own writes): unchanged, so are the jobs, and reading them again (the
+        # poll's largest cost while the queue is quiet) is skipped. Reasons hold times: recomputed.
+        version = store.db.conn.execute("PRAGMA data_version").fetchone()[0]
+        if self._jobs_read is not None and self._jobs_read[0] == version:
+            _, jobs, paused = self._jobs_read
+        else:
+            jobs = store.jobs()
+            paused = store.paused()
+            self._jobs_read = (version, jobs, paused)
         try:
             reasons = store.reasons(time.time(), jobs)
         except Exception:  # noqa: BLE001 - a reason is decoration, never worth the screen
@@ -184,7 +196,13 @@ class WorkspaceClient:
             return None
 
     def _short(self, text: str) -> str:
-        return _JOB_COPY.sub("", text.replace(f"{self.layout.jobs}/", ""))
+        # Called for every job's reason and error at every poll, mostly on the same few texts.
+        short = self._shortened.get(text)
+        if short is None:
+            if len(self._shortened) > 4096:
+                self._shortened.clear()
+            short = self._shortened[text] = _JOB_COPY.sub("", text.replace(f"{self.layout.jobs}/", ""))
+        return short
 
     def _engine(self, running_rate: float | None, paused: bool) -> EngineView:
         from trainconsole.engine.lock import engine_running, read_pidfile
@@ -342,7 +360,16 @@ class WorkspaceClient:
         running = [j for j in jobs if j.status == "running"]
         rate = None
         rows = []
+        made: dict[str, tuple[Job, str, JobRow]] = {}
         for job in jobs:
+            reason = reasons.get(job.id, "")
+            before = self._rows.get(job.id)
+            if before is not None and before[0] is job and before[1] == reason and job.status != "running":
+                # The same store row (unchanged data_version) and reason: the same JobRow, which
+                # the table then passes over by identity.
+                rows.append(before[2])
+                made[job.id] = before
+                continue
             watch = self._watches.get(job.id)
             job_rate = watch.rate.rate(now) if watch is not None and job.status == "running" else None
             if job_rate is not None:
@@ -354,14 +381,17 @@ class WorkspaceClient:
             max_steps = int(job.max_steps or 0)
             eta = (max_steps - step) / job_rate if job_rate and max_steps > step else None
             error = self._short(str(job.error or ""))
-            rows.append(JobRow(
+            row = JobRow(
                 id=job.id, name=str(job.name), priority=str(job.priority), status=str(job.status),
                 attempts=int(job.attempts or 0), step=step, max_steps=max_steps, eta_s=eta,
-                reason=self._short(reasons.get(job.id, "")), error=error,
+                reason=self._short(reason), error=error,
                 error_class=str(job.error_class or ""), created_at=job.created_at,
                 started_at=job.started_at, finished_at=job.finished_at, lineage=job.lineage,
                 sweep=job.experiment.sweep, eval_loss=job.eval_loss, last_loss=job.last_loss,
-                slurm_id=job.slurm_id, node=str(job.node or "")))
+                slurm_id=job.slurm_id, node=str(job.node or ""))
+            rows.append(row)
+            made[job.id] = (job, reason, row)
+        self._rows = made
         try:
             engine = self._engine(rate, paused)
         except Exception as exc:  # noqa: BLE001

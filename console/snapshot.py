@@ -123,6 +123,8 @@ class Snapshot:
 
     def alert_counts(self) -> tuple[int, bool, int]:
         """(unread, whether a critical one is unread, total)."""
+        if self.alert_unread is not None and self.alert_critical is not None and self.alert_total is not None:
+            return self.alert_unread, self.alert_critical, self.alert_total  # counted as they came
         unread = [a for a in self.alerts if a.unread]
         return (len(unread) if self.alert_unread is None else self.alert_unread,
                 any(a.severity == "critical" for a in unread) if self.alert_critical is None
