@@ -8,7 +8,7 @@ import dataclasses
 import threading
 from collections import deque
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from textual import on, work
 from textual.app import App
@@ -19,18 +19,19 @@ from textual.widgets import Input
 
 from trainconsole.console import keymap
 from trainconsole.console.client import PRIORITIES, ConsoleClient
-from trainconsole.console.exporting import ExportResult
 from trainconsole.console.snapshot import JobRow, Snapshot
 from trainconsole.console.widgets.alerts import AlertList
 from trainconsole.console.widgets.confirm import ConfirmDialog
 from trainconsole.console.widgets.engine_state import EngineState
-from trainconsole.console.widgets.export_dialog import ExportDialog, ExportRequest
 from trainconsole.console.widgets.help_screen import HelpScreen
 from trainconsole.console.widgets.job_detail import JobDetailScreen
-from trainconsole.console.widgets.lineage_view import LineageScreen
 from trainconsole.console.widgets.loss_plot import LossPlot
 from trainconsole.console.widgets.queue_table import QueueTable
-from trainconsole.engine.adapters import Adapter
+
+if TYPE_CHECKING:
+    from trainconsole.console.exporting import ExportResult
+    from trainconsole.console.widgets.export_dialog import ExportRequest
+    from trainconsole.engine.adapters import Adapter
 
 W = TypeVar("W", bound=Widget)
 
@@ -255,6 +256,8 @@ class ConsoleActions(App[None]):
                                              follow=self.client.follow_log))
 
     def action_lineages(self) -> None:
+        from trainconsole.console.widgets.lineage_view import LineageScreen
+
         self.push_screen(LineageScreen(self.client.lineages))
 
     def action_export(self) -> None:
@@ -275,6 +278,8 @@ class ConsoleActions(App[None]):
         self.post_message(ExportAsked(job, adapter, destination, problem))
 
     def on_export_asked(self, message: ExportAsked) -> None:
+        from trainconsole.console.widgets.export_dialog import ExportDialog
+
         adapter, destination = message.adapter, message.destination
         if adapter is None or destination is None:
             self.notify(message.problem, severity="warning", timeout=5)
@@ -290,6 +295,8 @@ class ConsoleActions(App[None]):
 
     @work(thread=True, exit_on_error=False, group="export")
     def _export(self, adapter: str, request: ExportRequest) -> None:
+        from trainconsole.console.exporting import ExportResult
+
         try:
             result = self.client.export(adapter, request.out, request.merge)
         except Exception as exc:  # noqa: BLE001 - shown as the notice; the console goes on

@@ -24,13 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from trainconsole.console import exporting
 from trainconsole.console.alert_book import SHOWN, AlertBook
-from trainconsole.console.exporting import ExportResult
 from trainconsole.console.logtail import TailFirst
 from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
-from trainconsole.engine.adapters import Adapter, Lineage, lineages
 from trainconsole.engine.events import EventTail
 from trainconsole.engine.joblog import format_event, read_last
 from trainconsole.engine.runfiles import read_report
@@ -39,6 +36,8 @@ from trainconsole.engine.store.acks import Acks
 from trainconsole.engine.sysmon import Sysmon
 
 if TYPE_CHECKING:
+    from trainconsole.console.exporting import ExportResult
+    from trainconsole.engine.adapters import Adapter, Lineage
     from trainconsole.engine.config import Config
     from trainconsole.engine.layout import Layout
 
@@ -442,21 +441,31 @@ class WorkspaceClient:
 
     # --- adapters: read from the adapters folder, torch-free (engine/adapters.py) ----------
 
+    # Imported when first asked for: the console's start (its first frame) does without them.
+
     def lineages(self) -> list[Lineage]:
+        from trainconsole.engine.adapters import lineages
+
         return lineages(self.layout.adapters)
 
     def job_adapter(self, job_id: str) -> Adapter | None:
-        return exporting.job_adapter(self.layout.adapters, job_id)
+        from trainconsole.console.exporting import job_adapter
+
+        return job_adapter(self.layout.adapters, job_id)
 
     def export_destination(self, adapter: Adapter) -> Path:
-        return exporting.default_destination(self.cfg.root, adapter)
+        from trainconsole.console.exporting import default_destination
+
+        return default_destination(self.cfg.root, adapter)
 
     def export(self, adapter: str, out: Path, merge: bool) -> ExportResult:
         """``trainconsole export`` as its own process; blocks until it ends (call off the UI)."""
+        from trainconsole.console.exporting import run_export
+
         if self.readonly:
             raise PermissionError("this console is read-only")
         # A relative folder is the workspace's, as paths in the config file are.
-        return exporting.run_export(self.cfg.source, adapter, self.cfg.root / out.expanduser(), merge)
+        return run_export(self.cfg.source, adapter, self.cfg.root / out.expanduser(), merge)
 
     # --- writing ---------------------------------------------------------------------------
 
