@@ -284,7 +284,8 @@ _ALL: Final[tuple[Case, ...]] = (
     _case(59, "Priority inversion (low priority starves high)", "info", False,
           "waiting time per job; priorities high, normal, low",
           "Waiting queue.aging_s raises a job's effective priority one level, so every job's wait "
-          "is bounded; FIFO within a level."),
+          "is bounded; FIFO within a level. With queue.preempt, a high-priority arrival stops a "
+          "running lower-priority job at a checkpoint (requeued uncharged, resumed later)."),
     _case(60, "Infinite retry loop (file keeps failing)", "warning", True,
           "attempts counted durably before each start",
           "Bounded by queue.max_attempts with exponential backoff and jitter; permanent errors are "

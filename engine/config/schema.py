@@ -148,6 +148,9 @@ class QueueConfig:
     stable_s: float = _f(1.0, "A new file must be unchanged this many seconds before it is taken.",
                          lo=0, hi=3600)
     dedupe: bool = _f(True, "The same content added twice makes one job.")
+    preempt: bool = _f(False, "A higher-priority job that cannot start makes a running lower-priority job "
+                              "checkpoint at its next step and wait (not charged an attempt); it resumes "
+                              "from that checkpoint later.")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class Ended:
     run_dir: Path
     job_log: Path
     cancelled: bool = False  # an operator's cancel stopped it
+    requeue_reason: str | None = None  # why an interrupted job was stopped (preempted), if by us
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,11 @@ def apply_outcome(outcome: Outcome, ended: Ended, *, store: Store, notifier: Not
         store.cancel(jid, worker_stopped=True)
         return
     if cls is ErrorClass.INTERRUPTED:
-        store.requeue(jid, charge_attempt=False, reason=outcome.message)
+        reason = ended.requeue_reason or outcome.message
+        if ended.requeue_reason:
+            step = f" at step {outcome.global_step}" if outcome.global_step else ""
+            _job_log(ended, "info", f"{ended.requeue_reason} (checkpointed{step})")
+        store.requeue(jid, charge_attempt=False, reason=reason)
         return
     if cls is ErrorClass.OOM:
         _oom(outcome, ended, store, notifier, training)

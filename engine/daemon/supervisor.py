@@ -38,6 +38,8 @@ from trainconsole.engine.daemon.launcher import (
 )
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.outcome import classify, log_tail, oom_kill_count
+from trainconsole.engine.daemon.preempt import Preemption
+from trainconsole.engine.daemon.preempt import choose as choose_preemption
 from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
 from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb, io_problem
 from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
@@ -75,6 +77,7 @@ class Supervisor:
         self.hang_grace_s = max(3.0, min(30.0, float(guards.hang_floor_s)))
         self.stop_grace_s = max(60.0, 2 * float(guards.hang_floor_s))
         self.running: dict[str, Running] = {}  # by job id
+        self.preempting: dict[str, Preemption] = {}  # by the stopping job's id (queue.preempt)
         slurm = cfg.launcher.kind == "slurm"
         self.slurm = SlurmRuns(cluster or SlurmCluster(cfg), store, notifier, events) if slurm else None
         self.slots = Slots(cfg.launcher.max_parallel if slurm else 1)
@@ -138,6 +141,8 @@ class Supervisor:
             # The inbox is read while a job trains too, so a file dropped meanwhile is queued (and
             # can be held or reprioritised) at once rather than when the job ends.
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
+        if self.cfg.queue.preempt and self.running and not self.stop_requested and due:
+            ok = self._guarded("preempting", self._maybe_preempt) and ok
         if len(self.running) < self.slots.max_parallel and not self.stop_requested and due:
             ok = self._guarded("schedule", self._maybe_start) and ok
         if ok and due and failed_before and self.io_failures == failed_before:
@@ -231,6 +236,21 @@ class Supervisor:
                 self._launch(job, plan)
             except QueueError as exc:  # held or cancelled by an operator a moment ago: not an error
                 self.events.emit("log", level="info", job_id=job.id, message=f"not started: {exc.message}")
+
+    def _maybe_preempt(self) -> None:
+        """``queue.preempt``: stop a lower-priority job at a checkpoint for a waiting higher one
+        (``trainconsole.engine.daemon.preempt``); its slot is taken by ``_maybe_start`` once it exits."""
+        if not self.guard.state.ok or self.store.paused():
+            return
+        found = choose_preemption(self.store.runnable(), list(self.running.values()), self.slots)
+        if found is None:
+            return
+        run = found.victim
+        self.preempting[run.job.id] = found
+        self.events.emit("log", level="info", job_id=run.job.id, message=(
+            f"{run.job.id} ({run.job.priority}) stops at its next step for {found.for_job.id} "
+            f"({found.for_job.priority}): checkpoint, requeue, resume later"))
+        self._terminate(run, self.stop_grace_s, stopping=True)
 
     def _emit_resources(self) -> None:
         sample = self.guard.last_sample
@@ -413,8 +433,9 @@ class Supervisor:
             if free is not None and free < checkpoint_mb(run_dir):
                 outcome = replace(outcome, error_class=ErrorClass.DISK_FULL, case=25, message=(
                     f"{outcome.message} (only {free:.2f} MB free on {run_dir}: treated as a full disk)"))
+        preempted = self.preempting.pop(run.job.id, None)
         ended = Ended(run.job, run_dir=run.folder.path, job_log=self.layout.job_events(run.job.id),
-                      cancelled=run.cancel)
+                      cancelled=run.cancel, requeue_reason=preempted.reason() if preempted else None)
         apply_outcome(outcome, ended, store=self.store, notifier=self.notifier, guard=self.guard,
                       holds=self.holds, training=self.job_config(run.job).training)
         self._release(run)
