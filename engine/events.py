@@ -60,12 +60,22 @@ def make_event(type_: str, **fields: Any) -> dict[str, Any]:
 
 
 class EventLog:
-    """Append-only writer. One ``write`` per event, whole lines, flushed."""
+    """Append-only writer. One ``write`` per event, whole lines, flushed.
 
-    def __init__(self, path: Path) -> None:
+    ``max_bytes``: once the file reaches it, it is renamed to ``rotated(path)`` (replacing the one
+    before) and a new one begun, so a log written for months stays under twice that size. Readers
+    follow the rename (``EventTail``). Several processes may append to one log (the engine and
+    the command line's store); one that rotates holds an ``flock`` on the file and rotates only
+    while the path still names the file it has open, so two never rotate the same file twice; a
+    writer whose file was rotated by another reopens the path at its next event.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None = None) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: IO[bytes] | None = None
+        self.rotations = 0
 
     def _handle(self) -> IO[bytes]:
         if self._fh is None or self._fh.closed:
@@ -74,8 +84,35 @@ class EventLog:
 
     def emit(self, type_: str, **fields: Any) -> dict[str, Any]:
         event = make_event(type_, **fields)
-        self._handle().write(orjson.dumps(event) + b"\n")
+        fh = self._handle()
+        if self.max_bytes is not None and not self._current(fh):
+            self.close()  # another writer rotated it: append to the new file
+            fh = self._handle()
+        fh.write(orjson.dumps(event) + b"\n")
+        if self.max_bytes is not None and fh.tell() >= self.max_bytes:
+            self._rotate(fh)
         return event
+
+    def _current(self, fh: IO[bytes]) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fh.fileno())
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+    def _rotate(self, fh: IO[bytes]) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if self._current(fh):
+                os.replace(self.path, rotated(self.path))
+                self.rotations += 1
+        except OSError:
+            return  # a log that cannot rotate (a full disk) keeps growing; the events still count
+        finally:
+            self.close()  # the lock goes with the descriptor; the next event opens the new file
 
     def alert(
         self,

@@ -30,6 +30,7 @@ from trainconsole.engine.config.schema import (
     PathsConfig,
     QueueConfig,
     ReportConfig,
+    RetentionConfig,
     TrainingConfig,
     allowed_text,
 )
@@ -39,7 +40,7 @@ from trainconsole.engine.layout import Layout
 __all__ = [
     "Config", "ConfigError", "ConfigProblems", "ConfigUnreadable", "DataConfig", "GuardsConfig",
     "HardwareConfig", "LauncherConfig", "LoraConfig", "ModelConfig", "PathsConfig", "Problem", "QueueConfig",
-    "ReportConfig", "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
+    "ReportConfig", "RetentionConfig", "TrainingConfig", "check_warnings", "default_config_text", "load_config", "parse_config_text",
 ]
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file this large is a mistake (wrong file given)
@@ -74,6 +75,7 @@ class Config:
     report: ReportConfig = field(default_factory=ReportConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     source: Path = Path("config.toml")
 
     @property

@@ -238,6 +238,21 @@ class LauncherConfig:
                            note='above 1 needs kind = "slurm"')
 
 
+@dataclass(frozen=True)
+class RetentionConfig:
+    """What the engine keeps of finished work, so months of jobs fit on the disk."""
+
+    drop_checkpoints: bool = _f(True, "Delete a done job's checkpoints once its adapter is published (the "
+                                      "adapter in the adapters folder is kept; a failed job keeps its "
+                                      "checkpoints to resume from).")
+    log_days: float = _f(30.0, "Days a finished job's run folder (its log, report and any checkpoints) "
+                               "is kept after it ended.", lo=0, hi=36500, note="0 = forever")
+    events_max_mb: float = _f(64.0, "Size at which the queue's events.jsonl is rotated to events.jsonl.1 "
+                                    "(one older file is kept).", lo=0.01, hi=1048576)
+    every_s: float = _f(60.0, "Seconds between retention sweeps (and the job database's upkeep).",
+                        lo=0.1, hi=86400)
+
+
 REPORTERS: Final = ("tensorboard", "wandb", "trackio")
 
 
@@ -265,6 +280,7 @@ SECTIONS: Final[dict[str, type]] = {
     "report": ReportConfig,
     "paths": PathsConfig,
     "launcher": LauncherConfig,
+    "retention": RetentionConfig,
 }
 
 

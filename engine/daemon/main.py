@@ -75,7 +75,8 @@ def run_daemon(cfg: Config) -> int:
             raise TrainconsoleError("the engine cannot start: " + "; ".join(problems), case=46)
         lock = EngineLock(layout)
         info = lock.acquire()  # AlreadyRunning (case 48) propagates: one line, exit 1
-        events = EventLog(layout.engine_events)
+        # Bounded: rotated to events.jsonl.1 at retention.events_max_mb (consoles follow it).
+        events = EventLog(layout.engine_events, max_bytes=max(1, int(cfg.retention.events_max_mb * (1 << 20))))
         signals.events = events
         try:
             notifier = Notifier(events, cfg.guards.alert_command, cfg.guards.alert_min_severity)

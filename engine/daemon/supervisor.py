@@ -42,6 +42,7 @@ from trainconsole.engine.daemon.preempt import Preemption
 from trainconsole.engine.daemon.preempt import choose as choose_preemption
 from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
 from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb, io_problem
+from trainconsole.engine.daemon.retention import Retention
 from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
 from trainconsole.engine.daemon.running import Running, dump_stacks, event_tail, read_progress
 from trainconsole.engine.daemon.slots import Slots
@@ -78,6 +79,7 @@ class Supervisor:
         self.stop_grace_s = max(60.0, 2 * float(guards.hang_floor_s))
         self.running: dict[str, Running] = {}  # by job id
         self.preempting: dict[str, Preemption] = {}  # by the stopping job's id (queue.preempt)
+        self.retention = Retention(cfg.retention, self.layout, store, events)
         slurm = cfg.launcher.kind == "slurm"
         self.slurm = SlurmRuns(cluster or SlurmCluster(cfg), store, notifier, events) if slurm else None
         self.slots = Slots(cfg.launcher.max_parallel if slurm else 1)
@@ -141,6 +143,8 @@ class Supervisor:
             # The inbox is read while a job trains too, so a file dropped meanwhile is queued (and
             # can be held or reprioritised) at once rather than when the job ends.
             ok = self._guarded("inbox", lambda: ingest.scan(self.layout, self.store, self.cfg, self.events)) and ok
+        if due:
+            ok = self._guarded("retention", lambda: self.retention.tick(frozenset(self.running))) and ok
         if self.cfg.queue.preempt and self.running and not self.stop_requested and due:
             ok = self._guarded("preempting", self._maybe_preempt) and ok
         if len(self.running) < self.slots.max_parallel and not self.stop_requested and due:

@@ -266,6 +266,9 @@ def _move_aside(path: Path) -> Path:
 def _create(path: Path) -> sqlite3.Connection:
     conn = connect(path)
     try:
+        if int(conn.execute("PRAGMA page_count").fetchone()[0]) == 0:
+            # Only a file with no page yet takes it without a VACUUM (trainconsole.engine.store.upkeep).
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])

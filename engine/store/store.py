@@ -43,6 +43,7 @@ from trainconsole.engine.store.types import STATUSES as STATUSES
 from trainconsole.engine.store.types import Command as Command
 from trainconsole.engine.store.types import Job as Job
 from trainconsole.engine.store.types import QueueError as QueueError
+from trainconsole.engine.store.upkeep import Upkeep, upkeep
 
 _NO_CHARGE = (ErrorClass.DISK_FULL, ErrorClass.INTERRUPTED)
 
@@ -99,6 +100,10 @@ class Store:
     def acks(self) -> AlertAcks:
         """Acknowledged alerts (``trainconsole.engine.store.acks``)."""
         return AlertAcks(self.db)
+
+    def upkeep(self) -> Upkeep:
+        """Free pages back to the filesystem, the WAL checkpointed (``trainconsole.engine.store.upkeep``)."""
+        return upkeep(self.db)
 
     def repair(self) -> None:
         """Finish what a kill interrupted (``trainconsole.engine.store.repair``); idempotent."""

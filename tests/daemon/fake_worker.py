@@ -4,7 +4,8 @@ at the next step boundary and exit 18, the report naming the signal; stacks on S
 in a tenth of a second. Acceptance tests use the real worker.
 
 Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "checkpoint" is
-``fake_ckpt.json`` holding the last step, written every step. Faults: ``TRAINCONSOLE_FAULT`` as in
+``fake_ckpt.json`` holding the last step, written every step; with ``FAKE_CKPT_KB`` also a
+``checkpoints/checkpoint-N`` folder holding that many KB, the newest two kept (for retention). Faults: ``TRAINCONSOLE_FAULT`` as in
 engine/train/faults.py (oom, oom_above_batch:N, hang, crash, device, raise:Name, enospc), plus
 ``hog`` / ``hog_above_batch:N``: take host memory until the kernel's OOM killer ends the process
 (run it in a memory cgroup: tests/daemon/cgroups.py).
@@ -16,6 +17,7 @@ import builtins
 import faulthandler
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -51,6 +53,7 @@ def main() -> int:
     signal.signal(signal.SIGUSR1, request_stop)
     steps = int(os.environ.get("FAKE_STEPS", "4"))
     step_s = float(os.environ.get("FAKE_STEP_S", "0.05"))
+    ckpt_kb = int(os.environ.get("FAKE_CKPT_KB", "0"))
     fault = os.environ.get("TRAINCONSOLE_FAULT", "")
     kind, _, at = fault.rpartition("@")
     at_step = int(at) if at.lstrip("-").isdigit() else -1
@@ -100,6 +103,13 @@ def main() -> int:
             time.sleep(step_s)
             step = nxt
             write_json(ckpt, {"step": step})
+            if ckpt_kb:  # checkpoint folders with bytes in them, the newest two kept, as the real worker
+                folder = run / "checkpoints" / f"checkpoint-{step}"
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / "adapter.bin").write_bytes(b"\0" * (ckpt_kb << 10))
+                for old in sorted((run / "checkpoints").glob("checkpoint-*"),
+                                  key=lambda p: int(p.name.rsplit("-", 1)[1]))[:-2]:
+                    shutil.rmtree(old, ignore_errors=True)
             write_json(run / "heartbeat.json", {"pid": os.getpid(), "step": step, "mono": time.monotonic(),
                                                 "step_time_s": step_s})
             events.write(json.dumps({"v": 1, "t": time.time(), "type": "step", "job_id": job, "step": step,
