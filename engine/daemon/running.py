@@ -6,10 +6,12 @@ what belongs to an attempt lives here rather than on the supervisor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from trainconsole.engine import checkpoints as ckpt
+from trainconsole.engine.config import Config
 from trainconsole.engine.daemon.launcher import WorkerProcess
 from trainconsole.engine.daemon.notify import Notifier
 from trainconsole.engine.daemon.slurm.launcher import SlurmWorker
@@ -90,3 +92,17 @@ def dump_stacks(run: Running, silent_s: float, limit_s: float, job_log: Path, no
     notifier.alert(70, f"{run.job.id}: no training progress for {silent_s:.0f}s (limit "
                        f"{limit_s:.0f}s); the worker is ended and the job resumes from its last "
                        f"checkpoint; stacks in {job_log}", job_id=run.job.id, severity="critical")
+
+
+def watchdog_for(job: Job, cfg: Config, heartbeat: Path, max_steps: Callable[[], int | None], *,
+                 launched_mono: float | None, observed: bool = False) -> Watchdog:
+    """The attempt's watchdog, with the job's own guards. ``max_steps``: the run's newest word on
+    its length (the last step of all is a slow one: publishing)."""
+    g, t = cfg.guards, cfg.training
+
+    def slow_after(step: int) -> bool:
+        last = max_steps() or job.max_steps
+        return (step % max(1, t.save_steps) == 0 or step % max(1, t.eval_steps) == 0
+                or (last is not None and step >= last))
+    return Watchdog(heartbeat, floor_s=g.hang_floor_s, multiple=g.hang_multiple, first_step_grace_s=g.first_step_grace_s,
+                    launched_mono=launched_mono, boundary=slow_after, observed=observed)

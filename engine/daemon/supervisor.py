@@ -44,7 +44,7 @@ from trainconsole.engine.daemon.recovery import sweep_adapters, sweep_run
 from trainconsole.engine.daemon.resources import ResourceGuard, Sampler, checkpoint_mb, io_problem
 from trainconsole.engine.daemon.retention import Retention
 from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
-from trainconsole.engine.daemon.running import Running, dump_stacks, event_tail, read_progress
+from trainconsole.engine.daemon.running import Running, dump_stacks, event_tail, read_progress, watchdog_for
 from trainconsole.engine.daemon.slots import Slots
 from trainconsole.engine.daemon.slurm.cluster import SlurmCluster
 from trainconsole.engine.daemon.slurm.supervise import SlurmRuns
@@ -331,10 +331,11 @@ class Supervisor:
         return False
 
     def _watchdog(self, job: Job, launched_mono: float | None, *, observed: bool = False) -> Watchdog:
-        g = self.job_config(job).guards
-        return Watchdog(self.layout.run_folder(job.id).heartbeat, floor_s=g.hang_floor_s, multiple=g.hang_multiple,
-                        first_step_grace_s=g.first_step_grace_s, launched_mono=launched_mono,
-                        boundary=self._boundary(job), observed=observed)
+        def max_steps() -> int | None:
+            run = self.running.get(job.id)
+            return run.last_max_steps if run is not None else None
+        return watchdog_for(job, self.job_config(job), self.layout.run_folder(job.id).heartbeat, max_steps,
+                            launched_mono=launched_mono, observed=observed)
 
     def reattach(self) -> frozenset[str]:
         """At start-up with Slurm: follow the attempts an earlier engine left. Returns their jobs,
@@ -365,17 +366,6 @@ class Supervisor:
     def job_config(self, job: Job) -> Config:
         """The config this job runs with: its stored settings over config.toml."""
         return with_settings(self.cfg, job.experiment.settings)
-
-    def _boundary(self, job: Job) -> Callable[[int], bool]:
-        t = self.job_config(job).training
-
-        def slow_after(step: int) -> bool:
-            run = self.running.get(job.id)
-            last = run.last_max_steps if run is not None else None
-            last = last or job.max_steps
-            return (step % max(1, t.save_steps) == 0 or step % max(1, t.eval_steps) == 0
-                    or (last is not None and step >= last))
-        return slow_after
 
     # -- watching ---------------------------------------------------------------------------------
 
