@@ -293,15 +293,20 @@ class ConsoleActions(App[None]):
 
         self.push_screen(ExportDialog(message.job.id, adapter.name, adapter.lineage, destination), answered)
 
-    @work(thread=True, exit_on_error=False, group="export")
     def _export(self, adapter: str, request: ExportRequest) -> None:
+        # A plain daemon thread, not a worker: quitting must not wait minutes for a merge (the
+        # app's executor is joined on exit). The export process goes on and finishes alone.
+        threading.Thread(target=self._run_export, args=(adapter, request), name="export", daemon=True).start()
+
+    def _run_export(self, adapter: str, request: ExportRequest) -> None:
         from trainconsole.console.exporting import ExportResult
 
         try:
             result = self.client.export(adapter, request.out, request.merge)
         except Exception as exc:  # noqa: BLE001 - shown as the notice; the console goes on
             result = ExportResult(False, f"export of {adapter} failed: {exc}")
-        self.post_message(ExportDone(result))
+        if self.is_running:
+            self.post_message(ExportDone(result))
 
     def on_export_done(self, message: ExportDone) -> None:
         result = message.result

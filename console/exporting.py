@@ -46,8 +46,10 @@ def run_export(config: Path, adapter: str, out: Path, merge: bool, *,
     argv = [sys.executable, "-m", "trainconsole.console.cli", "--config", os.fspath(config),
             "export", adapter, os.fspath(out)] + (["--merge"] if merge else [])
     try:
+        # Its own session: a console closed or hung up meanwhile does not stop it (OUT appears
+        # whole or not at all either way).
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, cwd=config.absolute().parent)
+                              timeout=timeout, cwd=config.absolute().parent, start_new_session=True)
     except subprocess.TimeoutExpired:
         return ExportResult(False, f"export of {adapter} to {out} did not finish in {timeout:.0f} s")
     except OSError as exc:

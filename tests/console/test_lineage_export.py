@@ -4,19 +4,22 @@ export from the real console on a real workspace, run as a real `trainconsole ex
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 from textual.widgets import Checkbox, Input, Static
 
 from tests.chatdata import line
-from tests.console.fakes import lineage_list
+from tests.console.fakes import ScriptedClient, lineage_list
 from tests.console.test_app_keys import console, select, settle, until
 from trainconsole.console.app import TrainConsole
 from trainconsole.console.client import WorkspaceClient
+from trainconsole.console.exporting import ExportResult
 from trainconsole.console.widgets.export_dialog import ExportDialog
 from trainconsole.console.widgets.lineage_view import LineageScreen, lineage_text
 from trainconsole.engine import checkpoints as ckpt
@@ -194,3 +197,33 @@ async def test_export_from_the_real_console_runs_trainconsole_export(workspace: 
         assert str(failed.message) == f"export of 0001-{done} failed: {want}: already exists; give a new folder"
         assert failed.severity == "error"
     client.close()
+
+
+@pytest.mark.timeout(120)
+async def test_quitting_does_not_wait_for_a_running_export() -> None:
+    """A merge takes minutes: q closes the console at once and leaves the export process to end
+    alone. `trainconsole` runs the app with asyncio.run, which joins the loop's default executor
+    (where thread workers run) on its way out: that join must not wait for the export."""
+    release = threading.Event()
+
+    class SlowExport(ScriptedClient):
+        def export(self, adapter: str, out: Path, merge: bool) -> ExportResult:
+            self.calls.append(("export started",))
+            release.wait()
+            return super().export(adapter, out, merge)
+
+    try:
+        async with console(SlowExport()) as (app, pilot, client):
+            await select(app, pilot, "j0001")
+            await pilot.press("e")
+            await until(pilot, lambda: isinstance(app.screen, ExportDialog))
+            await pilot.press("enter")
+            await until(pilot, lambda: ("export started",) in client.calls)
+            await pilot.press("q")
+            await pilot.pause()
+        assert not app.is_running
+        # What asyncio.run does last; the export still runs (a hang here fails on the timeout).
+        await asyncio.wait_for(asyncio.get_running_loop().shutdown_default_executor(), 60)
+        assert not release.is_set()
+    finally:
+        release.set()
