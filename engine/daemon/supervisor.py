@@ -4,7 +4,7 @@ Each ``tick`` applies operator commands, watches the running workers (heartbeat,
 files from the inbox, checks the resource guards and devices, and while a slot is free starts the
 next runnable jobs: one at a time on this machine; with ``launcher.kind = "slurm"`` up to
 ``launcher.max_parallel``, never two of one lineage (``trainconsole.engine.daemon.slots``), each
-worker a Slurm job (``trainconsole.engine.daemon.slurm.supervise``). Every phase is guarded: an
+worker a Slurm job (``trainconsole.engine.daemon.slurm_runs``). Every phase is guarded: an
 I/O error or a vanished folder (cases 44, 45) is an alert and a back-off, never a crash or a hang;
 an unexpected exception in our own code is logged with its traceback and the loop goes on.
 Durations are monotonic (case 47).
@@ -47,7 +47,7 @@ from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
 from trainconsole.engine.daemon.running import Running, dump_stacks, event_tail, read_progress, watchdog_for
 from trainconsole.engine.daemon.slots import Slots
 from trainconsole.engine.daemon.slurm.cluster import SlurmCluster
-from trainconsole.engine.daemon.slurm.supervise import SlurmRuns
+from trainconsole.engine.daemon.slurm_runs import SlurmRuns
 from trainconsole.engine.daemon.watchdog import Watchdog
 from trainconsole.engine.errors import ErrorClass
 from trainconsole.engine.events import EventLog

@@ -10,7 +10,7 @@ from typing import Any
 from tests.daemon.harness import Harness
 from tests.slurm.jobs import CommandLauncher, fake_worker
 from trainconsole.engine.daemon.slurm.launcher import SlurmWorker
-from trainconsole.engine.daemon.slurm.supervise import SlurmRuns
+from trainconsole.engine.daemon.slurm_runs import SlurmRuns
 
 SLURM: dict[str, Any] = {
     "launcher.kind": "slurm",
