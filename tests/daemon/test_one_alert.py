@@ -59,3 +59,32 @@ def test_a_job_retried_until_it_gives_up_raises_one_alert_per_attempt(workspace:
         assert "gave up after 2 attempts" in alerts[1]["message"]
     finally:
         h.close()
+
+
+@pytest.mark.edge(13)
+def test_a_fault_the_worker_alerted_itself_gets_no_second_alert(workspace: Path) -> None:
+    """A refused adapter (13) is alerted by the worker as it finds it; its report says so, and the
+    daemon fails the job without another alert. The same failure without that mark gets one."""
+    from trainconsole.engine.daemon.outcome import classify
+    from trainconsole.engine.daemon.retry_policy import Ended, Holds, apply_outcome
+    from trainconsole.engine.runfiles import Report
+
+    h = Harness(workspace)
+    try:
+        for name in ("a.jsonl", "b.jsonl"):
+            drop(workspace, name)
+        h.store.set_paused(True)
+        h.run_until(lambda: len(h.jobs()) == 2)
+        for job, alerted in zip(h.jobs(), (True, False), strict=True):
+            h.store.start(job.id)
+            report = Report(status="failed", error_class="config", case=13, alerted=alerted,
+                            message="the adapter in adapters/latest was trained on another base")
+            ended = Ended(job, run_dir=h.layout.run_dir(job.id), job_log=h.layout.job_events(job.id))
+            apply_outcome(classify(report, 11), ended, store=h.store, notifier=h.notifier, guard=h.sup.guard,
+                          holds=Holds(), training=h.cfg.training)
+        first, second = h.jobs()
+        assert first.status == second.status == "failed"
+        alerts = [a for a in h.alerts() if a.get("key") != "device-cpu"]
+        assert [(a["case"], a["job_id"]) for a in alerts] == [(13, second.id)], alerts
+    finally:
+        h.close()
