@@ -18,7 +18,7 @@ from textual.widget import Widget
 from textual.widgets import Input
 
 from trainconsole.console import keymap
-from trainconsole.console.client import PRIORITIES, ConsoleClient
+from trainconsole.console.client_api import PRIORITIES, ConsoleClient
 from trainconsole.console.snapshot import JobRow, Snapshot
 from trainconsole.console.widgets.alerts import AlertList
 from trainconsole.console.widgets.confirm import ConfirmDialog

@@ -32,7 +32,7 @@ from textual.widgets import DataTable, Footer, Input
 
 from trainconsole.console import keymap
 from trainconsole.console.actions import ConsoleActions
-from trainconsole.console.client import ConsoleClient
+from trainconsole.console.client_api import ConsoleClient
 from trainconsole.console.snapshot import Snapshot
 from trainconsole.console.widgets.alerts import AlertList
 from trainconsole.console.widgets.engine_state import EngineState

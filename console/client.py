@@ -19,12 +19,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainconsole.console.alert_book import SHOWN, AlertBook
+from trainconsole.console.client_actions import ClientActions
 from trainconsole.console.logtail import TailFirst
 from trainconsole.console.series import GROWTH_REDRAW_S, SETTLE, LossSeries, StepRate
 from trainconsole.console.snapshot import EngineView, JobRow, LossView, Snapshot
@@ -36,8 +36,6 @@ from trainconsole.engine.store.acks import Acks
 from trainconsole.engine.sysmon import Sysmon
 
 if TYPE_CHECKING:
-    from trainconsole.console.exporting import ExportResult
-    from trainconsole.engine.adapters import Adapter, Lineage
     from trainconsole.engine.config import Config
     from trainconsole.engine.layout import Layout
 
@@ -46,36 +44,11 @@ T = TypeVar("T")
 MAX_ALERTS = SHOWN  # rows in the panel; the header counts all of them
 ENGINE_WINDOW = 1 << 20  # the engine log's newest part read at once on a cold start
 FOLLOW_LINES = 2000  # a followed log starts with its last this many events
-PRIORITIES = ("low", "normal", "high")
 # The engine's copy of a job's file (`j0002--name.jsonl`, see trainconsole.engine.store.files) leading a
 # message: the id and name columns already say it, and at 80 columns it is all a reason showed.
 _JOB_COPY = re.compile(r"\bj\d{4,}--[A-Za-z0-9._-]+\.jsonl: ")
 
 
-class ConsoleClient(Protocol):
-    """What the app asks of its data source. Mutations go through the store (or its commands
-    table), never to the engine directly."""
-
-    readonly: bool
-
-    def snapshot(self, focus: str | None, width: int) -> Snapshot: ...
-    def job_log(self, job_id: str) -> list[str]: ...
-    def follow_log(self, job_id: str, offset: int | None) -> tuple[list[str], int]: ...
-    def set_priority(self, job_id: str, level: str) -> None: ...
-    def hold(self, job_id: str) -> None: ...
-    def release(self, job_id: str) -> None: ...
-    def retry(self, job_id: str) -> None: ...
-    def retry_all_failed(self) -> int: ...
-    def cancel(self, job_id: str) -> None: ...
-    def set_paused(self, paused: bool) -> None: ...
-    def stop_engine(self) -> None: ...
-    def acknowledge(self, keys: list[str]) -> None: ...
-    def acknowledge_all(self) -> None: ...
-    def lineages(self) -> list[Lineage]: ...
-    def job_adapter(self, job_id: str) -> Adapter | None: ...
-    def export_destination(self, adapter: Adapter) -> Path: ...
-    def export(self, adapter: str, out: Path, merge: bool) -> ExportResult: ...
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -100,7 +73,7 @@ def _float(value: Any) -> float | None:
     return None
 
 
-class WorkspaceClient:
+class WorkspaceClient(ClientActions):
     """The real data source for one config's queue folder."""
 
     def __init__(self, cfg: Config, *, readonly: bool = False) -> None:
@@ -438,85 +411,6 @@ class WorkspaceClient:
             events = tail.read_new()
             offset = tail.offset
         return [self._short(format_event(event)) for event in events], offset
-
-    # --- adapters: read from the adapters folder, torch-free (engine/adapters.py) ----------
-
-    # Imported when first asked for: the console's start (its first frame) does without them.
-
-    def lineages(self) -> list[Lineage]:
-        from trainconsole.engine.adapters import lineages
-
-        return lineages(self.layout.adapters)
-
-    def job_adapter(self, job_id: str) -> Adapter | None:
-        from trainconsole.console.exporting import job_adapter
-
-        return job_adapter(self.layout.adapters, job_id)
-
-    def export_destination(self, adapter: Adapter) -> Path:
-        from trainconsole.console.exporting import default_destination
-
-        return default_destination(self.cfg.root, adapter)
-
-    def export(self, adapter: str, out: Path, merge: bool) -> ExportResult:
-        """``trainconsole export`` as its own process; blocks until it ends (call off the UI)."""
-        from trainconsole.console.exporting import run_export
-
-        if self.readonly:
-            raise PermissionError("this console is read-only")
-        # A relative folder is the workspace's, as paths in the config file are.
-        return run_export(self.cfg.source, adapter, self.cfg.root / out.expanduser(), merge)
-
-    # --- writing ---------------------------------------------------------------------------
-
-    def _write(self, act: Callable[[Store], T]) -> T:
-        if self.readonly:
-            raise PermissionError("this console is read-only")
-        store = self._open_store()
-        try:
-            return act(store)
-        finally:
-            store.close()
-
-    def set_priority(self, job_id: str, level: str) -> None:
-        self._write(lambda store: store.set_priority(job_id, level))
-
-    def hold(self, job_id: str) -> None:
-        self._write(lambda store: store.hold(job_id))
-
-    def release(self, job_id: str) -> None:
-        self._write(lambda store: store.release(job_id))
-
-    def retry(self, job_id: str) -> None:
-        self._write(lambda store: store.retry(job_id))
-
-    def retry_all_failed(self) -> int:
-        return len(self._write(lambda store: store.retry_all_failed()))
-
-    def cancel(self, job_id: str) -> None:
-        self._write(lambda store: store.cancel(job_id))
-
-    def set_paused(self, paused: bool) -> None:
-        self._write(lambda store: store.set_paused(paused))
-
-    def stop_engine(self) -> None:
-        self._write(lambda store: store.post_command("stop"))
-
-    def acknowledge(self, keys: list[str]) -> None:
-        # Kept in the store, so every console (and `trainconsole ack`) sees it and a restart keeps
-        # it; it counts here at once. Called from the UI thread while a poll may be reading the
-        # same alerts: hence the lock.
-        with self._lock:
-            seen = self.alerts.acknowledge(keys)
-        if seen and not self.readonly:
-            self._write(lambda store: store.acks.acknowledge(seen))
-
-    def acknowledge_all(self) -> None:
-        """Every alert read, also those past the rows shown."""
-        with self._lock:
-            before = self.alerts.acknowledge_all()
-        if not self.readonly:
-            self._write(lambda store: store.acks.acknowledge_all(before))
 
     def close(self) -> None:
         self._drop_reader()
