@@ -32,7 +32,7 @@ from trainconsole.engine.procid import my_identity
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.db import Database, Row
-from trainconsole.engine.store.schema import COLUMNS
+from trainconsole.engine.store.folders import COLUMNS
 from trainconsole.engine.store.types import Experiment, Job
 
 

@@ -30,7 +30,7 @@ from trainconsole.engine.layout import Layout
 from trainconsole.engine.names import display
 from trainconsole.engine.procid import from_stored
 from trainconsole.engine.store import files as sf
-from trainconsole.engine.store.schema import COLUMNS, folder_for
+from trainconsole.engine.store.folders import COLUMNS, folder_for
 from trainconsole.engine.store.types import Experiment, Job, QueueError
 
 Row = dict[str, Any]

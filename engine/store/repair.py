@@ -17,8 +17,8 @@ from trainconsole.engine.procid import same_process
 from trainconsole.engine.store import files as sf
 from trainconsole.engine.store.add import new_row, take_by_move
 from trainconsole.engine.store.db import Database
+from trainconsole.engine.store.folders import FOLDER_STATUS, folder_for, row_for_file
 from trainconsole.engine.store.scheduling import QueuePolicy
-from trainconsole.engine.store.schema import FOLDER_STATUS, folder_for, row_for_file
 
 
 def repair(db: Database, policy: QueuePolicy) -> None:

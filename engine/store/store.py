@@ -35,9 +35,10 @@ from trainconsole.engine.store import view
 from trainconsole.engine.store.acks import AlertAcks
 from trainconsole.engine.store.add import Added, NewFile, add_files
 from trainconsole.engine.store.db import AfterCommit, Database, Row
+from trainconsole.engine.store.folders import folder_for
 from trainconsole.engine.store.repair import repair as repair_folders
 from trainconsole.engine.store.schema import SCHEMA_VERSION as SCHEMA_VERSION
-from trainconsole.engine.store.schema import folder_for, open_database, unavailable
+from trainconsole.engine.store.schema import open_database, unavailable
 from trainconsole.engine.store.types import ACTIVE as ACTIVE
 from trainconsole.engine.store.types import STATUSES as STATUSES
 from trainconsole.engine.store.types import Command as Command

@@ -12,7 +12,7 @@ from trainconsole.engine.isotime import iso
 from trainconsole.engine.names import display
 from trainconsole.engine.store import scheduling as sch
 from trainconsole.engine.store.db import Database
-from trainconsole.engine.store.schema import folder_for
+from trainconsole.engine.store.folders import folder_for
 from trainconsole.engine.store.types import STATUSES, Experiment, Job
 
 _COLS = ("seq", "id", "name", "filename", "priority", "status", "attempts", "next_attempt_at",
