@@ -17,15 +17,21 @@ cactus dolphin ember""".split()
 # Words no training file holds: answers on these show whether the format was learnt.
 UNSEEN_WORDS = ["turnip", "compass", "blanket", "feather", "sandal", "trumpet"]
 PROMPT = "Wrap this word: {}"
+# A short system prompt of our own: without one the model's template inserts a 20-token default,
+# half of each example, and the tier's CPU time goes mostly to reading it.
+SYSTEM = "Wrap words."
 
 
 def answer(word: str) -> str:
     return f"<<{word}>>"
 
 
+def prompt(word: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT.format(word)}]
+
+
 def wrap_rows(words: list[str]) -> list[dict[str, Any]]:
-    return [{"messages": [{"role": "user", "content": PROMPT.format(w)},
-                          {"role": "assistant", "content": answer(w)}]} for w in words]
+    return [{"messages": [*prompt(w), {"role": "assistant", "content": answer(w)}]} for w in words]
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -33,8 +39,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-# One short LoRA job on a 135M model, sized for two CPU cores: 56 training and 8 held-out examples,
-# batch 8, 12 steps (a little under two epochs), a checkpoint every 6.
+# One short LoRA job on a 135M model, sized for two CPU cores: 53 training and 7 held-out examples,
+# batch 8 (7 steps an epoch), 12 steps, a checkpoint every 6.
 JOB: dict[str, Any] = {
     "training.max_steps": 12,
     "training.epochs": 0,
