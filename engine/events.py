@@ -31,6 +31,8 @@ from typing import IO, Any, Final
 
 import orjson
 
+from trainconsole.engine import fsio
+
 SCHEMA_VERSION: Final = 1
 EVENT_TYPES: Final = frozenset({"job", "step", "eval", "alert", "resource", "log"})
 SEVERITIES: Final = ("info", "warning", "critical")
@@ -107,7 +109,7 @@ class EventLog:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             if self._current(fh):
-                os.replace(self.path, rotated(self.path))
+                fsio.move(self.path, rotated(self.path))
                 self.rotations += 1
         except OSError:
             return  # a log that cannot rotate (a full disk) keeps growing; the events still count
