@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainconsole.engine import fsio
+
 DAEMONS = ("slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo")
 PACKAGES = "slurmctld slurmd slurm-client"
@@ -183,9 +185,9 @@ class Cluster:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and fsio.writer_alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if fsio.writer_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -258,19 +260,6 @@ class Cluster:
             self.cancel_all()
         for daemon in reversed(DAEMONS):
             self.stop(daemon)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie has exited: it is only waiting for its parent
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _attempt(base: Path, programs: dict[str, str], hw: dict[str, str], *, cgroups: bool) -> Cluster:
