@@ -166,12 +166,19 @@ class TrainJob:
         plan = plan_steps(len(train_idx), batch_size=batch, accumulation=accum, world_size=world,
                           epochs=cfg.training.epochs, max_steps=cfg.training.max_steps, source=str(data_file))
         self.plan = plan
+        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=ck_fp, events=self.events, job_id=self.job_id,
+                                 quarantine_bad=self.lead)
+        if resume is not None and "parent" in resume.extra and self.spec.start_from is None:
+            # Another job of this lineage may have published since this one began (it preempted this
+            # one): the checkpoint knows which adapter this job continues, the lineage's newest may not.
+            recorded = resume.extra["parent"]
+            if not recorded:
+                parent = None
+            elif (adapters / recorded).is_dir():
+                parent = adapters / recorded
         self.log(f"plan: {plan.n_train} training and {len(eval_idx)} held-out examples, batch {batch} x "
                  f"accumulation {accum} x {world} process(es), {plan.max_steps} steps"
                  + (f", continuing adapter {parent.name}" if parent else ", new adapter"))
-
-        resume, _ = ckpt.scan(self.ckpt_root, fingerprint=ck_fp, events=self.events, job_id=self.job_id,
-                                 quarantine_bad=self.lead)
         if resume is not None and resume.step >= plan.max_steps:
             self.events.alert(63, f"checkpoint {resume.path.name} is already at step {resume.step} of "
                                   f"{plan.max_steps}: completing without training", severity="info",

@@ -110,5 +110,10 @@ def test_preemption_with_the_real_worker_loses_at_most_one_save_interval(workspa
         trail = step_trail(h.layout, low.id)
         assert trail[-1] == 24 and worst_step_loss(trail) <= save
         assert low.adapter and high.adapter
+        # The high job published into the same lineage meanwhile; the low job still continues what
+        # it began from (a new adapter), in its log as in its checkpoint.
+        plans = [e["message"] for e in events if e["type"] == "log" and e["message"].startswith("plan: ")]
+        assert len(plans) == 2 and all(p.endswith(", new adapter") for p in plans), plans
+        assert not [e for e in events if e["type"] == "log" and e["message"].startswith("continuing adapter")]
     finally:
         h.close()
