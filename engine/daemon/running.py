@@ -49,9 +49,20 @@ class Running:
         return isinstance(self.worker, SlurmWorker)
 
 
-def newest_checkpoint_step(folder: RunFolder) -> int:
-    found = ckpt.list_checkpoints(folder.checkpoints)
-    return int(found[0][0]) if found else 0
+def newest_checkpoint_step(folder: RunFolder, *, before: float | None = None) -> int:
+    """The newest checkpoint's step; with ``before`` (wall seconds), the newest one published
+    before then. A checkpoint folder is published by one rename of a finished folder, so its mtime
+    is when it was written: an attempt followed again after an engine restart (whose start value
+    died with the old engine) finds what it began from with its start time from the store."""
+    for step, path in ckpt.list_checkpoints(folder.checkpoints):
+        if before is None:
+            return int(step)
+        try:
+            if path.stat().st_mtime <= before:
+                return int(step)
+        except OSError:
+            continue
+    return 0
 
 
 def read_progress(run: Running, store: Store) -> None:

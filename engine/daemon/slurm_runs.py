@@ -143,5 +143,6 @@ class SlurmRuns:
                                 severity="info")
             folder = self.store.layout.run_folder(job.id)
             runs.append(Running(job, worker, watchdog(job), folder, 0, event_tail(self.store.layout.job_events(job.id)),
-                                lock_fd=self._lock(job), started=False))
+                                lock_fd=self._lock(job), started=False,
+                                checkpoint_at_start=newest_checkpoint_step(folder, before=job.started_at or 0.0)))
         return runs

@@ -3,12 +3,17 @@ endings are in test_cluster_jobs.py)."""
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
+from trainconsole.engine.daemon.running import newest_checkpoint_step
 from trainconsole.engine.daemon.slurm.endings import slurm_ending
 from trainconsole.engine.daemon.slurm.state import SlurmJob
 from trainconsole.engine.errors import ErrorClass
-from trainconsole.engine.runfiles import Report
+from trainconsole.engine.runfiles import Report, RunFolder
 
 
 def _job(state: str, *, code: int | None = 0, sig: int | None = None, reason: str = "None") -> SlurmJob:
@@ -113,3 +118,18 @@ def test_no_report_falls_back_to_the_local_rules_on_the_exit_status() -> None:
     killed = slurm_ending(_job("FAILED", code=None, sig=9), None)
     assert killed.outcome.error_class is ErrorClass.TRANSIENT
     assert slurm_ending(_job("FAILED", code=14), None).outcome.error_class is ErrorClass.TRANSIENT
+
+
+def test_a_followed_again_attempt_began_from_the_checkpoint_written_before_it_started(tmp_path: Path) -> None:
+    """The time-limit judgement above compares with the checkpoint the attempt began from; an
+    engine restarted mid-attempt finds it from the attempt's start time (the store's), not 0, so a
+    resumed attempt that wrote nothing new is not taken for progress."""
+    folder = RunFolder(tmp_path / "run")
+    started = time.time() - 100
+    for step, age in ((2, 300), (4, 200), (6, 50)):
+        path = folder.checkpoints / f"checkpoint-{step}"
+        path.mkdir(parents=True)
+        os.utime(path, (time.time() - age, time.time() - age))
+    assert newest_checkpoint_step(folder) == 6
+    assert newest_checkpoint_step(folder, before=started) == 4
+    assert newest_checkpoint_step(folder, before=started - 1000) == 0
