@@ -22,6 +22,7 @@ from trainconsole.engine.store import Job, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_WORKER = Path(__file__).with_name("fake_worker.py")
+FAKE_DAEMON = Path(__file__).with_name("fake_daemon.py")
 
 FAST: dict[str, Any] = {
     "queue.poll_s": 0.1,
@@ -134,10 +135,14 @@ def daemon_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def start_daemon(config: Path, env: Mapping[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_daemon(config: Path, env: Mapping[str, str] | None = None, log: Path | None = None, *,
+                 fake_worker: bool = False) -> subprocess.Popen[bytes]:
+    """``trainconsole daemon`` in its own process; ``fake_worker`` makes its launcher start
+    tests/daemon/fake_worker.py (tests/daemon/fake_daemon.py) instead of the torch worker."""
     out = open(log or config.parent / "daemon.log", "ab")  # noqa: SIM115 - the child holds it
+    entry = [str(FAKE_DAEMON)] if fake_worker else ["-m", "trainconsole.console.cli"]
     try:
-        return subprocess.Popen([sys.executable, "-m", "trainconsole.console.cli", "--config", str(config), "daemon"],
+        return subprocess.Popen([sys.executable, *entry, "--config", str(config), "daemon"],
                                 cwd=ROOT, env=daemon_env(env), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:

@@ -1,7 +1,7 @@
 """kill -9 at random moments of real training, and poison jobs among healthy ones.
 
 Both are slow by nature (each kill costs a worker restart: importing torch and loading the model);
-`make chaos` runs 200 kills with TRAINCONSOLE_CHAOS_KILLS=200, CI runs 30."""
+`make chaos` runs 200 kills with TRAINCONSOLE_CHAOS_KILLS=200, `make test` 20."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _worker_or_idle(config: Path, dropped: list[str]) -> bool:
     return len(jobs) == len(dropped) and all(j.status == "done" for j in jobs)
 
 
-KILLS = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "30"))
+KILLS = int(os.environ.get("TRAINCONSOLE_CHAOS_KILLS", "20"))
 
 
 @pytest.mark.slow
@@ -149,23 +149,26 @@ def _record(seed: int, log: list[str], dropped: list[str], jobs: list[Any], wors
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(600)
 @pytest.mark.edge(60)
-def test_five_poison_jobs_among_twenty_healthy(workspace: Path, tiny_model: Path) -> None:
+def test_five_poison_jobs_among_twenty_healthy(workspace: Path) -> None:
     """Poison jobs kill their worker every time (SIGKILL, no report): each fails after exactly
-    max_attempts, every healthy job finishes, and the one daemon never restarts."""
+    max_attempts, every healthy job finishes, and the one daemon never restarts.
+
+    The daemon is the real one in its own process; its workers are the fake worker (thirty worker
+    lives, each a tenth of a second instead of an import of torch). The real worker's own crash
+    handling is covered by tests/daemon/test_daemon_real.py."""
     max_attempts = 2
-    config = configure(workspace, {**FAST, **TINY, **REAL, "training.max_steps": 1,
-                                   "queue.max_attempts": max_attempts})
+    config = configure(workspace, {**FAST, **TINY, "queue.max_attempts": max_attempts})
     names = [f"healthy-{i:02d}.jsonl" for i in range(20)]
     names[3:3] = [f"poison-{i}.jsonl" for i in range(5)]
     for name in names:
         drop(workspace, name, n=8)
-    daemon = start_daemon(config, env={"TRAINCONSOLE_FAULT_JOBS": "poison-*=crash@0"})
+    daemon = start_daemon(config, env={"TRAINCONSOLE_FAULT_JOBS": "poison-*=crash@1"}, fake_worker=True)
     started = identity(daemon.pid)  # not psutil's create_time, which a clock step moves
     try:
         wait_for(lambda: len(store_jobs(config)) == 25 and
-                 all(j.status in ("done", "failed") for j in store_jobs(config)), 1200, "all jobs finished")
+                 all(j.status in ("done", "failed") for j in store_jobs(config)), 400, "all jobs finished")
         assert daemon.poll() is None and started is not None and identity(daemon.pid) == started
     finally:
         daemon.send_signal(signal.SIGTERM)
