@@ -115,11 +115,15 @@ class Inbox:
                 self._notice(events, str(folder), "unreadable", None,
                              f"inbox folder {folder} cannot be read ({exc.strerror}); check its permissions")
                 continue
+            ready = []
             for entry in entries:
                 present.add(entry.path)
                 candidate = self._consider(entry, priority, root, stable_s, events)
                 if candidate is not None:
-                    candidates.append(candidate)
+                    ready.append(candidate)
+            # Taken by name, not in the folder's own order: files dropped together (01-, 02-,
+            # ...) become jobs, and so run, in the order their names give.
+            candidates += sorted(ready, key=lambda candidate: candidate[0])
         if candidates:
             taken = self._take(store, candidates, dedupe, events)
         for gone in set(self._seen) - present:

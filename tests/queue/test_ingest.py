@@ -64,6 +64,16 @@ def test_a_dropped_file_becomes_a_job_with_the_folders_priority(layout: Layout, 
     assert sorted(p.name for p in layout.incoming.rglob("*") if p.is_file()) == []
 
 
+def test_files_dropped_together_become_jobs_in_name_order(layout: Layout, store: Store, inbox,
+                                                          events: EventLog) -> None:
+    box, mono = inbox
+    names = [f"{n:02d}-part.jsonl" for n in range(12)]
+    for name in reversed(names):  # written last-first: neither write order nor the folder's decides
+        write_job_file(layout.incoming / name)
+    settle(box, mono, store, events)
+    assert [j.name for j in sorted(store.jobs(), key=lambda j: j.id)] == names
+
+
 def test_a_file_still_being_written_is_not_taken(layout: Layout, store: Store, inbox) -> None:
     box, mono = inbox
     path = write_job_file(layout.incoming / "growing.jsonl")
