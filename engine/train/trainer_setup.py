@@ -34,6 +34,7 @@ from trainconsole.engine.train.guards import (
     trainable_finite,
 )
 from trainconsole.engine.train.reporting import PROJECT, Reporting
+from trainconsole.engine.train.step_cost import SteadyModel, cache_lomo_check
 
 
 @dataclass(frozen=True)
@@ -336,16 +337,29 @@ def guarded_trainer_class() -> Any:
     from transformers import Trainer, TrainerCallback
 
     check_trainer_api(Trainer)
+    cache_lomo_check()
 
     class GuardedTrainer(Trainer):
         def __init__(self, *args: Any, hooks: Hooks, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.hooks = hooks
+            self.steady: SteadyModel | None = None
+            self.flop_params: int | None = None
+
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return super().train(*args, **kwargs)
+            finally:
+                if self.steady is not None:
+                    self.steady.remove()
+                    self.steady = None
 
         def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
             step = self.state.global_step + 1
             if step != self.hooks.begun:
                 self.hooks.begin_step(step)
+            if self.steady is None and self.optimizer is not None:
+                self.steady = SteadyModel(model, self.optimizer)
             loss = super().training_step(model, inputs, num_items_in_batch)
             h = self.hooks
             h.loss_sum = loss if h.loss_sum is None else h.loss_sum + loss
@@ -360,6 +374,16 @@ def guarded_trainer_class() -> Any:
             if return_outputs:
                 return self.hooks.faults.poison(out[0]), out[1]
             return self.hooks.faults.poison(out)
+
+        def floating_point_ops(self, inputs: Any) -> int:
+            # The Trainer's own recounts the model's parameters (a walk over every module) per step.
+            model: Any = self.model
+            main = getattr(model, "main_input_name", "input_ids")
+            if main not in inputs or not hasattr(model, "num_parameters"):
+                return 0
+            if self.flop_params is None:
+                self.flop_params = int(model.num_parameters(exclude_embeddings=True))
+            return 6 * int(inputs[main].numel()) * self.flop_params
 
         def _maybe_log_save_evaluate(self, tr_loss: Any, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
             self.hooks.end_step(self, grad_norm, kwargs.get("learning_rate"))
