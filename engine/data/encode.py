@@ -22,7 +22,8 @@ in the data gate. Changing what is produced here changes the token cache: bump i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -120,6 +121,30 @@ def fast_backend(tokenizer: Any) -> Any:
     return backend
 
 
+# Examples per encode call when a batch is encoded in parts (see _encodings).
+PART = 256
+
+
+def _encodings(backend: Any, texts: list[str]) -> Iterator[tuple[int, Any]]:
+    """``(index, encoding)`` for each text, in order. A large batch is encoded in parts, the next
+    part on a second thread while the caller works through the one before: the fast tokenizer
+    releases the GIL while it encodes, so the Python work of finding the assistant tokens overlaps
+    the encoding instead of following it."""
+    if len(texts) <= PART:
+        yield from enumerate(backend.encode_batch(texts, add_special_tokens=False))
+        return
+    starts = range(0, len(texts), PART)
+    # A pool per call: one made before a fork would leave the child a pool whose thread is gone.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+        pending = pool.submit(backend.encode_batch, texts[:PART], add_special_tokens=False)
+        for start in starts:
+            encodings = pending.result()
+            if start + PART < len(texts):
+                pending = pool.submit(backend.encode_batch, texts[start + PART:start + 2 * PART],
+                                      add_special_tokens=False)
+            yield from enumerate(encodings, start)
+
+
 def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_length: int,
                  long_examples: str) -> tuple[list[tuple[np.ndarray, np.ndarray] | None], EncodeStats]:
     """Tokenize a batch of conversations. Each result is ``(input_ids, labels)`` (int32; labels
@@ -136,10 +161,9 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
     long = {i for i, t in enumerate(texts) if t is not None and len(t) > limit}
     # Far too long to fit: only a prefix long enough for max_length tokens (and a margin) is encoded,
     # so one huge line costs no more memory than an example that just fits.
-    encodings = backend.encode_batch([("" if t is None else t[:limit] if i in long else t)
-                                      for i, t in enumerate(texts)], add_special_tokens=False)
+    inputs = [("" if t is None else t[:limit] if i in long else t) for i, t in enumerate(texts)]
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for i, enc in enumerate(encodings):
+    for i, enc in _encodings(backend, inputs):
         text = texts[i]
         if text is None:
             stats.dropped_template += 1

@@ -54,6 +54,26 @@ def test_labels_match_transformers_assistant_mask(tok: Any) -> None:
         assert got_labels.tolist() == want
 
 
+def test_a_batch_encoded_in_parts_gives_what_one_call_gives(tok: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainconsole.engine.data import encode
+
+    # Past one part (the next part is encoded on a second thread), with a refused, a dropped and
+    # a truncated example among them so every branch sees indices from later parts.
+    chats = [CHATS[i % len(CHATS)] for i in range(2 * encode.PART + 7)]
+    chats[encode.PART + 1] = [{"role": "assistant", "content": "no user turn"}, {"role": "bogus", "content": "x"}]
+    chats[encode.PART + 3] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]
+    chats[2 * encode.PART + 2] = [{"role": "user", "content": "w"}, {"role": "assistant", "content": "v " * 400}]
+    parts, parts_stats = encode_batch(chats, tok, 200, "truncate")
+    monkeypatch.setattr(encode, "PART", 1 << 30)
+    whole, whole_stats = encode_batch(chats, tok, 200, "truncate")
+    assert parts_stats == whole_stats and parts_stats.truncated and parts_stats.dropped
+    assert len(parts) == len(whole) == len(chats)
+    for a, b in zip(parts, whole, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+
+
 def test_trained_tokens_are_the_assistant_turns_and_their_end_marker(tok: Any) -> None:
     _ids, labels, _ = tokenize_batch(CHATS, tok, 1024, "truncate")
     for chat, lab in zip(CHATS, labels, strict=True):
