@@ -36,6 +36,7 @@ from trainconsole.console.client_api import ConsoleClient
 from trainconsole.console.snapshot import Snapshot
 from trainconsole.console.widgets.alerts import AlertList
 from trainconsole.console.widgets.engine_state import EngineState
+from trainconsole.console.widgets.footer import KeyFooter
 from trainconsole.console.widgets.gauges import Gauges
 from trainconsole.console.widgets.job_detail import JobDetailScreen
 from trainconsole.console.widgets.loss_plot import LossPlot
@@ -98,7 +99,7 @@ class TrainConsole(ConsoleActions):
             yield Gauges(id="gauges")
             yield AlertList(id="alerts")
         yield Input(placeholder="filter jobs (enter keeps it, escape clears)", id="filter")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._main(QueueTable).border_title = "queue"

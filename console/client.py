@@ -96,6 +96,7 @@ class WorkspaceClient(ClientActions):
         self._jobs_read: tuple[int, list[Job], bool] | None = None  # (data_version, jobs, paused)
         self._shortened: dict[str, str] = {}
         self._rows: dict[str, tuple[Job, str, JobRow]] = {}  # each job's last row, and what made it
+        self._history_waits = False  # the next poll reads no older history (see _warm)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class WorkspaceClient(ClientActions):
             return EngineView("not running", detail=hint)
         uptime = max(0.0, time.time() - info.start_time)
         return EngineView("paused" if paused else "running", pid=info.pid, uptime_s=uptime,
+                          started_at=info.start_time,
                           step_rate=running_rate)
 
     def _take_events(self, events: list[dict[str, Any]], job_hint: str | None,
@@ -249,7 +251,7 @@ class WorkspaceClient(ClientActions):
             watch = self._watches[job_id] = _Watch(TailFirst(self.layout.job_events(job_id)))
         return watch
 
-    def _tail_jobs(self, jobs: list[Job], focus: str | None) -> None:
+    def _tail_jobs(self, jobs: list[Job], focus: str | None, history: bool = True) -> None:
         for job in jobs:
             before = self._statuses.get(job.id)
             self._statuses[job.id] = job.status
@@ -262,7 +264,7 @@ class WorkspaceClient(ClientActions):
                 continue
             watch = self._watch(job.id)
             first = watch.log.older_end is None
-            new, older = watch.log.read(with_older=plotted)
+            new, older = watch.log.read(with_older=plotted and history)
             if first and watch.log.live.began_at:  # the window starts inside the history
                 watch.series.settle = SETTLE
             self._take_events(new, job.id, watch)
@@ -301,10 +303,15 @@ class WorkspaceClient(ClientActions):
         threading.Thread(target=self._warm, name="console-warm", daemon=True).start()
 
     def _warm(self) -> None:
-        try:
-            self.snapshot(None, 60)
-        except Exception:  # noqa: BLE001 - the app's own poll meets the problem and shows it
-            pass
+        with self._polling:
+            try:
+                self._snapshot(None, 60)
+            except Exception:  # noqa: BLE001 - the app's own poll meets the problem and shows it
+                pass
+            # The app's first poll makes its first frame: it takes only what is new since this
+            # one, and the older history (a 2 MB bite on a long run, an eighth of a second)
+            # is read from the poll after, behind a screen that is already up.
+            self._history_waits = True
 
     def snapshot(self, focus: str | None, width: int) -> Snapshot:
         with self._polling:
@@ -312,6 +319,8 @@ class WorkspaceClient(ClientActions):
 
     def _snapshot(self, focus: str | None, width: int) -> Snapshot:
         problems: list[str] = []
+        history = not self._history_waits
+        self._history_waits = False
         try:
             jobs, paused, reasons, note = self._read_jobs()
             if note:
@@ -326,7 +335,7 @@ class WorkspaceClient(ClientActions):
             new, older = self._engine_log.read()
             self._take_events(new, None)
             self._take_events(older, None)
-            self._tail_jobs(jobs, focus)
+            self._tail_jobs(jobs, focus, history)
 
         now = time.time()
         running = [j for j in jobs if j.status == "running"]

@@ -81,6 +81,7 @@ class EngineView:
     state: str  # running | paused | stopped | not running
     pid: int | None = None
     uptime_s: float | None = None
+    started_at: float | None = None  # the engine's start, wall time (shown, rather than an uptime)
     step_rate: float | None = None  # steps per second of the running job
     detail: str = ""
 

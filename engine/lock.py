@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import filelock
 import orjson
 import psutil
 
@@ -86,6 +85,10 @@ class EngineLock:
     """Held for the daemon's life. ``acquire`` raises ``AlreadyRunning`` at once, never waits."""
 
     def __init__(self, layout: Layout) -> None:
+        # Imported here: every console start asks engine_running, only the daemon holds the lock
+        # (filelock pulls in asyncio and logging, a tenth of a second before the first frame).
+        import filelock
+
         self.layout = layout
         self._lock = filelock.FileLock(
             layout.lockfile, timeout=0, thread_local=False, fallback_to_soft=False,
@@ -94,6 +97,8 @@ class EngineLock:
         self.info: PidInfo | None = None
 
     def acquire(self) -> PidInfo:
+        import filelock
+
         self.layout.queue.mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire(timeout=0)

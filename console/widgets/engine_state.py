@@ -4,6 +4,8 @@ changes, only the changed cells are sent (the step rate moves every second)."""
 
 from __future__ import annotations
 
+import time
+
 from rich.text import Text
 from textual.app import RenderResult
 from textual.widget import Widget
@@ -21,7 +23,12 @@ def render_state(snap: Snapshot, readonly: bool, filter_text: str) -> Text:
         f"engine {engine.state}", style=STATE_STYLE.get(engine.state, ""))
     if engine.pid is not None:
         out += Text(f"  pid {engine.pid}")
-    if engine.uptime_s is not None:
+    if engine.started_at is not None:
+        # When it started, not how long ago: an uptime moved once a minute on a console where
+        # nothing else moved (the only bytes an idle console sent), and a restart shows either way.
+        day = engine.uptime_s is not None and engine.uptime_s >= 86400
+        out += Text(f"  since {time.strftime('%b %d %H:%M' if day else '%H:%M', time.localtime(engine.started_at))}")
+    elif engine.uptime_s is not None:
         out += Text(f"  up {format_age(engine.uptime_s)}")
     if engine.step_rate is not None:
         out += Text(f"  {format_rate(engine.step_rate)}")

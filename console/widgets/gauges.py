@@ -4,6 +4,8 @@ A fixed-size text block, redrawn only when its text changes, one line at a time.
 
 from __future__ import annotations
 
+import dataclasses
+
 from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Static
@@ -16,6 +18,38 @@ NO_GPU_TEXT = {
     "no_gpu": ("no GPU: training on CPU", "NVML sees no device"),
     "error": ("GPU monitoring failed", ""),
 }
+
+
+# Host figures move with every other process on the machine, not with the job: a console left
+# open on an idle queue sent a RAM line to the terminal every few seconds (other users' tests
+# swinging the container's RAM by a few hundred MB). The shown figure is held until it moves
+# by a step an operator acts on, and followed closely where it matters: RAM once the bar turns
+# yellow (70%), free disk under 10 GB (red under 1 GB).
+RAM_STEP = 0.05  # of the total
+RAM_CLOSE = 0.7
+DISK_STEP_MB = 1024.0
+DISK_CLOSE_MB = 10 * 1024.0
+
+
+def steady(sample: Sample, shown: Sample | None) -> Sample:
+    """``sample`` with RAM and free disk as ``shown`` had them, unless they moved by a step
+    (``RAM_STEP``, ``DISK_STEP_MB``) or are near their limit."""
+    if shown is None or not sample.ram_total_mb:
+        return sample
+    ram = sample.ram_used_mb
+    if (shown.ram_total_mb == sample.ram_total_mb and ram < RAM_CLOSE * sample.ram_total_mb
+            and shown.ram_used_mb < RAM_CLOSE * sample.ram_total_mb
+            and abs(ram - shown.ram_used_mb) < RAM_STEP * sample.ram_total_mb):
+        ram = shown.ram_used_mb
+    disk = {}
+    for path, free in sample.disk_free_mb.items():
+        before = shown.disk_free_mb.get(path)
+        keep = (before is not None and min(free, before) >= DISK_CLOSE_MB
+                and abs(free - before) < DISK_STEP_MB)
+        disk[path] = before if keep and before is not None else free
+    if ram == sample.ram_used_mb and disk == sample.disk_free_mb:
+        return sample
+    return dataclasses.replace(sample, ram_used_mb=ram, disk_free_mb=disk)
 
 
 def bar(fraction: float | None, width: int) -> Text:
@@ -132,6 +166,8 @@ class Gauges(Vertical):
         self._cluster = ""
 
     def apply(self, sample: Sample | None, gpu_detail: str, labels: dict[str, str], cluster: str = "") -> None:
+        if sample is not None:
+            sample = steady(sample, self._args[0])
         self._args = (sample, gpu_detail, labels)
         self._cluster = cluster
         self._draw()

@@ -15,9 +15,10 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Log, Static
 
 from trainconsole.console.snapshot import JobRow
+from trainconsole.console.widgets.footer import KeyFooter
 
 
 def describe(job: JobRow) -> str:
@@ -59,7 +60,7 @@ class JobDetailScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(self._head(), id="detail-head", markup=True)
         yield Log(id="detail-log", highlight=False, max_lines=5000)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.load()

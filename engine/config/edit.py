@@ -7,8 +7,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import tomlkit
-
 from trainconsole.engine import fsio
 from trainconsole.engine.config.check import BadValue, Problem, check_value, show
 from trainconsole.engine.config.load import (
@@ -61,6 +59,8 @@ def parse_value(dotted: str, text: str) -> Any:
 
 
 def _toml_literal(text: str, dotted: str) -> Any:
+    import tomlkit  # imported where edited: reading a config never needs it (see parse.parse)
+
     try:
         return tomlkit.parse(f"v = {text}\n").unwrap()["v"]
     except Exception:  # noqa: BLE001 - any parser failure means the same to the operator
@@ -74,6 +74,8 @@ def set_value(path: Path | str, dotted_key: str, value: Any) -> Config:
 
     The edited file is validated as a whole before it replaces the old one (temp file, fsync,
     rename), so a bad value never reaches the disk. Returns the new config."""
+    import tomlkit
+
     path = Path(path).expanduser()
     key = lookup_key(dotted_key)
     section, name = key.section, key.name

@@ -7,11 +7,9 @@ import datetime as _dt
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass
 from typing import Any
-
-import tomlkit
-import tomlkit.exceptions
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,16 @@ _LOCATION = re.compile(r"\s+at line \d+ col \d+$")
 
 
 def parse(text: str) -> tuple[Any, list[Problem]]:
+    # tomllib (the standard library's reader) reads a config in a few milliseconds; tomlkit, which
+    # keeps comments and layout for editing, takes about a tenth of a second to import and parse,
+    # a cost every console start paid. A file tomllib refuses goes to tomlkit for the message.
+    try:
+        return tomllib.loads(text), []
+    except Exception:  # noqa: BLE001 - refused or crashed: the line and column come from tomlkit
+        pass
+    import tomlkit
+    import tomlkit.exceptions
+
     try:
         doc = tomlkit.parse(text)
         return doc.unwrap(), []

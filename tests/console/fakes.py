@@ -103,6 +103,7 @@ class ScriptedClient:
             alerts = tuple(dataclasses.replace(a, acked=a.key in self.acked) for a in self.alerts)
             engine = (EngineView("not running") if self.engine == "not running" else
                       EngineView("paused" if self.paused else "running", pid=4242, uptime_s=3723.0,
+                                 started_at=T0 - 3723.0,
                                  step_rate=0.98))
         target = focus if focus in ("j0001", "j0002") else "j0002"
         return Snapshot(jobs=rows, engine=engine, paused=self.paused, resources=sample(self.gpus),

@@ -33,8 +33,8 @@ def test_demo_data_is_two_good_files_and_one_broken() -> None:
             path = Path(tmp) / name
             path.write_bytes(data)
             verdicts[name] = validate_file(path).verdict
-    assert verdicts == {"01-arithmetic.jsonl": "accepted", "02-reverse-words.jsonl": "accepted",
-                        "03-broken.jsonl": "rejected"}
+    assert verdicts == {"01-arithmetic.jsonl": "accepted", "02-number-words.jsonl": "accepted",
+                        "00-broken.jsonl": "rejected"}
 
 
 def test_demo_prepare_queues_once_with_a_small_training_config(tmp_path: Path) -> None:
@@ -42,9 +42,9 @@ def test_demo_prepare_queues_once_with_a_small_training_config(tmp_path: Path) -
     config, queued = prepare(root)
     assert queued and (root / MARKER).exists()
     cfg = load_config(config)
-    assert cfg.model.base_model == "builtin:tiny-chat" and cfg.training.max_steps == 60
+    assert cfg.model.base_model == "builtin:tiny-chat" and cfg.training.max_steps == 80
     incoming = sorted(p.name for p in cfg.layout().incoming.iterdir() if p.is_file())
-    assert incoming == ["01-arithmetic.jsonl", "02-reverse-words.jsonl", "03-broken.jsonl"]
+    assert incoming == ["00-broken.jsonl", "01-arithmetic.jsonl", "02-number-words.jsonl"]
     assert "learning_rate" in config.read_text() and "#" in config.read_text()  # comments kept
     _, again = prepare(root)
     assert not again  # a second `trainconsole demo` attaches instead of queueing twice

@@ -78,8 +78,8 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
         tmux.wait_for("engine running", timeout=120)
         screen = tmux.wait_for(" done ", timeout=420)
         screen = tmux.wait_for("#4 ", timeout=240)  # the broken file's alert (malformed JSON)
-        assert "01-arithmetic.jsonl" in screen and "02-reverse-words.jsonl" in screen
-        assert "03-broken.jsonl" in screen and "failed" in screen
+        assert "01-arithmetic.jsonl" in screen and "02-number-words.jsonl" in screen
+        assert "00-broken.jsonl" in screen and "failed" in screen
         assert "queue" in screen and "resources" in screen
         assert "RAM" in screen and "disk queue" in screen  # queue+runs when on one disk
         assert "no GPU: training on CPU" in screen or "GPU0" in screen

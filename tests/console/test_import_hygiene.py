@@ -38,3 +38,27 @@ def test_console_process_never_imports_torch(workspace: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "HEAVY:\n" in out.stdout or out.stdout.strip().endswith("HEAVY:"), out.stdout
+
+
+START = r"""
+import sys
+from pathlib import Path
+from trainconsole.engine.config import load_config
+from trainconsole.engine.lock import engine_running
+from trainconsole.console.client import WorkspaceClient
+import trainconsole.console.app, trainconsole.console.commands.console_cmd
+
+cfg = load_config(Path(sys.argv[1]))
+engine_running(cfg.layout())
+WorkspaceClient(cfg).snapshot(None, 60)
+print("LOADED:" + ",".join(m for m in ("tomlkit", "filelock") if m in sys.modules))
+"""
+
+
+def test_opening_the_console_reads_the_config_without_its_editor_and_takes_no_lock(workspace: Path) -> None:
+    # tomlkit (kept for editing config.toml) and filelock (the daemon's lock) cost a console
+    # start a tenth of a second or more of imports before its first frame.
+    out = subprocess.run([sys.executable, "-c", START, str(workspace / "config.toml")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "LOADED:", out.stdout

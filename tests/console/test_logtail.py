@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,15 +56,20 @@ def test_a_cold_start_reads_only_the_tail_then_the_rest_in_bounded_bites(tmp_pat
     assert [e["step"] for e in log.read()[0]] == [40_001]
 
 
-def test_the_console_shows_a_long_run_at_once_and_fills_in_its_history(workspace: Path) -> None:
+def _running_job_with_history(workspace: Path, **write: Any) -> tuple[WorkspaceClient, str]:
+    """A console on a workspace whose one running job has logged 30,000 steps."""
     cfg = load_config(workspace / "config.toml")
     layout = cfg.layout()
     layout.ensure()
     job = add(layout, "a.jsonl")
     with Store.open(layout) as store:
         store.start(job, os.getpid(), None)
-    write_steps(layout.job_events(job), range(1, 30_001), alert_every=100)
-    client = WorkspaceClient(cfg)
+    write_steps(layout.job_events(job), range(1, 30_001), **write)
+    return WorkspaceClient(cfg), job
+
+
+def test_the_console_shows_a_long_run_at_once_and_fills_in_its_history(workspace: Path) -> None:
+    client, job = _running_job_with_history(workspace, alert_every=100)
     first = client.snapshot(None, 60)
     assert first.loss is not None and first.loss.last_step == 30_000
     assert first.loss.train_x[0] > 28_000  # only the tail so far
@@ -82,6 +88,17 @@ def test_the_console_shows_a_long_run_at_once_and_fills_in_its_history(workspace
     client.acknowledge_all()
     after = client.snapshot(None, 60)
     assert after.alert_unread == 0 and "alert" not in render_state(after, False, "").plain
+
+
+def test_after_the_warm_poll_the_first_frame_waits_for_no_history(workspace: Path) -> None:
+    client, job = _running_job_with_history(workspace)
+    client._warm()  # what warm() runs on its thread, here on this one
+    tail = client._watches[job].log
+    read = tail.bytes_read
+    first = client.snapshot(None, 60)  # the app's first poll: only what is new
+    assert tail.bytes_read == read and first.loss is not None and first.loss.last_step == 30_000
+    client.snapshot(None, 60)  # the next one reads history
+    assert tail.older_bytes_read > 0
 
 
 def test_a_standing_alert_is_one_row_and_a_resolution_settles_it(workspace: Path) -> None:

@@ -3,6 +3,8 @@ queue cells, from values only, no terminal."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from rich.text import Text
 from textual.geometry import Region
@@ -10,7 +12,7 @@ from textual.geometry import Region
 from trainconsole.console.snapshot import EngineView, JobRow, Snapshot, format_age, format_duration
 from trainconsole.console.widgets.diff import cells_of, changed_regions
 from trainconsole.console.widgets.engine_state import format_rate, render_state
-from trainconsole.console.widgets.gauges import render_gauges
+from trainconsole.console.widgets.gauges import render_gauges, steady
 from trainconsole.console.widgets.loss_plot import axis_end, step_label, step_ticks
 from trainconsole.console.widgets.queue_table import cells
 from trainconsole.engine.procmon import WorkerUsage
@@ -36,6 +38,19 @@ def test_no_gpu_is_a_clear_panel() -> None:
     assert text.startswith("no GPU: training on CPU")
     assert "no NVIDIA driver" in text
     assert "disk queue+runs" in text  # one filesystem, one line
+
+
+def test_host_figures_hold_until_they_move_by_a_step_and_follow_closely_near_the_limit() -> None:
+    shown = sample()  # 4.0G of 16G used, 50G free
+    # Other processes on the machine swing RAM by a few hundred MB and write a little: unchanged text.
+    wobble = steady(sample(ram_used_mb=4_500.0, disk_free_mb={"/q": 49_400.0, "/r": 49_400.0}), shown)
+    assert plain(wobble) == plain(shown)
+    moved = steady(sample(ram_used_mb=5_000.0, disk_free_mb={"/q": 48_000.0, "/r": 48_000.0}), shown)
+    assert "4.9G/15.6G" in plain(moved) and "46.9G free" in plain(moved)
+    # Past 70% RAM and under 10 GB free, every 0.1G shows.
+    high = sample(ram_used_mb=12_000.0, disk_free_mb={"/q": 9_000.0, "/r": 9_000.0})
+    near = steady(sample(ram_used_mb=12_150.0, disk_free_mb={"/q": 8_850.0, "/r": 8_850.0}), high)
+    assert "11.9G/15.6G" in plain(near) and "8.6G free" in plain(near)
 
 
 @pytest.mark.edge(27)
@@ -65,6 +80,23 @@ def test_status_line_states() -> None:
     assert "engine running" in text and "pid 7" in text and "up 2m" in text and "1.5 step/s" in text
     assert "1 running" in text and "read-only" in text and "filter: abc" in text
     assert "engine not running" in render_state(Snapshot(), False, "").plain
+
+
+def test_the_status_line_says_when_the_engine_started_so_an_idle_console_never_changes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        started = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
+        early, later = (Snapshot(engine=EngineView("running", pid=7, uptime_s=up, started_at=started))
+                        for up in (125.0, 3725.0))
+        assert "since 20:26" in render_state(early, False, "").plain
+        assert render_state(early, False, "").plain == render_state(later, False, "").plain
+        old = Snapshot(engine=EngineView("running", pid=7, uptime_s=90_000.0, started_at=started))
+        assert "since May 28 20:26" in render_state(old, False, "").plain
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_queue_cells_show_progress_eta_and_why_a_job_failed() -> None:
