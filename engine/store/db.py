@@ -55,6 +55,10 @@ class Database:
         self.events = events
         self.clock = clock
         self.lock = threading.RLock()
+        # The Job each row last gave, by the row's raw values: a poll that rereads the whole queue
+        # because one job's progress moved builds one Job, not thirty, and hands back the same
+        # objects for the rest (Jobs are frozen; a watcher compares them by identity).
+        self._made: dict[tuple[Any, ...], Job] = {}
 
     # -- transactions -----------------------------------------------------------------------------
 
@@ -120,7 +124,15 @@ class Database:
             params = list(statuses)
             sql += f" WHERE status IN ({','.join('?' * len(params))})"
         rows = self.conn.execute(sql + " ORDER BY seq", params).fetchall()
-        return [self.job(dict(zip(COLUMNS, r, strict=True))) for r in rows]
+        made, jobs = self._made, []
+        for raw in rows:
+            job = made.get(raw)
+            if job is None:
+                job = self.job(dict(zip(COLUMNS, raw, strict=True)))
+            jobs.append(job)
+        if statuses is None:  # the whole queue: what it holds now is all worth keeping
+            self._made = dict(zip(rows, jobs, strict=True))
+        return jobs
 
     def duplicate_of(self, sha256: str) -> Job | None:
         """The job that already has this content (cancelled ones do not count), if any."""
