@@ -104,7 +104,7 @@ def _from_log(path: Any, job_hint: str | None) -> Iterator[Seen]:
     from trainconsole.engine.events import alert_id, alert_key, read_all, rotated
 
     for part in (rotated(path), path):
-        for event in read_all(part):
+        for event in read_all(part, only=b'"alert"'):
             if event.get("type") != "alert":
                 continue
             job_id = event.get("job_id") or job_hint

@@ -164,3 +164,19 @@ def test_the_window_starts_at_a_whole_line_and_skips_nothing_after_it(tmp_path: 
         got = [e["step"] for e in EventTail.from_end(path, window).read_new()]
         assert got == total[len(total) - len(got):]
         assert len(got) >= min(len(total), window // 200)  # ~130 bytes a line here
+
+
+def test_a_reader_of_one_event_type_skips_the_other_lines_unparsed(tmp_path: Path) -> None:
+    """``trainconsole ack`` reads only the alerts of a long log: the same alerts as a full read,
+    a message that merely mentions "alert" is not one, and the steps are never decoded."""
+    path = tmp_path / "events.jsonl"
+    write_steps(path, range(1, 2001), alert_every=500)
+    with EventLog(path) as log:
+        log.emit("log", job_id="j0001", message='the word "alert" in a message')
+    every = list(read_all(path))
+    alerts = [e for e in every if e["type"] == "alert"]
+    assert len(every) == 2000 + 4 + 1 and len(alerts) == 4
+    tail = EventTail(path, only=b'"alert"')
+    got = tail.read_new()
+    assert got == alerts and tail.skipped == 0
+    assert [e for e in read_all(path, only=b'"alert"') if e["type"] == "alert"] == alerts
