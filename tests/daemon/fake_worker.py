@@ -8,7 +8,8 @@ Steps: ``FAKE_STEPS`` (default 4) of ``FAKE_STEP_S`` seconds (default 0.05). A "
 ``checkpoints/checkpoint-N`` folder holding that many KB, the newest two kept (for retention). Faults: ``TRAINCONSOLE_FAULT`` as in
 engine/train/faults.py (oom, oom_above_batch:N, hang, crash, device, raise:Name, enospc), plus
 ``hog`` / ``hog_above_batch:N``: take host memory until the kernel's OOM killer ends the process
-(run it in a memory cgroup: tests/daemon/cgroups.py).
+(run it in a memory cgroup: tests/daemon/cgroups.py). Under torchrun only rank 0 writes the run's
+files; two ranks renaming one temporary file into place would fail each other.
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ EXIT = {"data": 10, "config": 11, "oom": 12, "device": 13, "transient": 14, "dis
         "diverged": 16, "bug": 17, "interrupted": 18}
 
 
+RANK = int(os.environ.get("RANK", "0"))
+
+
 def write_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    if RANK:  # under torchrun only rank 0 writes the run's files, as the real worker does
+        return
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
 
@@ -41,7 +47,7 @@ def main() -> int:
     run = Path(spec["run_dir"])
     job = spec["job_id"]
     over = spec.get("overrides", {})
-    stacks = open(run / "stacks.txt", "w")  # noqa: SIM115 - held for the process's life
+    stacks = open(run / ("stacks.txt" if not RANK else f"stacks-rank{RANK}.txt"), "w")  # noqa: SIM115 - held for the process's life
     faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
     stop: dict[str, object] = {"asked": False, "signal": None}
 
@@ -59,9 +65,9 @@ def main() -> int:
     at_step = int(at) if at.lstrip("-").isdigit() else -1
     ckpt = run / "fake_ckpt.json"
     start = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
-    events = open(run / "events.jsonl", "a")  # noqa: SIM115
-    (run / "env.json").write_text(json.dumps({k: os.environ.get(k) for k in (
-        "PYTORCH_CUDA_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "TRAINCONSOLE_FAULT")} | {"overrides": over}))
+    events = open(run / "events.jsonl" if not RANK else os.devnull, "a")  # noqa: SIM115
+    write_json(run / "env.json", {k: os.environ.get(k) for k in (
+        "PYTORCH_CUDA_ALLOC_CONF", "CUDA_VISIBLE_DEVICES", "TRAINCONSOLE_FAULT")} | {"overrides": over})
 
     def report(status: str, cls: str | None, message: str, step: int, tb: str | None = None,
                case: int | None = None) -> None:
@@ -103,7 +109,7 @@ def main() -> int:
             time.sleep(step_s)
             step = nxt
             write_json(ckpt, {"step": step})
-            if ckpt_kb:  # checkpoint folders with bytes in them, the newest two kept, as the real worker
+            if ckpt_kb and not RANK:  # checkpoint folders with bytes in them, the newest two kept, as the real worker
                 folder = run / "checkpoints" / f"checkpoint-{step}"
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "adapter.bin").write_bytes(b"\0" * (ckpt_kb << 10))
