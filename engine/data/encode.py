@@ -5,8 +5,10 @@ training sees.
 
 Speed comes from batching: a chunk of conversations is rendered to text with the model's chat
 template in one pass (recording the character spans of its ``{% generation %}`` blocks), then
-encoded by one batched call of the fast tokenizer; each assistant span is mapped to tokens with
-``char_to_token``, so no Python loop runs per token. A template without generation markers falls
+encoded by one batched call of the fast tokenizer; each assistant span is mapped to tokens by a
+binary search in the tokens' byte offsets (``trainconsole.engine.data.byte_offsets``; the
+tokenizer's ``char_to_token`` where those cannot be known from the ids), so no Python loop runs per
+token. A template without generation markers falls
 back to rendering each conversation prefix by prefix (slower, still exact), and refuses with a
 ConfigError when its output is not prefix-stable: labels are never silently all masked.
 
@@ -22,19 +24,22 @@ in the data gate. Changing what is produced here changes the token cache: bump i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from trainconsole.engine.data.byte_offsets import ByteTable, byte_table
 from trainconsole.engine.data.chat_render import render_batch
 from trainconsole.engine.data.long_text import LONG_TEXT, MARGIN, count_long, prefix_chars
 from trainconsole.engine.data.scan import TokenCounter
 from trainconsole.engine.errors import ConfigError
 
 IGNORE = -100
+Spans = Callable[[int, int], tuple[int, int] | None]
 LONG_POLICIES = ("truncate", "drop")
 
 
@@ -125,24 +130,38 @@ def fast_backend(tokenizer: Any) -> Any:
 PART = 256
 
 
-def _encodings(backend: Any, texts: list[str]) -> Iterator[tuple[int, Any]]:
-    """``(index, encoding)`` for each text, in order. A large batch is encoded in parts, the next
-    part on a second thread while the caller works through the one before: the fast tokenizer
-    releases the GIL while it encodes, so the Python work of finding the assistant tokens overlaps
-    the encoding instead of following it."""
+def _encodings(backend: Any, texts: list[str], *, offsets: bool) -> Iterator[tuple[int, Any]]:
+    """``(index, encoding)`` for each text, in order; without ``offsets`` the encodings carry
+    none (``encode_batch_fast``). A large batch is encoded in parts, the next part on a second
+    thread while the caller works through the one before: the fast tokenizer releases the GIL while
+    it encodes, so the Python work of finding the assistant tokens overlaps the encoding instead of
+    following it."""
+    encode = backend.encode_batch if offsets else backend.encode_batch_fast
     if len(texts) <= PART:
-        yield from enumerate(backend.encode_batch(texts, add_special_tokens=False))
+        yield from enumerate(encode(texts, add_special_tokens=False))
         return
     starts = range(0, len(texts), PART)
     # A pool per call: one made before a fork would leave the child a pool whose thread is gone.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
-        pending = pool.submit(backend.encode_batch, texts[:PART], add_special_tokens=False)
+        pending = pool.submit(encode, texts[:PART], add_special_tokens=False)
         for start in starts:
             encodings = pending.result()
             if start + PART < len(texts):
-                pending = pool.submit(backend.encode_batch, texts[start + PART:start + 2 * PART],
-                                      add_special_tokens=False)
+                pending = pool.submit(encode, texts[start + PART:start + 2 * PART], add_special_tokens=False)
             yield from enumerate(encodings, start)
+
+
+def _located(backend: Any, table: ByteTable | None, text: str, enc: Any) -> tuple[np.ndarray, Spans]:
+    """The ids of ``text`` and how to find the tokens of a character span in them: from the ids'
+    byte lengths where the table accounts for the text, else from the tokenizer's own offsets."""
+    ids = np.asarray(enc.ids, dtype=np.int32)
+    if table is None:
+        return ids, partial(_span_to_tokens, enc)
+    located = table.offsets(text, ids)
+    if located is not None:
+        return ids, located.span_to_tokens
+    enc = backend.encode(text, add_special_tokens=False)
+    return np.asarray(enc.ids, dtype=np.int32), partial(_span_to_tokens, enc)
 
 
 def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_length: int,
@@ -162,19 +181,21 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
     # Far too long to fit: only a prefix long enough for max_length tokens (and a margin) is encoded,
     # so one huge line costs no more memory than an example that just fits.
     inputs = [("" if t is None else t[:limit] if i in long else t) for i, t in enumerate(texts)]
+    table = byte_table(backend)
     out: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for i, enc in _encodings(backend, inputs):
+    for i, enc in _encodings(backend, inputs, offsets=table is None):
         text = texts[i]
         if text is None:
             stats.dropped_template += 1
             stats.first_template_error = stats.first_template_error or errors[i]
             out.append(None)
             continue
-        if i in long and len(enc.ids) < max_length + MARGIN:
+        ids, span_to_tokens = _located(backend, table, inputs[i], enc)
+        if i in long and len(ids) < max_length + MARGIN:
             # A normalizer let tokens cover more characters than the vocabulary shows: stay exact.
             long.discard(i)
             enc = backend.encode(text, add_special_tokens=False)
-        ids = np.asarray(enc.ids, dtype=np.int32)
+            ids, span_to_tokens = np.asarray(enc.ids, dtype=np.int32), partial(_span_to_tokens, enc)
         n = count_long(backend, text) if i in long else len(ids)
         stats._seen_length(n)
         if n > max_length and long_examples == "drop":
@@ -189,7 +210,7 @@ def encode_batch(messages_list: Sequence[Sequence[Any]], tokenizer: Any, max_len
             if not weight:
                 continue
             # A turn past the cut is past max_length too; one across it is trained up to the cut.
-            tokens = _span_to_tokens(enc, min(start, cut), min(end, cut))
+            tokens = span_to_tokens(min(start, cut), min(end, cut))
             if tokens is not None:
                 labels[tokens[0]:tokens[1]] = ids[tokens[0]:tokens[1]]
         cut_here = n > max_length

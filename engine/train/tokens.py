@@ -27,7 +27,7 @@ from trainconsole.engine.errors import DataError
 
 # Bump when anything here or in engine/data/encode.py changes what is written, so old caches are
 # rebuilt rather than trusted.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 CHUNK = 1000
 CHUNK_CHARS = 1 << 21  # content characters in one chunk: ~1000 examples of ordinary size
 FILES = {"input_ids": np.int32, "labels": np.int32, "offsets": np.int64, "lines": np.int64}
