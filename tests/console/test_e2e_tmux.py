@@ -73,12 +73,13 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
     command = (f"cd {demo_dir.parent} && {sys.executable} -m trainconsole.console.cli demo --dir {demo_dir.name}; "
                "echo CONSOLE-EXITED $?; sleep 60")
     subprocess.run([str(TMUX), "-L", tmux.socket, "-f", "/dev/null", "new-session", "-d", "-s", "demo",
-                    "-x", "100", "-y", "32", command], env=env, check=True, timeout=30)
+                    "-x", "80", "-y", "24", command], env=env, check=True, timeout=30)
     try:
         tmux.wait_for("engine running", timeout=120)
         screen = tmux.wait_for(" done ", timeout=420)
         screen = tmux.wait_for("#4 ", timeout=240)  # the broken file's alert (malformed JSON)
-        assert "01-arithmetic.jsonl" in screen and "02-number-words.jsonl" in screen
+        # 80 columns, as an operator's default terminal: a long name is clipped, never wrapped.
+        assert "01-arithmetic.jsonl" in screen and "02-number-words.js" in screen, screen
         assert "00-broken.jsonl" in screen and "failed" in screen
         assert "queue" in screen and "resources" in screen
         assert "RAM" in screen and "disk queue" in screen  # queue+runs when on one disk
@@ -88,6 +89,12 @@ def test_demo_in_a_real_terminal(demo_dir: Path) -> None:
         screen = tmux.wait_for("smoothed", timeout=60)
         assert "loss j0" in screen, screen
         assert "Traceback" not in screen
+        deadline = time.monotonic() + 420
+        while screen.count(" done ") < 2 and time.monotonic() < deadline:  # both bundled tasks trained
+            time.sleep(1.0)
+            screen = tmux.screen()
+        assert screen.count(" done ") == 2, screen
+        assert "#69 " not in screen, screen  # no low held-out accuracy alert on the bundled data
         tmux("send-keys", "-t", "demo", "q")
         after = tmux.wait_for("CONSOLE-EXITED 0", timeout=30)
         assert "the engine keeps training" in after and "--config" in after
