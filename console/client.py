@@ -102,7 +102,7 @@ class WorkspaceClient(ClientActions):
 
     def _open_store(self) -> Store:
         # repair=False: reconciling folders is the daemon's business, never a watcher's.
-        return Store.open(self.layout, repair=False)
+        return Store.open(self.layout, repair=False, memo=True)
 
     def _reader(self) -> Store:
         """The polls' own store, kept open: opening checks the file's integrity, a cost per open

@@ -49,16 +49,17 @@ class Database:
     """The connection to ``queue/state.db`` and the queue folders it describes."""
 
     def __init__(self, conn: sqlite3.Connection, layout: Layout, events: EventLog,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], *, memo: bool = False) -> None:
         self.conn = conn
         self.layout = layout
         self.events = events
         self.clock = clock
         self.lock = threading.RLock()
-        # The Job each row last gave, by the row's raw values: a poll that rereads the whole queue
-        # because one job's progress moved builds one Job, not thirty, and hands back the same
-        # objects for the rest (Jobs are frozen; a watcher compares them by identity).
-        self._made: dict[tuple[Any, ...], Job] = {}
+        # With ``memo`` (the console), the Job each row last gave, by the row's raw values: a poll
+        # that rereads the whole queue because one job's progress moved builds one Job, not thirty,
+        # and hands back the same objects for the rest (Jobs are frozen; a watcher compares them by
+        # identity). The engine goes without: it would hold every job it ever ran, for nothing.
+        self._made: dict[tuple[Any, ...], Job] | None = {} if memo else None
 
     # -- transactions -----------------------------------------------------------------------------
 
@@ -124,7 +125,10 @@ class Database:
             params = list(statuses)
             sql += f" WHERE status IN ({','.join('?' * len(params))})"
         rows = self.conn.execute(sql + " ORDER BY seq", params).fetchall()
-        made, jobs = self._made, []
+        made = self._made
+        if made is None:
+            return [self.job(dict(zip(COLUMNS, raw, strict=True))) for raw in rows]
+        jobs = []
         for raw in rows:
             job = made.get(raw)
             if job is None:

@@ -77,16 +77,17 @@ class Store:
     @classmethod
     def open(cls, layout: Layout, events: EventLog | None = None, *,
              policy: sch.QueuePolicy | None = None, clock: Callable[[], float] = time.time,
-             repair: bool = True, rng: random.Random | None = None) -> Store:
+             repair: bool = True, rng: random.Random | None = None, memo: bool = False) -> Store:
         """``repair=False`` skips the folder reconciliation (for quick read-only callers such as
-        ``trainconsole status``); a corrupt database is set aside and rebuilt either way."""
+        ``trainconsole status``); a corrupt database is set aside and rebuilt either way. ``memo``:
+        rereading an unchanged row gives back the same Job (for a reader that polls, the console)."""
         try:
             conn, problem, aside = open_database(layout)
         except OSError as exc:
             raise unavailable(layout.state_db, exc) from exc
         # Without a log given, events still go to the engine's: a rebuild must never pass unsaid.
         log = events if events is not None else EventLog(layout.engine_events)
-        store = cls(Database(conn, layout, log, clock), policy or sch.DefaultPolicy(),
+        store = cls(Database(conn, layout, log, clock, memo=memo), policy or sch.DefaultPolicy(),
                     rng or random.Random(), own_events=events is None)
         store.rebuilt = (problem, aside) if problem is not None and aside is not None else None
         if problem is not None:

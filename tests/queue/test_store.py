@@ -35,19 +35,30 @@ def test_ids_are_ordered_and_files_are_the_engines_own(store: Store, tmp_path: P
         assert (store.layout.jobs / f"{job.id}.json").is_file()
 
 
-def test_rereading_the_queue_gives_back_the_same_job_for_an_unchanged_row(store: Store, tmp_path: Path) -> None:
-    """A watcher rereads the whole queue when one job's progress moves: the others come back as
-    the very same (frozen) Job objects, and the moved one as a new Job with the new values."""
+def test_rereading_the_queue_gives_back_the_same_job_for_an_unchanged_row(store: Store, layout: Layout,
+                                                                          tmp_path: Path) -> None:
+    """A watcher (the console opens its store with memo) rereads the whole queue when one job's
+    progress moves: the others come back as the very same (frozen) Job objects, and the moved one
+    as a new Job with the new values."""
     ids = [add(store, tmp_path, f"f{i}.jsonl") for i in range(3)]
     store.start(ids[0], pid=os.getpid(), pid_start=1.0)
-    before = store.jobs()
-    store.progress(ids[0], 5, 10)
-    after = store.jobs()
-    assert [j.id for j in after] == ids
-    assert after[1] is before[1] and after[2] is before[2]
-    assert after[0] is not before[0] and (after[0].step, before[0].step) == (5, None)
-    running = store.jobs(["running"])
-    assert running == [after[0]] and running[0] is after[0]
+    with Store.open(layout, repair=False, memo=True) as watcher:
+        before = watcher.jobs()
+        store.progress(ids[0], 5, 10)
+        after = watcher.jobs()
+        assert [j.id for j in after] == ids
+        assert after[1] is before[1] and after[2] is before[2]
+        assert after[0] is not before[0] and (after[0].step, before[0].step) == (5, None)
+        running = watcher.jobs(["running"])
+        assert running == [after[0]] and running[0] is after[0]
+
+
+def test_the_engines_store_keeps_no_job_it_handed_back(store: Store, tmp_path: Path) -> None:
+    """Without memo (the engine) every read builds its Jobs anew and holds none of them: an engine
+    that has run thousands of jobs must not carry them all (the soak's memory growth)."""
+    add(store, tmp_path, "f0.jsonl")
+    first, again = store.jobs(), store.jobs()
+    assert first == again and first[0] is not again[0]
 
 
 def test_lifecycle_moves_files_between_folders(store: Store, tmp_path: Path) -> None:
